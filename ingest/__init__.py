@@ -1,0 +1,1 @@
+"""The webhook receiver: the only door into the pipeline."""

@@ -1,0 +1,3 @@
+from meterstream.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""`meterstream kafka start|stop|status`: the local broker, run by deploy/kafka.sh."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from meterstream.config import Settings
+
+SCRIPT_NAME = "kafka.sh"
+
+
+def script_path() -> Path:
+    """deploy/kafka.sh of the source tree this package runs from."""
+    here = Path(__file__).resolve().parent.parent / "deploy" / SCRIPT_NAME
+    if not here.is_file():
+        raise FileNotFoundError(
+            f"{here} not found: `meterstream kafka` runs from a source checkout "
+            "(pip install -e .), where deploy/ sits beside the packages"
+        )
+    return here
+
+
+def run(action: str, settings: Settings) -> int:
+    """Run the broker script for `action`; returns its exit code (its output goes to ours)."""
+    command = [
+        "bash", str(script_path()), action,
+        "--home", str(settings.kafka_home),
+        "--port", str(settings.kafka_port),
+        "--controller-port", str(settings.kafka_controller_port),
+    ]
+    return subprocess.run(command, check=False).returncode

@@ -1,0 +1,85 @@
+"""The `meterstream` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from meterstream.config import VARIABLES, ConfigError, Settings
+from meterstream.logs import configure
+
+
+def _parser() -> argparse.ArgumentParser:
+    variables = "\n".join(f"  {v.name} (default {v.default})\n      {v.help}" for v in VARIABLES)
+    parser = argparse.ArgumentParser(
+        prog="meterstream",
+        description="Real-time usage metering for Convex deployments.",
+        epilog=f"configuration, from environment variables:\n{variables}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    kafka = commands.add_parser("kafka", help="a local Apache Kafka broker (no Docker needed)")
+    kafka.add_argument("action", choices=("start", "stop", "status"))
+    commands.add_parser("receiver", help="the Convex webhook receiver")
+    commands.add_parser("worker", help="the Faust worker")
+    commands.add_parser("sink", help="the ClickHouse sink")
+    commands.add_parser("up", help="receiver, worker and sink together, in the foreground")
+    sql = commands.add_parser("sql", help="run SQL on meterstream's ClickHouse; prints TSV")
+    sql.add_argument("query", help="one statement, e.g. 'SELECT count() FROM function_executions'")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"meterstream: configuration error: {exc}")
+    configure(args.command, settings.log_level)
+    sys.exit(_run(args, settings))
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imports are per command: `meterstream sql` should not pay for Faust.
+    if args.command == "kafka":
+        from meterstream import broker
+
+        try:
+            return broker.run(args.action, settings)
+        except (ConfigError, FileNotFoundError) as exc:
+            print(f"meterstream: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "receiver":
+        from ingest import receiver
+
+        receiver.main(settings)
+    elif args.command == "worker":
+        from processors import app
+
+        app.main(settings)
+    elif args.command == "sink":
+        from sinks import service
+
+        service.main(settings)
+    elif args.command == "up":
+        from meterstream import supervisor
+
+        return supervisor.run()
+    elif args.command == "sql":
+        return _sql(args.query, settings)
+    return 0
+
+
+def _sql(query: str, settings: Settings) -> int:
+    from sinks.clickhouse import EngineBusy
+    from sinks.query import QueryError, run_sql
+
+    try:
+        output = run_sql(settings.clickhouse, query)
+    except (QueryError, EngineBusy) as exc:
+        print(f"meterstream sql: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
+    return 0

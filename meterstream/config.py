@@ -1,0 +1,239 @@
+"""All of meterstream's configuration, read once from environment variables.
+
+Every service and command takes a :class:`Settings`; nothing else reads the
+environment. A bad value fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "Settings"]
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value meterstream cannot use."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    help: str
+
+
+# The documented table of variables; the README's configuration table mirrors it.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("METERSTREAM_KAFKA", "127.0.0.1:9092",
+             "Kafka bootstrap servers, host:port[,host:port...]. `meterstream kafka start` "
+             "runs a local broker on this address's port."),
+    Variable("METERSTREAM_KAFKA_CONTROLLER_PORT", "9093",
+             "KRaft controller port of the local broker (`meterstream kafka start` only)."),
+    Variable("METERSTREAM_CLICKHOUSE", "chdb:///<data dir>/clickhouse",
+             "chdb:///path selects the embedded ClickHouse engine at that path; "
+             "http(s)://user:password@host:port/database selects a ClickHouse server."),
+    Variable("METERSTREAM_DATA_DIR", "./.meterstream",
+             "Local state: broker jars and data, the embedded ClickHouse data."),
+    Variable("METERSTREAM_NAMESPACE", "meterstream",
+             "Prefix of every Kafka topic, consumer group and Faust app id, so several "
+             "pipelines can share one Kafka cluster."),
+    Variable("METERSTREAM_PARTITIONS", "8",
+             "Partitions of the topics meterstream creates (raw and per event type)."),
+    Variable("METERSTREAM_BIND_HOST", "127.0.0.1",
+             "Address the receiver, worker and sink HTTP servers listen on; 0.0.0.0 to "
+             "accept Convex's webhooks from outside."),
+    Variable("METERSTREAM_RECEIVER_PORT", "8686", "Port of the webhook receiver."),
+    Variable("METERSTREAM_WORKER_PORT", "6066", "Port of the Faust worker's web server."),
+    Variable("METERSTREAM_SINK_PORT", "8687", "Port of the sink's /metrics and /healthz."),
+    Variable("METERSTREAM_MAX_BODY_BYTES", "8388608",
+             "Largest webhook body the receiver accepts (bytes); larger ones get 413."),
+    Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
+             "Seconds the receiver waits for Kafka to acknowledge a body before it answers "
+             "503 so that Convex retries."),
+    Variable("METERSTREAM_SINK_BATCH_ROWS", "50000", "Rows that make the sink insert at once."),
+    Variable("METERSTREAM_SINK_BATCH_SECONDS", "1.0",
+             "Longest time (s) a row waits in the sink before it is inserted."),
+    Variable("METERSTREAM_LOG_LEVEL", "info", "debug, info, warning or error."),
+)
+DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """Where the counters go: the embedded engine at a path, or a server URL."""
+
+    url: str = field(repr=False)
+    chdb_path: Path | None
+
+    @property
+    def embedded(self) -> bool:
+        return self.chdb_path is not None
+
+    @property
+    def display(self) -> str:
+        """The URL without its password, for logs and errors."""
+        if self.chdb_path is not None:
+            return f"chdb://{self.chdb_path}"
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        if parts.username:
+            netloc = f"{parts.username}:***@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def __repr__(self) -> str:
+        return f"ClickHouseTarget({self.display!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    kafka_controller_port: int
+    clickhouse: ClickHouseTarget
+    data_dir: Path
+    namespace: str
+    partitions: int
+    bind_host: str
+    receiver_port: int
+    worker_port: int
+    sink_port: int
+    max_body_bytes: int
+    produce_timeout: float
+    sink_batch_rows: int
+    sink_batch_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def raw(name: str) -> str:
+            value = env.get(name, "").strip()
+            return value if value else DEFAULTS[name]
+
+        data_dir = Path(raw("METERSTREAM_DATA_DIR")).expanduser().resolve()
+        clickhouse_raw = env.get("METERSTREAM_CLICKHOUSE", "").strip()
+        clickhouse = (
+            _clickhouse("METERSTREAM_CLICKHOUSE", clickhouse_raw)
+            if clickhouse_raw
+            else ClickHouseTarget(url=f"chdb://{data_dir / 'clickhouse'}",
+                                  chdb_path=data_dir / "clickhouse")
+        )
+        return cls(
+            kafka_bootstrap=_bootstrap("METERSTREAM_KAFKA", raw("METERSTREAM_KAFKA")),
+            kafka_controller_port=_port("METERSTREAM_KAFKA_CONTROLLER_PORT",
+                                        raw("METERSTREAM_KAFKA_CONTROLLER_PORT")),
+            clickhouse=clickhouse,
+            data_dir=data_dir,
+            namespace=_namespace("METERSTREAM_NAMESPACE", raw("METERSTREAM_NAMESPACE")),
+            partitions=_number("METERSTREAM_PARTITIONS", raw("METERSTREAM_PARTITIONS"),
+                               int, 1, 1024),
+            bind_host=_host("METERSTREAM_BIND_HOST", raw("METERSTREAM_BIND_HOST")),
+            receiver_port=_port("METERSTREAM_RECEIVER_PORT", raw("METERSTREAM_RECEIVER_PORT")),
+            worker_port=_port("METERSTREAM_WORKER_PORT", raw("METERSTREAM_WORKER_PORT")),
+            sink_port=_port("METERSTREAM_SINK_PORT", raw("METERSTREAM_SINK_PORT")),
+            max_body_bytes=_number("METERSTREAM_MAX_BODY_BYTES", raw("METERSTREAM_MAX_BODY_BYTES"),
+                                   int, 1024, 1 << 30),
+            produce_timeout=_number("METERSTREAM_PRODUCE_TIMEOUT",
+                                    raw("METERSTREAM_PRODUCE_TIMEOUT"), float, 0.1, 300),
+            sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
+                                    raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 10_000_000),
+            sink_batch_seconds=_number("METERSTREAM_SINK_BATCH_SECONDS",
+                                       raw("METERSTREAM_SINK_BATCH_SECONDS"), float, 0.01, 3600),
+            log_level=_choice("METERSTREAM_LOG_LEVEL", raw("METERSTREAM_LOG_LEVEL").lower(),
+                              ("debug", "info", "warning", "error")),
+        )
+
+    @property
+    def kafka_port(self) -> int:
+        """Port of the local broker: that of the single loopback METERSTREAM_KAFKA address."""
+        servers = self.kafka_bootstrap.split(",")
+        host, _, port = servers[0].rpartition(":")
+        if len(servers) != 1 or host not in ("127.0.0.1", "localhost"):
+            raise ConfigError(
+                "METERSTREAM_KAFKA must be one 127.0.0.1:PORT address for a local broker "
+                f"started by meterstream, not {self.kafka_bootstrap!r}"
+            )
+        return int(port)
+
+    @property
+    def kafka_home(self) -> Path:
+        return self.data_dir / "kafka"
+
+
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def _bootstrap(name: str, value: str) -> str:
+    servers = [s.strip() for s in value.split(",")]
+    for server in servers:
+        match = _HOSTPORT.match(server)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ConfigError(f"{name} must be host:port[,host:port...], got {value!r}")
+    return ",".join(servers)
+
+
+def _clickhouse(name: str, value: str) -> ClickHouseTarget:
+    parts = urlsplit(value)
+    if parts.scheme == "chdb":
+        location = parts.netloc + parts.path
+        if not location or location in ("memory", ":memory:"):
+            raise ConfigError(f"{name}: chdb:// needs a directory path, e.g. chdb:///var/lib/ms")
+        path = Path(location).expanduser().resolve()
+        return ClickHouseTarget(url=f"chdb://{path}", chdb_path=path)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"{name}: a ClickHouse server URL needs a host, got {value!r}")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{name}: bad port in the ClickHouse URL") from exc
+        return ClickHouseTarget(url=value, chdb_path=None)
+    raise ConfigError(
+        f"{name} must start with chdb:// (embedded engine) or http(s):// (server), "
+        f"got scheme {parts.scheme or 'none'!r}"
+    )
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _number(name: str, value: str, kind: Callable[[str], Number],
+            low: Number, high: Number) -> Number:
+    try:
+        number = kind(value)
+    except ValueError:
+        kind_name = getattr(kind, "__name__", "number")
+        raise ConfigError(f"{name} must be a {kind_name}, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value!r}")
+    return number
+
+
+def _port(name: str, value: str) -> int:
+    return _number(name, value, int, 1, 65535)
+
+
+def _namespace(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", value):
+        raise ConfigError(f"{name} may hold letters, digits, '.', '_' and '-', got {value!r}")
+    return value
+
+
+def _host(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:-]+", value):
+        raise ConfigError(f"{name} must be a host name or address, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,89 @@
+"""The Kafka topics meterstream owns, and their creation.
+
+Topics are created before any service reads or writes them: Faust does not
+create the source topics of its agents, and a consumer that subscribed before
+a topic was auto-created would not see it until its next metadata refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from meterstream.config import Settings
+
+log = logging.getLogger(__name__)
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Names of the pipeline's topics under one namespace."""
+
+    namespace: str
+    partitions: int
+
+    @property
+    def raw(self) -> TopicSpec:
+        """Webhook bodies exactly as Convex sent them, keyed by deployment name."""
+        return TopicSpec(f"{self.namespace}.raw", self.partitions,
+                         {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
+
+    @property
+    def function_executions(self) -> TopicSpec:
+        """Normalised function_execution records, one message per raw batch."""
+        return TopicSpec(f"{self.namespace}.function_execution", self.partitions,
+                         {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
+
+    @property
+    def dead_letters(self) -> TopicSpec:
+        """Events that could not be understood, with the reason."""
+        return TopicSpec(f"{self.namespace}.deadletter", 1,
+                         {"retention.ms": str(4 * WEEK_MS), "max.message.bytes": "16777216"})
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        return cls(settings.namespace, settings.partitions)
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="meterstream-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return
+        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
+        try:
+            response = await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            return
+        for name, code, message in _topic_errors(response):
+            # 36 = TOPIC_ALREADY_EXISTS: another service created it meanwhile.
+            if code not in (0, 36):
+                raise RuntimeError(f"creating topic {name} failed: error {code} {message or ''}")
+        log.info("created topics", extra={"topics": [s.name for s in missing]})
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
+    errors = []
+    for entry in getattr(response, "topic_errors", []):
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        errors.append((name, code, message))
+    return errors

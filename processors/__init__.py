@@ -1,0 +1,1 @@
+"""The Faust worker: splits raw webhook batches into typed, normalised records."""

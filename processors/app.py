@@ -1,0 +1,101 @@
+"""`meterstream worker`: the Faust app.
+
+One agent reads the raw webhook bodies and forwards, per body, one message
+with the normalised records of each event type. Working per body, not per
+event, keeps Faust's per-message cost spread over up to 128 events.
+
+Concurrency stays at 1: with more, Faust can commit an offset past a message
+still in flight (faust#606), and a restart would lose it. Each forward is
+awaited until Kafka acknowledged it, so a raw body's offset is committed only
+after everything split out of it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meterstream.config import Settings
+from meterstream.logs import logging_config
+from meterstream.topics import Topics, ensure_topics
+from processors import metrics
+from processors.split import split_body
+
+
+def create_app(settings: Settings) -> faust.App:
+    topics = Topics.of(settings)
+    app = faust.App(
+        settings.namespace,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        autodiscover=False,
+        datadir=str(settings.data_dir / "worker"),
+        web_bind=settings.bind_host,
+        web_port=settings.worker_port,
+        web_host=settings.bind_host,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        # Faust's default of 60 s makes every start and rebalance slow.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        producer_max_request_size=settings.max_body_bytes + 65536,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+    )
+    raw = app.topic(topics.raw.name, value_serializer="raw", key_serializer="raw",
+                    partitions=settings.partitions)
+    function_executions = app.topic(topics.function_executions.name, value_serializer="raw",
+                                    key_serializer="raw", partitions=settings.partitions)
+    dead_letters = app.topic(topics.dead_letters.name, value_serializer="raw",
+                             key_serializer="raw", partitions=1)
+
+    async def split_raw(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            batch = split_body(event.value, message.partition, message.offset)
+            sent: list[Any] = []
+            if batch.function_executions:
+                sent.append(await function_executions.send(
+                    key=event.key, value=orjson.dumps(batch.function_executions)))
+            for letter in batch.dead_letters:
+                sent.append(await dead_letters.send(key=event.key, value=orjson.dumps(letter)))
+            # Only once Kafka stored what came out of this body may its offset be committed.
+            for future in sent:
+                await future
+            metrics.RAW_BATCHES.inc()
+            metrics.EVENTS.labels("function_execution").inc(len(batch.function_executions))
+            metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
+            metrics.EVENTS.labels("not_routed").inc(batch.other)
+
+    app.agent(raw, name="split_raw", concurrency=1)(split_raw)
+
+    async def metrics_page(web: Any, _request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    app.page("/metrics")(metrics_page)
+    return app
+
+
+def main(settings: Settings) -> None:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    topics = Topics.of(settings)
+    loop.run_until_complete(ensure_topics(
+        settings.kafka_bootstrap,
+        [topics.raw, topics.function_executions, topics.dead_letters],
+    ))
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loop=loop,
+        loglevel=settings.log_level,
+        logging_config=logging_config("worker", settings.log_level),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    worker.execute_from_commandline()

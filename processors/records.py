@@ -1,0 +1,150 @@
+"""The project's own typed records, normalised from Convex's V2 log-stream events.
+
+Normalising means: counters that are null or absent become 0 (older backends
+lack newer fields, and Convex sends null where a counter does not apply), and
+anything that cannot be a counter makes the event invalid, so it goes to the
+dead-letter topic instead of into the totals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The `usage` object of a function_execution event, in Convex's order. Each is a
+# column of the same name in ClickHouse.
+USAGE_COUNTERS: tuple[str, ...] = (
+    "database_read_bytes",
+    "database_write_bytes",
+    "database_io_read_bytes",
+    "database_io_write_bytes",
+    "database_read_documents",
+    "database_write_documents",
+    "file_storage_read_bytes",
+    "file_storage_write_bytes",
+    "vector_storage_read_bytes",
+    "vector_storage_write_bytes",
+    "text_search_query_bytes",
+    "text_search_write_query_bytes",
+    "vector_search_query_bytes",
+    "vector_search_write_query_bytes",
+    "network_egress_bytes",
+    "memory_used_mb",
+    "action_memory_used_mb",
+    "audit_log_egress_bytes",
+    "function_args_bytes",
+    "function_returns_bytes",
+)
+
+FUNCTION_TYPES = frozenset({"query", "mutation", "action", "http_action"})
+
+# Every field of a normalised function_execution record, in column order.
+FUNCTION_EXECUTION_FIELDS: tuple[str, ...] = (
+    "deployment",
+    "timestamp",
+    "function_path",
+    "function_type",
+    "function_cached",
+    "component_path",
+    "request_id",
+    "mutation_queue_length",
+    "mutation_retry_count",
+    "status",
+    "error_message",
+    "execution_time_ms",
+    "user_execution_time_ms",
+    "will_retry",
+    "run_reason",
+    "occ_table_name",
+    "scheduler_job_id",
+    *USAGE_COUNTERS,
+    "deployment_type",
+    "deployment_region",
+    "project_slug",
+    "raw_partition",
+    "raw_offset",
+    "event_index",
+)
+
+Record = dict[str, Any]
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be normalised; the message is the dead-letter reason."""
+
+
+def counter(container: dict[str, Any], key: str, where: str) -> int:
+    """A non-negative integer counter; null or absent is 0."""
+    value = container.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidEvent(f"{where}{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def text(container: dict[str, Any], key: str) -> str:
+    value = container.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def deployment_of(event: dict[str, Any]) -> str:
+    convex = event.get("convex")
+    name = convex.get("deployment_name") if isinstance(convex, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidEvent("convex.deployment_name is missing")
+    return name
+
+
+def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: int,
+                       event_index: int) -> Record:
+    """Normalises one `function_execution` event; raises InvalidEvent."""
+    deployment = deployment_of(event)
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp <= 0:
+        raise InvalidEvent(f"timestamp must be a positive integer (ms), got {timestamp!r}")
+    function = event.get("function")
+    if not isinstance(function, dict):
+        raise InvalidEvent("function must be an object")
+    path = function.get("path")
+    if not isinstance(path, str) or not path:
+        raise InvalidEvent("function.path must be a non-empty string")
+    function_type = function.get("type")
+    if function_type not in FUNCTION_TYPES:
+        raise InvalidEvent(f"function.type must be one of {sorted(FUNCTION_TYPES)}, "
+                           f"got {function_type!r}")
+    usage = event.get("usage")
+    if usage is None:
+        usage = {}
+    elif not isinstance(usage, dict):
+        raise InvalidEvent("usage must be an object")
+    occ = event.get("occ_info")
+    scheduler = event.get("scheduler_info")
+    convex = event["convex"]
+    record: Record = {
+        "deployment": deployment,
+        "timestamp": timestamp,
+        "function_path": path,
+        "function_type": function_type,
+        "function_cached": function.get("cached") is True,
+        "component_path": text(function, "component_path"),
+        "request_id": text(function, "request_id"),
+        "mutation_queue_length": counter(function, "mutation_queue_length", "function."),
+        "mutation_retry_count": counter(function, "mutation_retry_count", "function."),
+        "status": text(event, "status"),
+        "error_message": text(event, "error_message"),
+        "execution_time_ms": counter(event, "execution_time_ms", ""),
+        "user_execution_time_ms": counter(event, "user_execution_time_ms", ""),
+        "will_retry": event.get("will_retry") is True,
+        "run_reason": text(event, "run_reason"),
+        "occ_table_name": text(occ, "table_name") if isinstance(occ, dict) else "",
+        "scheduler_job_id": text(scheduler, "job_id") if isinstance(scheduler, dict) else "",
+    }
+    for key in USAGE_COUNTERS:
+        record[key] = counter(usage, key, "usage.")
+    record["deployment_type"] = text(convex, "deployment_type")
+    record["deployment_region"] = text(convex, "deployment_region")
+    record["project_slug"] = text(convex, "project_slug")
+    record["raw_partition"] = raw_partition
+    record["raw_offset"] = raw_offset
+    record["event_index"] = event_index
+    return record

@@ -1,0 +1,1 @@
+"""Sinks: records from Kafka into ClickHouse, in batches, counted once."""

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: free ports, waiting for conditions, running the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str,
+             interval: float = 0.1) -> T:
+    """Polls until `condition()` is truthy and returns it; fails naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+        last = condition()
+    return last
+
+
+def meterstream(args: list[str], env: Mapping[str, str], timeout: float = 120,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Runs the `meterstream` command of this checkout with `env` over os.environ."""
+    result = subprocess.run([sys.executable, "-m", "meterstream", *args],
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"meterstream {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def convex_examples() -> dict[str, Any]:
+    """The example events of the shared reference (section 6), as stored in tests/data."""
+    return json.loads((DATA / "convex_examples.json").read_text())

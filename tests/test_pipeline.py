@@ -1,0 +1,135 @@
+"""One event type end to end on the real broker and the embedded ClickHouse engine."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from processors.records import USAGE_COUNTERS
+from tests.pipeline import Pipeline, running_pipeline
+from tests.support import convex_examples, wait_for
+
+pytestmark = pytest.mark.kafka
+
+# What each function_execution contributes to the sums checked in ClickHouse.
+SUMMED = ("execution_time_ms", *USAGE_COUNTERS)
+
+
+def _contribution(event: dict) -> dict[str, int]:
+    usage = event.get("usage") or {}
+    row = {"execution_time_ms": event.get("execution_time_ms") or 0}
+    row.update({key: usage.get(key) or 0 for key in USAGE_COUNTERS})
+    return row
+
+
+def _totals(events: list[dict]) -> dict[str, int]:
+    totals = dict.fromkeys(SUMMED, 0)
+    for event in events:
+        for key, value in _contribution(event).items():
+            totals[key] += value
+    return totals
+
+
+def _stored_totals(pipeline_sql) -> tuple[int, dict[str, int]]:
+    columns = ", ".join(f"sum({name})" for name in SUMMED)
+    fields = pipeline_sql(f"SELECT count(), {columns} FROM function_executions").split("\t")
+    values = [int(v) for v in fields]
+    return values[0], dict(zip(SUMMED, values[1:], strict=True))
+
+
+async def _dead_letters(bootstrap: str, topic: str, expected: int) -> list[dict]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    letters: list[dict] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(letters) < expected:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    letters.extend(orjson.loads(m.value) for m in messages)
+    finally:
+        await consumer.stop()
+    return letters
+
+
+def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_path: Path) -> None:
+    events = convex_examples()["events"]
+    functions = [e for e in events if e["topic"] == "function_execution"]
+    assert {e["function"]["type"] for e in functions} == {"query", "mutation", "action"}
+
+    array_body = orjson.dumps(events)
+    jsonl_body = b"\n".join(orjson.dumps(e) for e in events)  # as Convex: no trailing newline
+    bad_counter = copy.deepcopy(functions[0])
+    bad_counter["usage"]["database_read_bytes"] = "lots"
+    mixed_body = orjson.dumps([functions[2], 42, bad_counter])
+
+    with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
+        accepted = []
+        for body in (array_body, array_body, array_body, jsonl_body, jsonl_body, mixed_body):
+            status, answer = pipeline.post(body)
+            assert status == 200, answer
+            accepted.append(orjson.loads(answer)["accepted"])
+        assert accepted == [5, 5, 5, 5, 5, 3]
+
+        status, answer = pipeline.post(b'[{"topic": "function_execution",')
+        assert status == 400
+        assert orjson.loads(answer)["where"] == "line 1 column 33"
+
+        landed = functions * 5 + [functions[2]]
+        expected_rows, expected_totals = len(landed), _totals(landed)
+        wait_for(lambda: _stored_totals(pipeline.sql)[0] >= expected_rows, timeout=90,
+                 what=f"{expected_rows} rows in function_executions")
+        rows, totals = _stored_totals(pipeline.sql)
+        assert rows == expected_rows
+        assert totals == expected_totals
+
+        by_type = pipeline.sql("SELECT function_type, count() FROM function_executions "
+                               "GROUP BY function_type ORDER BY function_type")
+        assert by_type == "action\t6\nmutation\t5\nquery\t5\n"
+        assert pipeline.sql("SELECT DISTINCT deployment FROM function_executions") == \
+            "happy-otter-123\n"
+
+        letters = asyncio.run(_dead_letters(kafka_bootstrap,
+                                            f"{pipeline.namespace}.deadletter", expected=2))
+        assert sorted(letter["reason"] for letter in letters) == [
+            "event is not a JSON object",
+            "usage.database_read_bytes must be a non-negative integer, got 'lots'",
+        ]
+
+        assert pipeline.stop() == 0, pipeline.log_tail()
+
+    # Stopped: `meterstream sql` now opens the embedded engine itself and sees the same rows.
+    rows_after, totals_after = _stored_totals(pipeline.sql)
+    assert (rows_after, totals_after) == (expected_rows, expected_totals)
+
+
+def test_up_stops_every_service_when_one_dies(kafka_bootstrap: str, tmp_path: Path) -> None:
+    with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
+        started = wait_for(lambda: _pids(pipeline), timeout=30, what="the 'pipeline started' line")
+        os.kill(started["worker"], signal.SIGKILL)
+        assert pipeline.process.wait(120) == 1
+        for role in ("receiver", "sink"):
+            assert not _alive(started[role]), f"{role} still running"
+
+
+def _pids(pipeline: Pipeline) -> dict[str, int] | None:
+    for line in pipeline.log.read_text(errors="replace").splitlines():
+        if '"pipeline started"' in line:
+            entry = orjson.loads(line)
+            return {role: entry[role] for role in ("receiver", "worker", "sink")}
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
