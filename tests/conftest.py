@@ -41,6 +41,7 @@ def _container_broker() -> Iterator[str]:
     container = (
         DockerContainer(KAFKA_IMAGE)
         .with_bind_ports(9092, port)
+        .with_env("CLUSTER_ID", "4L6g3nShT-eMCtK--X86sw")
         .with_env("KAFKA_NODE_ID", "1")
         .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
         .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
