@@ -24,6 +24,7 @@ log = logging.getLogger("meterstream.receiver")
 
 CONVEX_LOGS = "/v1/convex/logs"
 RETRY_AFTER_SECONDS = "5"
+SHUTDOWN_SECONDS = 20.0
 
 
 def _error(status: int, reason: str, message: str, where: str | None = None,
@@ -121,7 +122,11 @@ async def serve(settings: Settings) -> None:
         # Stops accepting, then waits for the handlers still running.
         await runner.cleanup()
     finally:
-        await producer.stop()
+        try:
+            # Flushes what is still queued; bounded, so a stop with Kafka gone cannot hang.
+            await asyncio.wait_for(producer.stop(), SHUTDOWN_SECONDS)
+        except TimeoutError:
+            log.error("the Kafka producer did not close in time")
     log.info("receiver stopped")
 
 

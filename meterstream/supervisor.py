@@ -4,11 +4,13 @@ Each child runs in its own session, so a Ctrl-C in the terminal reaches only
 the supervisor, which stops the children in pipeline order: the receiver
 first (no new input), then the worker, then the sink, which flushes what the
 worker produced. If a child dies on its own, the others are stopped too and
-`up` exits non-zero.
+`up` exits non-zero. If `up` itself is killed, the kernel sends each child
+SIGTERM (PR_SET_PDEATHSIG), so no service outlives it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,11 +23,21 @@ log = logging.getLogger("meterstream.up")
 ROLES = ("sink", "worker", "receiver")
 STOP_ORDER = ("receiver", "worker", "sink")
 STOP_TIMEOUT_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when `up` dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # `up` died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _spawn(role: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "meterstream", role],
-                            start_new_session=True, env=os.environ.copy())
+                            start_new_session=True, env=os.environ.copy(),
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def _stop(children: dict[str, subprocess.Popen[bytes]]) -> bool:

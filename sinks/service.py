@@ -29,6 +29,9 @@ from sinks.query import serve_queries
 log = logging.getLogger("meterstream.sink")
 
 MAX_BACKOFF_SECONDS = 30.0
+# Bound on the final flush and on closing the consumer, so that a stop with
+# Kafka or ClickHouse gone cannot hang.
+SHUTDOWN_SECONDS = 20.0
 
 
 class FunctionExecutionSink:
@@ -49,7 +52,6 @@ class FunctionExecutionSink:
                     self.buffer.add(tp, message.offset, orjson.loads(message.value))
             if self.buffer.due():
                 await self.flush()
-        await self.flush()
 
     async def flush(self) -> None:
         if self.buffer.empty:
@@ -155,9 +157,19 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
         listener.sink = sink
         log.info("sink consuming", extra={"topic": topic, "table": function_executions.TABLE})
         await sink.run()
-        log.info("sink stopping: buffer flushed and committed")
+        log.info("sink stopping: flushing and committing what is buffered")
+        try:
+            await asyncio.wait_for(sink.flush(), SHUTDOWN_SECONDS)
+        except TimeoutError:
+            # Not committed: read again at the next start, and the insert token makes
+            # a repeated batch a no-op.
+            log.error("could not flush within the shutdown time; stopping anyway",
+                      extra={"seconds": SHUTDOWN_SECONDS})
     finally:
-        await consumer.stop()
+        try:
+            await asyncio.wait_for(consumer.stop(), SHUTDOWN_SECONDS)
+        except TimeoutError:
+            log.error("the Kafka consumer did not close in time")
 
 
 def main(settings: Settings) -> None:

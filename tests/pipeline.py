@@ -83,6 +83,10 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path) -> Iterator[Pipeline]:
         yield pipeline
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         print(f"--- meterstream up log ({log}) ---\n{pipeline.log_tail(200)}")

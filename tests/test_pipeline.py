@@ -128,8 +128,19 @@ def _pids(pipeline: Pipeline) -> dict[str, int] | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, not exited (a zombie waiting for its reaper counts as exited)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state
+
+
+def test_no_service_outlives_a_killed_up(kafka_bootstrap: str, tmp_path: Path) -> None:
+    with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
+        children = wait_for(lambda: _pids(pipeline), timeout=30, what="the 'pipeline started' line")
+        pipeline.process.kill()
+        pipeline.process.wait()
+        wait_for(lambda: not any(_alive(pid) for pid in children.values()), timeout=60,
+                 what=f"the services {children} to exit after `up` was killed")
