@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("worker", help="the Faust worker")
     commands.add_parser("sink", help="the ClickHouse sink")
     commands.add_parser("up", help="receiver, worker and sink together, in the foreground")
+    from meterstream import deployments
+
+    deployments.add_parser(commands)
     sql = commands.add_parser("sql", help="run SQL on meterstream's ClickHouse; prints TSV")
     sql.add_argument("query", help="one statement, e.g. 'SELECT count() FROM function_executions'")
     return parser
@@ -68,6 +71,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return supervisor.run()
     elif args.command == "sql":
         return _sql(args.query, settings)
+    elif args.command == "deployments":
+        from meterstream import deployments
+
+        return deployments.run(args, settings)
     return 0
 
 

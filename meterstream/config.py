@@ -53,6 +53,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_SINK_PORT", "8687", "Port of the sink's /metrics and /healthz."),
     Variable("METERSTREAM_MAX_BODY_BYTES", "8388608",
              "Largest webhook body the receiver accepts (bytes); larger ones get 413."),
+    Variable("METERSTREAM_MAX_IN_FLIGHT", "256",
+             "Produces the receiver lets wait for Kafka at once; beyond it requests get 429 "
+             "(Convex retries them) instead of growing memory."),
+    Variable("METERSTREAM_ADMIN_TOKEN", "",
+             "Bearer token of the admin API (/v1/deployments); empty disables the admin API."),
+    Variable("METERSTREAM_ADMIN_URL", "",
+             "Where `meterstream deployments` reaches the admin API; empty means "
+             "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT>."),
     Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
              "Seconds the receiver waits for Kafka to acknowledge a body before it answers "
              "503 so that Convex retries."),
@@ -105,6 +113,9 @@ class Settings:
     worker_port: int
     sink_port: int
     max_body_bytes: int
+    max_in_flight: int
+    admin_token: str = field(repr=False)
+    admin_url: str
     produce_timeout: float
     sink_batch_rows: int
     sink_batch_seconds: float
@@ -141,6 +152,13 @@ class Settings:
             sink_port=_port("METERSTREAM_SINK_PORT", raw("METERSTREAM_SINK_PORT")),
             max_body_bytes=_number("METERSTREAM_MAX_BODY_BYTES", raw("METERSTREAM_MAX_BODY_BYTES"),
                                    int, 1024, 1 << 30),
+            max_in_flight=_number("METERSTREAM_MAX_IN_FLIGHT", raw("METERSTREAM_MAX_IN_FLIGHT"),
+                                  int, 1, 100_000),
+            admin_token=_admin_token("METERSTREAM_ADMIN_TOKEN",
+                                     env.get("METERSTREAM_ADMIN_TOKEN", "").strip()),
+            admin_url=_admin_url("METERSTREAM_ADMIN_URL",
+                                 env.get("METERSTREAM_ADMIN_URL", "").strip(),
+                                 raw("METERSTREAM_RECEIVER_PORT")),
             produce_timeout=_number("METERSTREAM_PRODUCE_TIMEOUT",
                                     raw("METERSTREAM_PRODUCE_TIMEOUT"), float, 0.1, 300),
             sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
@@ -231,6 +249,21 @@ def _host(name: str, value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9.:-]+", value):
         raise ConfigError(f"{name} must be a host name or address, got {value!r}")
     return value
+
+
+def _admin_token(name: str, value: str) -> str:
+    if value and (len(value) < 16 or not value.isascii() or not value.isprintable()):
+        raise ConfigError(f"{name} must be printable ASCII of at least 16 characters")
+    return value
+
+
+def _admin_url(name: str, value: str, receiver_port: str) -> str:
+    if not value:
+        return f"http://127.0.0.1:{receiver_port}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s):// URL, got {value!r}")
+    return value.rstrip("/")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

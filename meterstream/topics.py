@@ -47,6 +47,13 @@ class Topics:
                          {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
 
     @property
+    def deployments(self) -> TopicSpec:
+        """The deployment registry: one record per deployment, compacted; a delete is a
+        tombstone. One partition, so every reader sees the changes in one order."""
+        return TopicSpec(f"{self.namespace}.deployments", 1,
+                         {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
+
+    @property
     def dead_letters(self) -> TopicSpec:
         """Events that could not be understood, with the reason."""
         return TopicSpec(f"{self.namespace}.deadletter", 1,

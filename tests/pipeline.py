@@ -1,7 +1,8 @@
-"""`meterstream up` as a child process, for end-to-end tests against the real broker."""
+"""`meterstream up` (or one service) as a child process, for tests against the real broker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.signature import HEADER, sign
 from tests.support import REPO, free_port, meterstream, wait_for
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass
@@ -27,15 +31,34 @@ class Pipeline:
     def namespace(self) -> str:
         return self.env["METERSTREAM_NAMESPACE"]
 
-    def post(self, body: bytes, path: str = "/v1/convex/logs") -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         url = f"http://127.0.0.1:{self.env['METERSTREAM_RECEIVER_PORT']}{path}"
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=body, method=method, headers={
+            "Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
+
+    def post(self, body: bytes, secret: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """A Convex webhook POST, signed with `secret` when given."""
+        signed = {HEADER: sign(body, secret)} if secret else {}
+        return self.request("POST", "/v1/convex/logs", body, {**signed, **(headers or {})})
+
+    def admin(self, method: str, path: str, body: dict | None = None,
+              token: str = ADMIN_TOKEN) -> tuple[int, dict]:
+        status, answer = self.request(method, path,
+                                      None if body is None else json.dumps(body).encode(),
+                                      {"Authorization": f"Bearer {token}"})
+        return status, json.loads(answer or b"null")
+
+    def register(self, name: str, **fields: object) -> dict:
+        status, answer = self.admin("PUT", f"/v1/deployments/{name}", dict(fields))
+        assert status == 200, answer
+        return answer
 
     def sql(self, query: str) -> str:
         return meterstream(["sql", query], self.env).stdout
@@ -49,18 +72,20 @@ class Pipeline:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _receiver_healthy(port: str) -> bool:
+def _receiver_ready(port: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
 
 
 @contextmanager
-def running_pipeline(kafka_bootstrap: str, workdir: Path) -> Iterator[Pipeline]:
+def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
+                     extra_env: dict[str, str] | None = None) -> Iterator[Pipeline]:
     """A pipeline on its own namespace (topics, groups) and its own embedded ClickHouse."""
     env = {
+        "METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
         "METERSTREAM_KAFKA": kafka_bootstrap,
         "METERSTREAM_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
         "METERSTREAM_DATA_DIR": str(workdir / "ms"),
@@ -68,17 +93,19 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path) -> Iterator[Pipeline]:
         "METERSTREAM_WORKER_PORT": str(free_port()),
         "METERSTREAM_SINK_PORT": str(free_port()),
         "METERSTREAM_SINK_BATCH_SECONDS": "0.2",
+        **(extra_env or {}),
     }
     log = workdir / "up.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "meterstream", "up"], cwd=REPO,
+        process = subprocess.Popen([sys.executable, "-m", "meterstream", command],
+                                   cwd=REPO,
                                    env={**os.environ, **env}, stdout=out,
                                    stderr=subprocess.STDOUT)
     pipeline = Pipeline(env, process, log)
     try:
         wait_for(lambda: process.poll() is not None
-                 or _receiver_healthy(env["METERSTREAM_RECEIVER_PORT"]),
-                 timeout=120, what="the receiver to answer /healthz")
+                 or _receiver_ready(env["METERSTREAM_RECEIVER_PORT"]),
+                 timeout=120, what="the receiver to answer /readyz")
         assert process.poll() is None, f"meterstream up exited:\n{pipeline.log_tail()}"
         yield pipeline
     finally:
@@ -89,4 +116,4 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path) -> Iterator[Pipeline]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        print(f"--- meterstream up log ({log}) ---\n{pipeline.log_tail(200)}")
+        print(f"--- meterstream {command} log ({log}) ---\n{pipeline.log_tail(200)}")

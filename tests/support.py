@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -52,3 +53,39 @@ def meterstream(args: list[str], env: Mapping[str, str], timeout: float = 120,
 def convex_examples() -> dict[str, Any]:
     """The example events of the shared reference (section 6), as stored in tests/data."""
     return json.loads((DATA / "convex_examples.json").read_text())
+
+
+async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    assert partitions, f"topic {topic} has no partitions: {described}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        # Positions first (they start at the earliest offset), then the ends to read up to.
+        for tp in partitions:
+            await consumer.position(tp)
+        ends = await consumer.end_offsets(partitions)
+        messages: list[Any] = []
+        async with asyncio.timeout(60):
+            while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    messages.extend(batch)
+        return messages
+    finally:
+        await consumer.stop()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every message now in `topic` (all partitions), read from the real broker."""
+    return asyncio.run(_read_topic(bootstrap, topic))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 import signal
@@ -10,11 +9,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from processors.records import USAGE_COUNTERS
 from tests.pipeline import Pipeline, running_pipeline
-from tests.support import convex_examples, wait_for
+from tests.support import convex_examples, read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -44,21 +42,6 @@ def _stored_totals(pipeline_sql) -> tuple[int, dict[str, int]]:
     return values[0], dict(zip(SUMMED, values[1:], strict=True))
 
 
-async def _dead_letters(bootstrap: str, topic: str, expected: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    letters: list[dict] = []
-    try:
-        async with asyncio.timeout(60):
-            while len(letters) < expected:
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    letters.extend(orjson.loads(m.value) for m in messages)
-    finally:
-        await consumer.stop()
-    return letters
-
-
 def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_path: Path) -> None:
     events = convex_examples()["events"]
     functions = [e for e in events if e["topic"] == "function_execution"]
@@ -70,15 +53,17 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
     bad_counter["usage"]["database_read_bytes"] = "lots"
     mixed_body = orjson.dumps([functions[2], 42, bad_counter])
 
+    secret = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
     with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
+        pipeline.register("happy-otter-123", webhook_secret=secret, team="acme")
         accepted = []
         for body in (array_body, array_body, array_body, jsonl_body, jsonl_body, mixed_body):
-            status, answer = pipeline.post(body)
+            status, answer = pipeline.post(body, secret)
             assert status == 200, answer
             accepted.append(orjson.loads(answer)["accepted"])
         assert accepted == [5, 5, 5, 5, 5, 3]
 
-        status, answer = pipeline.post(b'[{"topic": "function_execution",')
+        status, answer = pipeline.post(b'[{"topic": "function_execution",', secret)
         assert status == 400
         assert orjson.loads(answer)["where"] == "line 1 column 33"
 
@@ -96,8 +81,10 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
         assert pipeline.sql("SELECT DISTINCT deployment FROM function_executions") == \
             "happy-otter-123\n"
 
-        letters = asyncio.run(_dead_letters(kafka_bootstrap,
-                                            f"{pipeline.namespace}.deadletter", expected=2))
+        deadletter_topic = f"{pipeline.namespace}.deadletter"
+        letters = wait_for(
+            lambda: [orjson.loads(m.value) for m in read_topic(kafka_bootstrap, deadletter_topic)],
+            timeout=30, what="dead letters")
         assert sorted(letter["reason"] for letter in letters) == [
             "event is not a JSON object",
             "usage.database_read_bytes must be a non-negative integer, got 'lots'",

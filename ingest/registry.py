@@ -1,0 +1,219 @@
+"""The deployment registry: which deployments meterstream meters, and their secrets.
+
+Its home is a compacted Kafka topic (`<ns>.deployments`, one partition, keyed
+by deployment name; a delete is a tombstone). Every receiver replica, and any
+other service, keeps a `RegistryView`: it reads the topic from the start,
+counts as loaded once it reached the end it saw at start, and then follows new
+records, so a change made through any replica is in force everywhere without
+a restart.
+
+Records carry the webhook secret itself (HMAC needs it) and only a SHA-256 of
+the ingest token. Neither appears in logs or in what `public()` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger("meterstream.registry")
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+OWNER_FIELDS = ("team", "project", "plan")
+FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels")
+MIN_SECRET_LENGTH = 16
+
+
+class InvalidDeployment(ValueError):
+    """A registry update with bad fields; `fields` maps each bad field to its problem."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = fields
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    webhook_secret: str | None = field(default=None, repr=False)
+    ingest_token_sha256: str | None = field(default=None, repr=False)
+    team: str | None = None
+    project: str | None = None
+    plan: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    updated_at: int = 0
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows: everything but the secrets."""
+        return {
+            "name": self.name,
+            "team": self.team,
+            "project": self.project,
+            "plan": self.plan,
+            "labels": self.labels,
+            "has_webhook_secret": self.webhook_secret is not None,
+            "has_ingest_token": self.ingest_token_sha256 is not None,
+            "updated_at": self.updated_at,
+        }
+
+    def accepts_token(self, token: str) -> bool:
+        if self.ingest_token_sha256 is None:
+            return False
+        return hmac.compare_digest(token_digest(token), self.ingest_token_sha256)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, value: bytes) -> Deployment:
+        return cls(**orjson.loads(value))
+
+
+def check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise InvalidDeployment({"name": "letters, digits, '.', '_' and '-', at most 128"})
+
+
+def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
+    """The record after a PUT: given fields replace the current ones, null clears one,
+    omitted fields keep their value. Raises InvalidDeployment listing every bad field."""
+    check_name(name)
+    if not isinstance(changes, dict):
+        raise InvalidDeployment({"body": "must be a JSON object"})
+    problems: dict[str, str] = {}
+    for key in changes:
+        if key not in FIELDS:
+            problems[key] = f"unknown field; known: {', '.join(FIELDS)}"
+    for key in ("webhook_secret", "ingest_token"):
+        value = changes.get(key)
+        if key in changes and value is not None and (
+                not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH
+                or not value.isascii() or not value.isprintable()):
+            problems[key] = f"must be printable ASCII of at least {MIN_SECRET_LENGTH} characters"
+    for key in OWNER_FIELDS:
+        value = changes.get(key)
+        if value is not None and not (isinstance(value, str) and 0 < len(value) <= 200):
+            problems[key] = "must be a string of 1 to 200 characters, or null"
+    labels = changes.get("labels")
+    if labels is not None and not (
+            isinstance(labels, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        problems["labels"] = "must be an object of string values, or null"
+    if problems:
+        raise InvalidDeployment(problems)
+
+    base = current or Deployment(name=name)
+    values = asdict(base)
+    for key in ("webhook_secret", *OWNER_FIELDS):
+        if key in changes:
+            values[key] = changes[key]
+    if "ingest_token" in changes:
+        token = changes["ingest_token"]
+        values["ingest_token_sha256"] = None if token is None else token_digest(token)
+    if "labels" in changes:
+        values["labels"] = changes["labels"] or {}
+    values["updated_at"] = int(time.time() * 1000)
+    return Deployment(**values)
+
+
+class RegistryView:
+    """The registry as this process sees it, following the topic."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._deployments: dict[str, Deployment] = {}
+        self._loaded = asyncio.Event()
+        self._position = 0
+        self._advanced = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    def get(self, name: str) -> Deployment | None:
+        return self._deployments.get(name)
+
+    def all(self) -> list[Deployment]:
+        return [self._deployments[name] for name in sorted(self._deployments)]
+
+    def start(self, after: asyncio.Event | None = None) -> None:
+        """Starts following the topic; once `after` is set, when given (the topic must exist)."""
+        self._task = asyncio.create_task(self._follow(after), name="registry-view")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_applied(self, offset: int) -> None:
+        """Returns once the record at `offset` is in this view (read-your-writes)."""
+        async with self._advanced:
+            await self._advanced.wait_for(lambda: self._position > offset)
+
+    async def _follow(self, after: asyncio.Event | None) -> None:
+        if after is not None:
+            await after.wait()
+        backoff = 0.5
+        while True:
+            # earliest: compaction may have removed the offsets before the first record kept.
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                        enable_auto_commit=False, client_id="registry-view",
+                                        auto_offset_reset="earliest")
+            try:
+                await consumer.start()
+                tp = TopicPartition(self.topic, 0)
+                consumer.assign([tp])
+                consumer.seek(tp, self._position)
+                end = (await asyncio.wait_for(consumer.end_offsets([tp]), 30))[tp]
+                if self._position >= end:
+                    self._loaded.set()
+                backoff = 0.5
+                while True:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    for message in batch.get(tp, []):
+                        self._apply(message.key, message.value)
+                    async with self._advanced:
+                        self._position = await consumer.position(tp)
+                        self._advanced.notify_all()
+                    if not self.loaded and self._position >= end:
+                        self._loaded.set()
+                        log.info("registry loaded", extra={"deployments": len(self._deployments)})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("registry view lost Kafka; retrying",
+                            extra={"error": repr(exc), "retry_in_s": backoff},
+                            exc_info=not isinstance(exc, KafkaError | OSError | TimeoutError))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                await consumer.stop()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        name = key.decode()
+        if value is None:
+            self._deployments.pop(name, None)
+            return
+        try:
+            self._deployments[name] = Deployment.from_json(value)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            log.error("unreadable registry record skipped",
+                      extra={"deployment": name, "error": str(exc)})

@@ -1,0 +1,93 @@
+"""`meterstream deployments ...`: the registry's admin API from the command line.
+
+Secrets are read from environment variables named on the command line, so
+they do not show in the shell history or in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from meterstream.config import Settings
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("deployments", help="the deployment registry (admin API)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="all registered deployments")
+    get = actions.add_parser("get", help="one deployment")
+    get.add_argument("name")
+    put = actions.add_parser("put", help="register a deployment or change its record")
+    put.add_argument("name")
+    put.add_argument("--webhook-secret-env", metavar="VAR",
+                     help="environment variable holding the log stream's HMAC secret")
+    put.add_argument("--ingest-token-env", metavar="VAR",
+                     help="environment variable holding the agent-usage ingest token")
+    put.add_argument("--team")
+    put.add_argument("--project")
+    put.add_argument("--plan")
+    put.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     help="a label; repeat for several (replaces all labels)")
+    delete = actions.add_parser("delete", help="remove a deployment from the registry")
+    delete.add_argument("name")
+
+
+def _secret(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise SystemExit(f"meterstream deployments: environment variable {variable} is empty")
+    return value
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, value in (("webhook_secret", _secret(args.webhook_secret_env)),
+                       ("ingest_token", _secret(args.ingest_token_env)),
+                       ("team", args.team), ("project", args.project), ("plan", args.plan)):
+        if value is not None:
+            body[key] = value
+    if args.label:
+        pairs = [label.partition("=") for label in args.label]
+        if any(not key or not sep for key, sep, _ in pairs):
+            raise SystemExit("meterstream deployments: --label takes KEY=VALUE")
+        body["labels"] = {key: value for key, _, value in pairs}
+    return body
+
+
+def request(settings: Settings, method: str, path: str,
+            body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        settings.admin_url + path, data=data, method=method,
+        headers={"Authorization": f"Bearer {settings.admin_token}",
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.admin_token:
+        print("meterstream deployments: set METERSTREAM_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    path = "/v1/deployments" + (f"/{args.name}" if hasattr(args, "name") else "")
+    method = {"list": "GET", "get": "GET", "put": "PUT", "delete": "DELETE"}[args.action]
+    try:
+        status, answer = request(settings, method, path,
+                                 _body(args) if args.action == "put" else None)
+    except OSError as exc:
+        print(f"meterstream deployments: {settings.admin_url} unreachable: {exc}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0 if status < 300 else 1

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ingest.agent_usage import InvalidRecords, normalise_all
+
+NOW = 1_755_820_900_000
+
+AI_SDK = {
+    "id": "step-1", "timestamp": 1_755_820_800_000, "deployment": "happy-otter-123",
+    "userId": "user_2f9KqM", "threadId": "m57a1b2c3d4e5f6g7h8j9k0l1m2n3p4q",
+    "agentName": "Support Agent", "model": "gpt-4o-mini", "provider": "openai.chat",
+    "usage": {
+        "inputTokens": 1850,
+        "inputTokenDetails": {"noCacheTokens": 826, "cacheReadTokens": 1024,
+                              "cacheWriteTokens": None},
+        "outputTokens": 312,
+        "outputTokenDetails": {"textTokens": 312, "reasoningTokens": 0},
+        "totalTokens": 2162,
+    },
+    "providerMetadata": {"openai": {"acceptedPredictionTokens": 0}},
+}
+
+V_USAGE = {**AI_SDK, "id": "step-2", "usage": {
+    "promptTokens": 1850, "completionTokens": 312, "totalTokens": 2162, "reasoningTokens": 0,
+    "cachedInputTokens": 1024, "nonCachedInputTokens": 826, "textOutputTokens": 312}}
+
+TOKENS = {"input_tokens": 1850, "non_cached_input_tokens": 826, "cached_input_tokens": 1024,
+          "cache_write_input_tokens": 0, "output_tokens": 312, "text_output_tokens": 312,
+          "reasoning_tokens": 0, "total_tokens": 2162}
+
+
+def test_both_usage_shapes_normalise_to_the_same_tokens() -> None:
+    ai_sdk, v_usage = normalise_all([AI_SDK, V_USAGE], NOW)
+    for record in (ai_sdk, v_usage):
+        assert {k: record[k] for k in TOKENS} == TOKENS
+    assert ai_sdk["user_id"] == "user_2f9KqM"
+    assert ai_sdk["topic"] == "agent_usage"
+    assert ai_sdk["provider_metadata"] == {"openai": {"acceptedPredictionTokens": 0}}
+
+
+def test_one_record_alone_is_accepted() -> None:
+    (record,) = normalise_all(AI_SDK, NOW)
+    assert record["id"] == "step-1"
+
+
+def test_non_cached_input_is_derived_when_not_given() -> None:
+    record = copy.deepcopy(AI_SDK)
+    record["usage"] = {"inputTokens": 2000, "outputTokens": 500,
+                       "inputTokenDetails": {"cacheReadTokens": 1500, "cacheWriteTokens": 100},
+                       "outputTokenDetails": {"reasoningTokens": 200}}
+    (out,) = normalise_all(record, NOW)
+    assert out["non_cached_input_tokens"] == 400
+    assert out["text_output_tokens"] == 300
+    assert out["total_tokens"] == 2500
+
+
+def test_a_0_6_era_record_with_deprecated_fields() -> None:
+    record = {**AI_SDK, "usage": {"promptTokens": 100, "completionTokens": 20,
+                                  "totalTokens": 120, "cachedInputTokens": 40}}
+    (out,) = normalise_all(record, NOW)
+    assert (out["non_cached_input_tokens"], out["cached_input_tokens"]) == (60, 40)
+
+
+def test_every_bad_field_is_listed() -> None:
+    bad = copy.deepcopy(AI_SDK)
+    bad.update(id="", timestamp=1_755_820_800, model=None, providerMetadata=[1])
+    bad["usage"]["outputTokens"] = -3
+    bad["usage"]["inputTokenDetails"]["cacheReadTokens"] = "many"
+    with pytest.raises(InvalidRecords) as error:
+        normalise_all([AI_SDK, bad, 7], NOW)
+    assert sorted((p["index"], p["field"]) for p in error.value.problems) == [
+        (1, "id"), (1, "model"), (1, "providerMetadata"), (1, "timestamp"),
+        (1, "usage.inputTokenDetails.cacheReadTokens"), (1, "usage.outputTokens"),
+        (2, ""),
+    ]
+
+
+def test_an_empty_array_is_refused() -> None:
+    with pytest.raises(InvalidRecords):
+        normalise_all([], NOW)
