@@ -12,7 +12,13 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from ingest import metrics
 from meterstream.config import Settings
@@ -21,6 +27,11 @@ from meterstream.topics import TopicSpec, ensure_topics
 log = logging.getLogger("meterstream.receiver.kafka")
 
 PROBE_INTERVAL_SECONDS = 2.0
+# After these the idempotent producer's sequence is broken for good: a produce that timed
+# out during an outage leaves a gap the broker will not accept. aiokafka does not reset
+# its producer id, so a new producer (a new id) takes over.
+BROKEN_STATE = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
+                ProducerFenced)
 
 
 class Unavailable(RuntimeError):
@@ -43,13 +54,15 @@ class Producer:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         """Set once the topics exist and the producer is connected."""
+        self._broken = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def healthy(self) -> bool:
         return self._producer is not None and self._healthy
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._connect_and_watch(), name="kafka-producer")
+        self._task = asyncio.create_task(self._run(), name="kafka-producer")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -75,6 +88,8 @@ class Producer:
                 timeout=self.timeout)
         except (KafkaError, TimeoutError) as exc:
             self._healthy = False
+            if isinstance(exc, BROKEN_STATE) and producer is self._producer:
+                self._broken.set()
             raise Unavailable(repr(exc)) from exc
         finally:
             self._in_flight -= 1
@@ -94,9 +109,23 @@ class Producer:
             request_timeout_ms=int(self.timeout * 1000),
         )
 
-    async def _connect_and_watch(self) -> None:
+    async def _run(self) -> None:
+        while True:
+            self._producer = await self._connect()
+            self._healthy = True
+            self.connected.set()
+            await self._watch()
+            # The producer's state is broken: replace it. Its pending sends fail (503).
+            old, self._producer, self._healthy = self._producer, None, False
+            self._broken.clear()
+            log.warning("replacing the Kafka producer after a broken sequence")
+            closing = asyncio.create_task(_close(old))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _connect(self) -> AIOKafkaProducer:
         backoff = 0.5
-        while self._producer is None:
+        while True:
             producer = self._new_producer()
             try:
                 # The topics exist before the first produce, or Kafka would auto-create
@@ -110,12 +139,18 @@ class Producer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            self._producer = producer
-            self._healthy = True
-            self.connected.set()
             log.info("connected to Kafka", extra={"bootstrap": self.settings.kafka_bootstrap})
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            return producer
+
+    async def _watch(self) -> None:
+        """Probes Kafka every few seconds; returns when the producer must be replaced."""
+        assert self._producer is not None
+        while not self._broken.is_set():
+            try:
+                await asyncio.wait_for(self._broken.wait(), PROBE_INTERVAL_SECONDS)
+                return
+            except TimeoutError:
+                pass
             try:
                 await asyncio.wait_for(self._producer.client.fetch_all_metadata(),
                                        PROBE_INTERVAL_SECONDS)
@@ -127,3 +162,10 @@ class Producer:
                 if not self._healthy:
                     log.info("Kafka answers again")
                 self._healthy = True
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 30)
+    except Exception as exc:
+        log.warning("closing the old Kafka producer failed", extra={"error": repr(exc)})

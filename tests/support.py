@@ -89,3 +89,18 @@ async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every message now in `topic` (all partitions), read from the real broker."""
     return asyncio.run(_read_topic(bootstrap, topic))
+
+
+def own_broker_env(workdir: Path) -> dict[str, str]:
+    """Settings for a broker of a test's own (to stop and start at will), on free ports,
+    reusing the jars the session broker resolved so that no Maven run is needed."""
+    env = {
+        "METERSTREAM_DATA_DIR": str(workdir / "ms"),
+        "METERSTREAM_KAFKA": f"127.0.0.1:{free_port()}",
+        "METERSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
+    }
+    libs = REPO / ".meterstream-test" / "kafka" / "libs"
+    if libs.is_dir():
+        (workdir / "ms" / "kafka").mkdir(parents=True)
+        (workdir / "ms" / "kafka" / "libs").symlink_to(libs)
+    return env

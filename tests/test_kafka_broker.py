@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from tests.support import REPO, free_port, meterstream
+from tests.support import free_port, meterstream, own_broker_env, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -23,34 +22,8 @@ async def _produce(bootstrap: str, value: bytes) -> None:
         await producer.stop()
 
 
-async def _read_all(bootstrap: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer("broker-test", bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        values: list[bytes] = []
-        async with asyncio.timeout(30):
-            while sum(ends.values()) > len(values):
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    values.extend(m.value for m in messages)
-        return values
-    finally:
-        await consumer.stop()
-
-
 def test_start_status_stop_and_a_second_start_reuses_jars_and_data(tmp_path: Path) -> None:
-    test_home = REPO / ".meterstream-test"
-    env = {
-        "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
-        "METERSTREAM_KAFKA": f"127.0.0.1:{free_port()}",
-        "METERSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
-    }
-    # The session broker resolved the jars already; seed them so this test needs no Maven.
-    libs = test_home / "kafka" / "libs"
-    if libs.is_dir():
-        (tmp_path / "ms" / "kafka").mkdir(parents=True)
-        os.symlink(libs, tmp_path / "ms" / "kafka" / "libs")
+    env = own_broker_env(tmp_path)
     bootstrap = env["METERSTREAM_KAFKA"]
     try:
         assert meterstream(["kafka", "status"], env, check=False).returncode == 3
@@ -64,7 +37,8 @@ def test_start_status_stop_and_a_second_start_reuses_jars_and_data(tmp_path: Pat
         second = meterstream(["kafka", "start"], env, timeout=600)
         assert "resolving" not in second.stderr
         assert "formatting" not in second.stderr
-        assert asyncio.run(_read_all(bootstrap)) == [b"kept across restarts"]
+        assert [m.value for m in read_topic(bootstrap, "broker-test")] == [
+            b"kept across restarts"]
     finally:
         meterstream(["kafka", "stop"], env)
 

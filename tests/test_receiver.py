@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from ingest.signature import sign
 from tests.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
 from tests.support import convex_examples, meterstream, read_topic
 from tests.test_agent_usage import AI_SDK, TOKENS, V_USAGE
@@ -229,3 +233,66 @@ def test_readyz_reports_kafka_and_registry(receiver: Pipeline) -> None:
     status, answer = receiver.request("GET", "/readyz")
     assert (status, orjson.loads(answer)) == (200, {"ready": True, "kafka": True,
                                                     "registry": True})
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children,
+                                                                       max_size=5),
+    max_leaves=20,
+)
+EVENT = st.fixed_dictionaries(
+    {"topic": st.sampled_from(["function_execution", "console", "verification", "x"]) | JSON,
+     "convex": st.fixed_dictionaries(
+         {"deployment_name": st.sampled_from(["happy-otter-123", "legacy-unsigned-1",
+                                              "stranger"]) | JSON})},
+    optional={"usage": JSON, "timestamp": JSON, "function": JSON},
+)
+
+
+def _dumps(value: object) -> bytes:
+    # The standard library writes what orjson refuses to (integers beyond 64 bits).
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    kind = draw(st.sampled_from(["bytes", "json", "array", "jsonl"]))
+    if kind == "bytes":
+        body = draw(st.binary(max_size=3000))
+    elif kind == "json":
+        body = _dumps(draw(JSON))
+    else:
+        events = draw(st.lists(EVENT | JSON, max_size=8))
+        body = (_dumps(events) if kind == "array"
+                else b"\n".join(_dumps(e) for e in events))
+    signature = draw(st.sampled_from(["none", "right", "garbage"]))
+    headers = {}
+    if signature == "right":
+        headers["x-webhook-signature"] = sign(body, SECRET)
+    elif signature == "garbage":
+        headers["x-webhook-signature"] = draw(st.text(
+            alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
+    return body, headers
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(bodies())
+def test_no_body_gets_a_5xx_while_kafka_is_healthy(receiver: Pipeline,
+                                                   case: tuple[bytes, dict[str, str]]) -> None:
+    body, headers = case
+    status, answer = receiver.post(body, headers=headers)
+    assert status in (200, 400, 401, 403), (status, answer)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(JSON, st.lists(st.fixed_dictionaries(
+    {"id": st.text(max_size=5), "timestamp": st.integers(), "deployment": st.just(
+        "happy-otter-123"), "model": st.text(max_size=5), "provider": st.text(max_size=5)},
+    optional={"usage": JSON, "userId": JSON, "providerMetadata": JSON}), max_size=4)))
+def test_no_usage_record_gets_a_5xx_while_kafka_is_healthy(receiver: Pipeline,
+                                                           record: object) -> None:
+    status, answer = receiver.request("POST", "/v1/agent/usage", _dumps(record),
+                                      {"Authorization": f"Bearer {INGEST_TOKEN}"})
+    assert status in (200, 400, 403), (status, answer)
