@@ -6,5 +6,16 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/bootstrap.sh
+if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
+  # A local admin token for the registry's admin API, made once and kept private.
+  token_file="${METERSTREAM_DATA_DIR:-.meterstream}/admin-token"
+  if [ ! -s "$token_file" ]; then
+    mkdir -p "$(dirname "$token_file")"
+    (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > "$token_file")
+  fi
+  METERSTREAM_ADMIN_TOKEN=$(cat "$token_file")
+  export METERSTREAM_ADMIN_TOKEN
+  echo "up: admin API token in $token_file" >&2
+fi
 .venv/bin/meterstream kafka start
 exec .venv/bin/meterstream up
