@@ -101,8 +101,12 @@ java_cmd=(java -Xms256m "-Xmx$heap" -XX:+UseG1GC -Djava.awt.headless=true
 format_storage() {
   [ -f "$data/meta.properties" ] && return
   local cluster_id
-  # A Kafka cluster id is 16 random bytes, base64url without padding.
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # A Kafka cluster id is 16 random bytes, base64url without padding; one that starts
+  # with '-' would be read as an option by the storage tool, so draw again.
+  cluster_id=-
+  while [[ $cluster_id == -* ]]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   echo "kafka: formatting KRaft storage in $data (cluster $cluster_id)" >&2
   "${java_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$props" >> "$logfile" 2>&1 \
     || die "formatting storage failed; see $logfile"
