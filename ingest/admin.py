@@ -6,26 +6,40 @@
     GET    /v1/deployments
     DELETE /v1/deployments/{name}
 
-Authorised by `Authorization: Bearer <METERSTREAM_ADMIN_TOKEN>`. A write is
+    POST   /v1/deployments/{name}/provision | rotate-secret | deprovision | sync
+                                    the log stream's lifecycle at Convex, with
+                                    {"deploy_key": ...} (ingest/provisioning.py)
+
+Authorised by `Authorization: Bearer <METERSTREAM_ADMIN_TOKEN>`. Deploy keys
+pass through to Convex and are neither stored nor logged. A write is
 answered once this replica's view holds it, so a GET right after sees it.
 Secrets are never returned.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from ingest import metrics
-from ingest.producer import Overloaded, Producer, Unavailable
-from ingest.registry import InvalidDeployment, RegistryView, check_name, updated
+from ingest.convex_platform import ConvexApiError, ConvexUnavailable
+from ingest.producer import Overloaded, Unavailable
+from ingest.provisioning import Provisioner, ProvisioningError, StreamSettings
+from ingest.registry import (
+    Deployment,
+    InvalidDeployment,
+    RegistryView,
+    RegistryWriter,
+    check_name,
+    updated,
+)
 
 ADMIN = "/v1/deployments"
-APPLY_TIMEOUT_SECONDS = 10.0
+LIFECYCLE = ("provision", "rotate-secret", "deprovision", "sync")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -44,18 +58,70 @@ def bearer(request: web.Request) -> str | None:
 
 
 class AdminApi:
-    def __init__(self, token: str, registry: RegistryView, producer: Producer,
-                 topic: str) -> None:
+    def __init__(self, token: str, registry: RegistryView, writer: RegistryWriter,
+                 provisioner: Provisioner) -> None:
         self.token = token
         self.registry = registry
-        self.producer = producer
-        self.topic = topic
+        self.writer = writer
+        self.provisioner = provisioner
+        self._session: aiohttp.ClientSession | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(ADMIN, self._authorised(self.list))
         app.router.add_get(ADMIN + "/{name}", self._authorised(self.get))
         app.router.add_put(ADMIN + "/{name}", self._authorised(self.put))
         app.router.add_delete(ADMIN + "/{name}", self._authorised(self.delete))
+        for step in LIFECYCLE:
+            app.router.add_post(ADMIN + "/{name}/" + step, self._authorised(self.lifecycle))
+        app.on_cleanup.append(self._close_session)
+
+    async def _close_session(self, _: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def lifecycle(self, request: web.Request) -> web.Response:
+        """provision, rotate-secret, deprovision and sync, through the Convex Platform API."""
+        name = request.match_info["name"]
+        step = request.path.rsplit("/", 1)[1]
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, ADMIN, "malformed", f"malformed JSON: {exc.msg}")
+        if not isinstance(body, dict):
+            return json_error(400, ADMIN, "malformed", "expected a JSON object")
+        deploy_key = body.pop("deploy_key", None)
+        if not isinstance(deploy_key, str) or not deploy_key.strip():
+            return json_error(400, ADMIN, "invalid", "the deployment's deploy key is required",
+                              fields={"deploy_key": "required"})
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        convex = self.provisioner.convex(self._session, name, deploy_key.strip())
+        try:
+            check_name(name)
+            if step == "provision":
+                adopt = body.pop("adopt", False) is True
+                stream = StreamSettings.parse(body)
+                body.pop("format", None)
+                body.pop("topics", None)
+                record = await self.provisioner.provision(convex, name, stream, adopt, body)
+                return web.json_response(record.public())
+            if step == "rotate-secret":
+                return web.json_response((await self.provisioner.rotate(convex, name)).public())
+            if step == "deprovision":
+                record = await self.provisioner.deprovision(convex, name)
+                return web.json_response(record.public())
+            return web.json_response(await self.provisioner.sync(convex, name))
+        except InvalidDeployment as exc:
+            return json_error(400, ADMIN, "invalid", "invalid deployment", fields=exc.fields)
+        except ProvisioningError as exc:
+            return json_error(exc.status, ADMIN, exc.reason, str(exc), **exc.details)
+        except ConvexUnavailable as exc:
+            return json_error(503, ADMIN, "convex_unavailable", str(exc))
+        except ConvexApiError as exc:
+            return json_error(502, ADMIN, "convex_error", exc.message, code=exc.code,
+                              convex_status=exc.status)
+        except (Unavailable, Overloaded, TimeoutError) as exc:
+            return json_error(503, ADMIN, "kafka_unavailable", f"not stored: {exc!r}")
 
     def _authorised(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -93,7 +159,7 @@ class AdminApi:
             record = updated(self.registry.get(name), name, changes)
         except InvalidDeployment as exc:
             return json_error(400, ADMIN, "invalid", "invalid deployment", fields=exc.fields)
-        failure = await self._write(name, record.to_json())
+        failure = await self._write(name, record)
         return failure or web.json_response(record.public())
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -107,14 +173,11 @@ class AdminApi:
         failure = await self._write(name, None)
         return failure or web.json_response({"deleted": name})
 
-    async def _write(self, name: str, value: bytes | None) -> web.Response | None:
+    async def _write(self, name: str, record: Deployment | None) -> web.Response | None:
         try:
-            offset = await self.producer.store(self.topic, name.encode(), value, [])
+            await self.writer.write(name, record)
         except (Unavailable, Overloaded) as exc:
             return json_error(503, ADMIN, "kafka_unavailable", f"not stored: {exc}")
-        try:
-            async with asyncio.timeout(APPLY_TIMEOUT_SECONDS):
-                await self.registry.wait_applied(offset)
         except TimeoutError:
             return json_error(503, ADMIN, "not_applied",
                               "stored, but not yet visible in the registry; retry to check")

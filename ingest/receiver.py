@@ -24,7 +24,8 @@ from ingest import agent_usage, metrics, signature
 from ingest.admin import AdminApi, bearer, json_error
 from ingest.batch import BatchError, inspect_batch
 from ingest.producer import Overloaded, Producer, Unavailable
-from ingest.registry import RegistryView
+from ingest.provisioning import Provisioner
+from ingest.registry import RegistryView, RegistryWriter
 from meterstream.config import Settings
 from meterstream.service import healthz, metrics_page, start_site, stop_event
 from meterstream.topics import Topics
@@ -43,7 +44,9 @@ class Receiver:
         self.producer = producer
         self.registry = registry
         self.raw_topic = topics.raw.name
-        self.admin = AdminApi(settings.admin_token, registry, producer, topics.deployments.name)
+        self.writer = RegistryWriter(registry, producer.store, topics.deployments.name)
+        self.admin = AdminApi(settings.admin_token, registry, self.writer,
+                              Provisioner(settings, registry, self.writer))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
@@ -102,12 +105,20 @@ class Receiver:
         if deployment is None:
             return json_error(403, CONVEX_LOGS, "unregistered",
                               f"deployment {name!r} is not registered")
-        if deployment.webhook_secret is not None:
+        now = int(time.time() * 1000)
+        if deployment.removed_at:
+            return json_error(403, CONVEX_LOGS, "removed",
+                              f"deployment {name!r} was deprovisioned")
+        if deployment.webhook_secret is not None or deployment.secret_changing(now):
             header = request.headers.get(signature.HEADER)
-            if header is None:
-                return json_error(401, CONVEX_LOGS, "signature_missing",
-                                  f"{signature.HEADER} is missing")
-            if not signature.verify(body, header, deployment.webhook_secret):
+            if header is None or not deployment.signature_matches(body, header, now):
+                if deployment.secret_changing(now):
+                    # Convex may already sign with the secret about to be stored.
+                    return json_error(503, CONVEX_LOGS, "secret_changing",
+                                      "the deployment's webhook secret is being changed; retry")
+                if header is None:
+                    return json_error(401, CONVEX_LOGS, "signature_missing",
+                                      f"{signature.HEADER} is missing")
                 return json_error(401, CONVEX_LOGS, "signature_invalid",
                                   f"{signature.HEADER} does not match the body")
         failure = await self._store(CONVEX_LOGS, name, body)

@@ -19,12 +19,14 @@ import hmac
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+
+from ingest.signature import verify
 
 log = logging.getLogger("meterstream.registry")
 
@@ -56,6 +58,17 @@ class Deployment:
     plan: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     updated_at: int = 0
+    log_stream_id: str | None = None
+    """The Convex webhook log stream meterstream provisioned or adopted."""
+    previous_webhook_secret: str | None = field(default=None, repr=False)
+    previous_secret_until: int = 0
+    """After a rotation the old secret is still accepted until then (ms), for the batches
+    Convex signed before it switched."""
+    secret_changing_until: int = 0
+    """While a secret is being created or rotated at Convex (ms): a batch whose signature
+    does not verify may carry the secret about to be stored, so it gets 503 (retried)."""
+    removed_at: int = 0
+    """Deprovisioned (ms): batches are refused; the record stays for attribution."""
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: everything but the secrets."""
@@ -67,8 +80,20 @@ class Deployment:
             "labels": self.labels,
             "has_webhook_secret": self.webhook_secret is not None,
             "has_ingest_token": self.ingest_token_sha256 is not None,
+            "log_stream_id": self.log_stream_id,
+            "previous_secret_until": self.previous_secret_until or None,
+            "removed_at": self.removed_at or None,
             "updated_at": self.updated_at,
         }
+
+    def signature_matches(self, body: bytes, header: str, now_ms: int) -> bool:
+        if self.webhook_secret is not None and verify(body, header, self.webhook_secret):
+            return True
+        return (self.previous_webhook_secret is not None and now_ms < self.previous_secret_until
+                and verify(body, header, self.previous_webhook_secret))
+
+    def secret_changing(self, now_ms: int) -> bool:
+        return now_ms < self.secret_changing_until
 
     def accepts_token(self, token: str) -> bool:
         if self.ingest_token_sha256 is None:
@@ -80,7 +105,9 @@ class Deployment:
 
     @classmethod
     def from_json(cls, value: bytes) -> Deployment:
-        return cls(**orjson.loads(value))
+        # Fields a newer version added are ignored, fields an older one lacked take defaults.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in orjson.loads(value).items() if k in known})
 
 
 def check_name(name: str) -> None:
@@ -117,6 +144,8 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
         raise InvalidDeployment(problems)
 
     base = current or Deployment(name=name)
+    if base.removed_at and ("webhook_secret" in changes or "ingest_token" in changes):
+        base = replace(base, removed_at=0)  # registering a removed deployment again
     values = asdict(base)
     for key in ("webhook_secret", *OWNER_FIELDS):
         if key in changes:
@@ -217,3 +246,25 @@ class RegistryView:
         except (orjson.JSONDecodeError, TypeError) as exc:
             log.error("unreadable registry record skipped",
                       extra={"deployment": name, "error": str(exc)})
+
+
+class RegistryWriter:
+    """Writes records to the registry topic and waits until this process's view holds them."""
+
+    def __init__(self, view: RegistryView, store: Any, topic: str,
+                 apply_timeout: float = 10.0) -> None:
+        self.view = view
+        self._store = store  # Producer.store: (topic, key, value, headers) -> offset
+        self.topic = topic
+        self.apply_timeout = apply_timeout
+
+    async def write(self, name: str, record: Deployment | None) -> None:
+        """Stores the record (None deletes it); raises the producer's errors or TimeoutError."""
+        offset = await self._store(self.topic, name.encode(),
+                                   None if record is None else record.to_json(), [])
+        async with asyncio.timeout(self.apply_timeout):
+            await self.view.wait_applied(offset)
+
+    @staticmethod
+    def stamped(record: Deployment, **changes: Any) -> Deployment:
+        return replace(record, updated_at=int(time.time() * 1000), **changes)

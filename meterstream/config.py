@@ -61,6 +61,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_ADMIN_URL", "",
              "Where `meterstream deployments` reaches the admin API; empty means "
              "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT>."),
+    Variable("METERSTREAM_PUBLIC_URL", "",
+             "This meterstream's receiver as Convex reaches it, e.g. https://metering.example.com; "
+             "provisioning points log streams at <it>/v1/convex/logs. Empty means "
+             "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT> (local use only)."),
+    Variable("METERSTREAM_CONVEX_API_URL", "https://{deployment}.convex.cloud/api/v1",
+             "The Convex deployment Platform API; {deployment} is replaced by the deployment "
+             "name. Set a plain URL for a self-hosted backend."),
+    Variable("METERSTREAM_SECRET_OVERLAP", "600",
+             "Seconds the old webhook secret is still accepted after a rotation."),
     Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
              "Seconds the receiver waits for Kafka to acknowledge a body before it answers "
              "503 so that Convex retries."),
@@ -116,6 +125,9 @@ class Settings:
     max_in_flight: int
     admin_token: str = field(repr=False)
     admin_url: str
+    public_url: str
+    convex_api_url: str
+    secret_overlap: float
     produce_timeout: float
     sink_batch_rows: int
     sink_batch_seconds: float
@@ -159,6 +171,13 @@ class Settings:
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
                                  env.get("METERSTREAM_ADMIN_URL", "").strip(),
                                  raw("METERSTREAM_RECEIVER_PORT")),
+            public_url=_admin_url("METERSTREAM_PUBLIC_URL",
+                                  env.get("METERSTREAM_PUBLIC_URL", "").strip(),
+                                  raw("METERSTREAM_RECEIVER_PORT")),
+            convex_api_url=_http_url("METERSTREAM_CONVEX_API_URL",
+                                     raw("METERSTREAM_CONVEX_API_URL")),
+            secret_overlap=_number("METERSTREAM_SECRET_OVERLAP", raw("METERSTREAM_SECRET_OVERLAP"),
+                                   float, 0.0, 7 * 24 * 3600.0),
             produce_timeout=_number("METERSTREAM_PRODUCE_TIMEOUT",
                                     raw("METERSTREAM_PRODUCE_TIMEOUT"), float, 0.1, 300),
             sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
@@ -260,7 +279,11 @@ def _admin_token(name: str, value: str) -> str:
 def _admin_url(name: str, value: str, receiver_port: str) -> str:
     if not value:
         return f"http://127.0.0.1:{receiver_port}"
-    parts = urlsplit(value)
+    return _http_url(name, value)
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value.replace("{deployment}", "deployment"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{name} must be an http(s):// URL, got {value!r}")
     return value.rstrip("/")

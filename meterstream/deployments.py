@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ingest.convex_platform import METERING_TOPICS
 from meterstream.config import Settings
 
 
@@ -37,6 +38,29 @@ def add_parser(commands: Any) -> None:
     delete = actions.add_parser("delete", help="remove a deployment from the registry")
     delete.add_argument("name")
 
+    provision = actions.add_parser(
+        "provision", help="create the deployment's Convex log stream and register it")
+    provision.add_argument("name")
+    provision.add_argument("--format", choices=("json", "jsonl"), default="jsonl")
+    provision.add_argument("--topics", default=",".join(METERING_TOPICS),
+                           help="comma-separated log topics, or 'all' "
+                                "(default: the metering topics)")
+    provision.add_argument("--adopt", action="store_true",
+                           help="take over an existing webhook log stream")
+    provision.add_argument("--ingest-token-env", metavar="VAR")
+    provision.add_argument("--team")
+    provision.add_argument("--project")
+    provision.add_argument("--plan")
+    provision.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    for step, text in (("rotate-secret", "rotate the webhook secret at Convex and here"),
+                       ("deprovision", "delete the log stream, mark the deployment removed"),
+                       ("sync", "compare the registry with Convex and report drift")):
+        actions.add_parser(step, help=text).add_argument("name")
+    for action in ("provision", "rotate-secret", "deprovision", "sync"):
+        actions.choices[action].add_argument(
+            "--deploy-key-env", metavar="VAR", required=True,
+            help="environment variable holding the deployment's deploy key")
+
 
 def _secret(variable: str | None) -> str | None:
     if variable is None:
@@ -49,7 +73,14 @@ def _secret(variable: str | None) -> str | None:
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
-    for key, value in (("webhook_secret", _secret(args.webhook_secret_env)),
+    if args.action != "put":
+        body["deploy_key"] = _secret(args.deploy_key_env)
+        if args.action != "provision":
+            return body
+        body["format"] = args.format
+        body["topics"] = None if args.topics == "all" else args.topics.split(",")
+        body["adopt"] = args.adopt
+    for key, value in (("webhook_secret", _secret(getattr(args, "webhook_secret_env", None))),
                        ("ingest_token", _secret(args.ingest_token_env)),
                        ("team", args.team), ("project", args.project), ("plan", args.plan)):
         if value is not None:
@@ -81,13 +112,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("meterstream deployments: set METERSTREAM_ADMIN_TOKEN", file=sys.stderr)
         return 2
     path = "/v1/deployments" + (f"/{args.name}" if hasattr(args, "name") else "")
-    method = {"list": "GET", "get": "GET", "put": "PUT", "delete": "DELETE"}[args.action]
+    method = {"list": "GET", "get": "GET", "put": "PUT", "delete": "DELETE"}.get(args.action)
+    if method is None:
+        method, path = "POST", f"{path}/{args.action}"
+    body = _body(args) if method in ("PUT", "POST") else None
     try:
-        status, answer = request(settings, method, path,
-                                 _body(args) if args.action == "put" else None)
+        status, answer = request(settings, method, path, body)
+        if (status == 409 and args.action == "provision"
+                and answer.get("reason") == "log_stream_exists" and _ask_adopt(answer)):
+            status, answer = request(settings, method, path, {**(body or {}), "adopt": True})
     except OSError as exc:
         print(f"meterstream deployments: {settings.admin_url} unreachable: {exc}",
               file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2))
     return 0 if status < 300 else 1
+
+
+def _ask_adopt(answer: dict[str, Any]) -> bool:
+    """Offers to adopt an existing stream when a person is at the terminal."""
+    print(answer.get("error", ""), file=sys.stderr)
+    if not sys.stdin.isatty():
+        print("run again with --adopt to take it over", file=sys.stderr)
+        return False
+    reply = input("Adopt it (point it at meterstream and rotate its secret)? [y/N] ")
+    return reply.strip().lower() in ("y", "yes")
