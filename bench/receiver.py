@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from ingest.signature import HEADER, sign  # noqa: E402
 from meterstream.config import Settings  # noqa: E402
 from meterstream.topics import Topics, ensure_topics  # noqa: E402
-from tests.support import free_port, wait_for  # noqa: E402
+from tests.support import free_port, receiver_ready, wait_for  # noqa: E402
 
 EVENTS_PER_BODY = 128
 DEPLOYMENTS = 16
@@ -165,16 +165,6 @@ def register(base: str, payloads: list[tuple[str, str, bytes]]) -> None:
         urllib.request.urlopen(request, timeout=30).read()
 
 
-def ready(base: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,7 +191,7 @@ def main() -> None:
     raw_results: list[Result] = []
     receiver_results: list[Result] = []
     try:
-        wait_for(lambda: ready(base), timeout=60, what="the receiver to be ready")
+        wait_for(lambda: receiver_ready(base), timeout=60, what="the receiver to be ready")
         register(base, payloads)
         # Warm both paths (connections, JIT-free but page cache and topic leaders).
         asyncio.run(run_raw(settings.kafka_bootstrap, raw_topic, payloads, 2, args.connections))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.signature import HEADER, sign
-from tests.support import REPO, free_port, meterstream, wait_for
+from tests.support import REPO, free_port, meterstream, receiver_ready, wait_for
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -72,14 +72,6 @@ class Pipeline:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _receiver_ready(port: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @contextmanager
 def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
                      extra_env: dict[str, str] | None = None) -> Iterator[Pipeline]:
@@ -104,7 +96,7 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
     pipeline = Pipeline(env, process, log)
     try:
         wait_for(lambda: process.poll() is not None
-                 or _receiver_ready(env["METERSTREAM_RECEIVER_PORT"]),
+                 or receiver_ready(f"http://127.0.0.1:{env['METERSTREAM_RECEIVER_PORT']}"),
                  timeout=120, what="the receiver to answer /readyz")
         assert process.poll() is None, f"meterstream up exited:\n{pipeline.log_tail()}"
         yield pipeline

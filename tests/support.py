@@ -38,6 +38,17 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str,
     return last
 
 
+def receiver_ready(base_url: str) -> bool:
+    """Whether the receiver at base_url answers /readyz with 200."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def meterstream(args: list[str], env: Mapping[str, str], timeout: float = 120,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
     """Runs the `meterstream` command of this checkout with `env` over os.environ."""
