@@ -40,11 +40,15 @@ class Topics:
         return TopicSpec(f"{self.namespace}.raw", self.partitions,
                          {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
 
+    def records(self, route: str) -> TopicSpec:
+        """Normalised records of one event type (processors/split.py ROUTES, or "other"):
+        one message per raw body, a JSON array, keyed by deployment."""
+        return TopicSpec(f"{self.namespace}.{route}", self.partitions,
+                         {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
+
     @property
     def function_executions(self) -> TopicSpec:
-        """Normalised function_execution records, one message per raw batch."""
-        return TopicSpec(f"{self.namespace}.function_execution", self.partitions,
-                         {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
+        return self.records("function_execution")
 
     @property
     def deployments(self) -> TopicSpec:

@@ -1,8 +1,10 @@
 """`meterstream worker`: the Faust app.
 
-One agent reads the raw webhook bodies and forwards, per body, one message
-with the normalised records of each event type. Working per body, not per
-event, keeps Faust's per-message cost spread over up to 128 events.
+One agent reads the raw bodies and forwards, per body, one message with the
+normalised records of each event type present to that type's topic
+(`<ns>.function_execution`, `<ns>.current_storage_usage`, ..., `<ns>.other`).
+Working per body, not per event, spreads Faust's per-message cost over up to
+128 events.
 
 Concurrency stays at 1: with more, Faust can commit an offset past a message
 still in flight (faust#606), and a restart would lose it. Each forward is
@@ -23,7 +25,7 @@ from meterstream.config import Settings
 from meterstream.logs import logging_config
 from meterstream.topics import Topics, ensure_topics
 from processors import metrics
-from processors.split import split_body
+from processors.split import ALL_ROUTES, split_body
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -49,8 +51,9 @@ def create_app(settings: Settings) -> faust.App:
     )
     raw = app.topic(topics.raw.name, value_serializer="raw", key_serializer="raw",
                     partitions=settings.partitions)
-    function_executions = app.topic(topics.function_executions.name, value_serializer="raw",
-                                    key_serializer="raw", partitions=settings.partitions)
+    routed = {route: app.topic(topics.records(route).name, value_serializer="raw",
+                               key_serializer="raw", partitions=settings.partitions)
+              for route in ALL_ROUTES}
     dead_letters = app.topic(topics.dead_letters.name, value_serializer="raw",
                              key_serializer="raw", partitions=1)
 
@@ -59,18 +62,16 @@ def create_app(settings: Settings) -> faust.App:
             message = event.message
             batch = split_body(event.value, message.partition, message.offset)
             sent: list[Any] = []
-            if batch.function_executions:
-                sent.append(await function_executions.send(
-                    key=event.key, value=orjson.dumps(batch.function_executions)))
+            for route, records in batch.routed.items():
+                sent.append(await routed[route].send(key=event.key, value=orjson.dumps(records)))
+                metrics.EVENTS.labels(route).inc(len(records))
             for letter in batch.dead_letters:
                 sent.append(await dead_letters.send(key=event.key, value=orjson.dumps(letter)))
             # Only once Kafka stored what came out of this body may its offset be committed.
             for future in sent:
                 await future
             metrics.RAW_BATCHES.inc()
-            metrics.EVENTS.labels("function_execution").inc(len(batch.function_executions))
             metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
-            metrics.EVENTS.labels("not_routed").inc(batch.other)
 
     app.agent(raw, name="split_raw", concurrency=1)(split_raw)
 
@@ -87,7 +88,7 @@ def main(settings: Settings) -> None:
     topics = Topics.of(settings)
     loop.run_until_complete(ensure_topics(
         settings.kafka_bootstrap,
-        [topics.raw, topics.function_executions, topics.dead_letters],
+        [topics.raw, topics.dead_letters, *(topics.records(r) for r in ALL_ROUTES)],
     ))
     app = create_app(settings)
     worker = faust.Worker(

@@ -95,13 +95,25 @@ def deployment_of(event: dict[str, Any]) -> str:
     return name
 
 
+def timestamp_of(event: dict[str, Any]) -> int:
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp <= 0:
+        raise InvalidEvent(f"timestamp must be a positive integer (ms), got {timestamp!r}")
+    return timestamp
+
+
+def _origin(record: Record, raw_partition: int, raw_offset: int, event_index: int) -> Record:
+    record["raw_partition"] = raw_partition
+    record["raw_offset"] = raw_offset
+    record["event_index"] = event_index
+    return record
+
+
 def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: int,
                        event_index: int) -> Record:
     """Normalises one `function_execution` event; raises InvalidEvent."""
     deployment = deployment_of(event)
-    timestamp = event.get("timestamp")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp <= 0:
-        raise InvalidEvent(f"timestamp must be a positive integer (ms), got {timestamp!r}")
+    timestamp = timestamp_of(event)
     function = event.get("function")
     if not isinstance(function, dict):
         raise InvalidEvent("function must be an object")
@@ -144,7 +156,89 @@ def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: in
     record["deployment_type"] = text(convex, "deployment_type")
     record["deployment_region"] = text(convex, "deployment_region")
     record["project_slug"] = text(convex, "project_slug")
-    record["raw_partition"] = raw_partition
-    record["raw_offset"] = raw_offset
-    record["event_index"] = event_index
-    return record
+    return _origin(record, raw_partition, raw_offset, event_index)
+
+
+# The byte totals of a `current_storage_usage` snapshot, each a field of the same name.
+STORAGE_TOTALS: tuple[str, ...] = (
+    "total_document_size_bytes",
+    "total_index_size_bytes",
+    "total_vector_storage_bytes",
+    "total_text_storage_bytes",
+    "total_file_storage_bytes",
+    "total_backup_storage_bytes",
+)
+
+
+def storage_usage(event: dict[str, Any], raw_partition: int, raw_offset: int,
+                  event_index: int) -> Record:
+    """Normalises one `current_storage_usage` snapshot; raises InvalidEvent."""
+    record: Record = {"deployment": deployment_of(event), "timestamp": timestamp_of(event)}
+    for key in STORAGE_TOTALS:
+        record[key] = counter(event, key, "")
+    system = event.get("total_system_table_document_size_bytes")
+    if system is None:
+        system = {}
+    elif not isinstance(system, dict):
+        raise InvalidEvent("total_system_table_document_size_bytes must be an object")
+    record["system_table_document_size_bytes"] = {
+        str(table): counter(system, table, "total_system_table_document_size_bytes.")
+        for table in system}
+    record["deployment_region"] = text(event["convex"], "deployment_region")
+    return _origin(record, raw_partition, raw_offset, event_index)
+
+
+def storage_bandwidth(event: dict[str, Any], raw_partition: int, raw_offset: int,
+                      event_index: int) -> Record:
+    """Normalises one `storage_api_bandwidth` event (one file download)."""
+    record: Record = {"deployment": deployment_of(event), "timestamp": timestamp_of(event),
+                      "storage_id": text(event, "storage_id"),
+                      "egress_bytes": counter(event, "egress_bytes", "")}
+    return _origin(record, raw_partition, raw_offset, event_index)
+
+
+def log_stream_egress(event: dict[str, Any], raw_partition: int, raw_offset: int,
+                      event_index: int) -> Record:
+    """Normalises one `log_stream_egress` event (bytes sent to log sinks in the last minute)."""
+    record: Record = {"deployment": deployment_of(event), "timestamp": timestamp_of(event),
+                      "egress_bytes": counter(event, "egress_bytes", "")}
+    return _origin(record, raw_partition, raw_offset, event_index)
+
+
+AGENT_TOKENS: tuple[str, ...] = (
+    "input_tokens", "non_cached_input_tokens", "cached_input_tokens",
+    "cache_write_input_tokens", "output_tokens", "text_output_tokens", "reasoning_tokens",
+    "total_tokens",
+)
+
+
+def agent_usage(event: dict[str, Any], raw_partition: int, raw_offset: int,
+                event_index: int) -> Record:
+    """Checks an agent usage record the receiver normalised (ingest/agent_usage.py)."""
+    record_id = event.get("id")
+    if not isinstance(record_id, str) or not record_id:
+        raise InvalidEvent("id must be a non-empty string")
+    deployment = event.get("deployment")
+    if not isinstance(deployment, str) or not deployment:
+        raise InvalidEvent("deployment must be a non-empty string")
+    record: Record = {"id": record_id, "deployment": deployment,
+                      "timestamp": timestamp_of(event)}
+    for key in ("user_id", "thread_id", "agent_name", "model", "provider"):
+        record[key] = text(event, key)
+    for key in AGENT_TOKENS:
+        record[key] = counter(event, key, "")
+    metadata = event.get("provider_metadata")
+    record["provider_metadata"] = metadata if isinstance(metadata, dict) else {}
+    return _origin(record, raw_partition, raw_offset, event_index)
+
+
+def other(event: dict[str, Any], raw_partition: int, raw_offset: int,
+          event_index: int) -> Record:
+    """Any other event (console, audit_log, verification, ...), kept whole."""
+    convex = event.get("convex")
+    deployment = convex.get("deployment_name") if isinstance(convex, dict) else None
+    topic = event.get("topic")
+    record: Record = {"topic": topic if isinstance(topic, str) else "",
+                      "deployment": deployment if isinstance(deployment, str) else "",
+                      "event": event}
+    return _origin(record, raw_partition, raw_offset, event_index)

@@ -1,4 +1,4 @@
-"""Splitting one raw webhook body into records by event type.
+"""Splitting one raw body into normalised records, by event type.
 
 Pure functions, so the worker agent stays a thin loop and this logic is unit-tested.
 A malformed event costs only itself: it becomes a dead letter with its reason,
@@ -7,19 +7,36 @@ and the valid events beside it are kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.batch import BatchError, parse_events
-from processors.records import InvalidEvent, Record, function_execution
+from processors import records
+from processors.records import InvalidEvent, Record
+
+Normaliser = Callable[[dict[str, Any], int, int, int], Record]
+
+# Route (and topic suffix) by the event's `topic`; anything else goes to OTHER.
+ROUTES: dict[str, Normaliser] = {
+    "function_execution": records.function_execution,
+    "current_storage_usage": records.storage_usage,
+    "storage_api_bandwidth": records.storage_bandwidth,
+    "log_stream_egress": records.log_stream_egress,
+    "agent_usage": records.agent_usage,
+}
+OTHER = "other"
+ALL_ROUTES: tuple[str, ...] = (*ROUTES, OTHER)
 
 
 @dataclass
 class SplitBatch:
-    function_executions: list[Record] = field(default_factory=list)
+    routed: dict[str, list[Record]] = field(default_factory=dict)
+    """Normalised records per route, in the order of the body."""
     dead_letters: list[Record] = field(default_factory=list)
-    other: int = 0
-    """Events of topics this stage does not route yet (verification, console, ...)."""
+
+    def of(self, route: str) -> list[Record]:
+        return self.routed.get(route, [])
 
 
 def dead_letter(reason: str, event: Any, partition: int, offset: int,
@@ -42,11 +59,13 @@ def split_body(body: bytes, partition: int, offset: int) -> SplitBatch:
             out.dead_letters.append(dead_letter("event is not a JSON object", event,
                                                 partition, offset, index))
             continue
-        if event.get("topic") != "function_execution":
-            out.other += 1
-            continue
+        topic = event.get("topic")
+        route = topic if isinstance(topic, str) and topic in ROUTES else OTHER
+        normalise = ROUTES.get(route, records.other)
         try:
-            out.function_executions.append(function_execution(event, partition, offset, index))
+            record = normalise(event, partition, offset, index)
         except InvalidEvent as exc:
             out.dead_letters.append(dead_letter(str(exc), event, partition, offset, index))
+            continue
+        out.routed.setdefault(route, []).append(record)
     return out

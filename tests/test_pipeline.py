@@ -81,6 +81,16 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
         assert pipeline.sql("SELECT DISTINCT deployment FROM function_executions") == \
             "happy-otter-123\n"
 
+        # The other event types went to their own topics, one message per body.
+        def routed(route: str) -> list[dict]:
+            return [record for message in read_topic(kafka_bootstrap,
+                                                     f"{pipeline.namespace}.{route}")
+                    for record in orjson.loads(message.value)]
+
+        assert [r["total_document_size_bytes"] for r in routed("current_storage_usage")] == \
+            [104857600] * 5
+        assert sum(r["egress_bytes"] for r in routed("storage_api_bandwidth")) == 5 * 1048576
+
         deadletter_topic = f"{pipeline.namespace}.deadletter"
         letters = wait_for(
             lambda: [orjson.loads(m.value) for m in read_topic(kafka_bootstrap, deadletter_topic)],

@@ -66,10 +66,11 @@ def test_a_bad_event_costs_only_itself() -> None:
     broken["execution_time_ms"] = 1.5
     body = orjson.dumps([*events, "not an event", broken])
     split = split_body(body, partition=2, offset=40)
-    assert [r["function_type"] for r in split.function_executions] == ["query", "mutation",
-                                                                       "action"]
-    assert [r["event_index"] for r in split.function_executions] == [0, 1, 2]
-    assert split.other == 2
+    functions = split.of("function_execution")
+    assert [r["function_type"] for r in functions] == ["query", "mutation", "action"]
+    assert [r["event_index"] for r in functions] == [0, 1, 2]
+    assert [r["event_index"] for r in split.of("current_storage_usage")] == [3]
+    assert [r["event_index"] for r in split.of("storage_api_bandwidth")] == [4]
     assert [(d["event_index"], d["reason"]) for d in split.dead_letters] == [
         (5, "event is not a JSON object"),
         (6, "execution_time_ms must be a non-negative integer, got 1.5"),
@@ -79,6 +80,53 @@ def test_a_bad_event_costs_only_itself() -> None:
 
 def test_a_body_that_is_not_json_is_one_dead_letter() -> None:
     split = split_body(b"[{", partition=0, offset=9)
-    assert split.function_executions == []
+    assert split.routed == {}
     assert len(split.dead_letters) == 1
     assert split.dead_letters[0]["raw_offset"] == 9
+
+
+def test_every_event_type_has_its_route() -> None:
+    convex = {"deployment_name": "happy-otter-123", "deployment_region": "aws-eu-west-1"}
+    events = [
+        *convex_examples()["events"],
+        {"timestamp": 1755820860000, "topic": "log_stream_egress", "egress_bytes": 52311,
+         "convex": convex},
+        {"timestamp": 1755820860001, "topic": "console", "log_level": "LOG",
+         "message": "hello", "convex": convex},
+        {"topic": "agent_usage", "id": "step-1", "timestamp": 1755820860002,
+         "deployment": "happy-otter-123", "user_id": "u1", "model": "gpt-4o-mini",
+         "provider": "openai.chat", "input_tokens": 10, "cached_input_tokens": 4,
+         "non_cached_input_tokens": 6, "output_tokens": 3, "total_tokens": 13},
+    ]
+    split = split_body(orjson.dumps(events), partition=1, offset=7)
+    assert {route: len(records) for route, records in split.routed.items()} == {
+        "function_execution": 3, "current_storage_usage": 1, "storage_api_bandwidth": 1,
+        "log_stream_egress": 1, "other": 1, "agent_usage": 1}
+    (storage,) = split.of("current_storage_usage")
+    assert storage["total_backup_storage_bytes"] == 209715200
+    assert storage["system_table_document_size_bytes"] == {"_scheduled_functions": 2097152,
+                                                          "_storage": 1048576}
+    assert split.of("storage_api_bandwidth")[0]["egress_bytes"] == 1048576
+    assert split.of("log_stream_egress")[0]["egress_bytes"] == 52311
+    assert split.of("other")[0]["event"]["message"] == "hello"
+    usage = split.of("agent_usage")[0]
+    assert (usage["id"], usage["cached_input_tokens"], usage["reasoning_tokens"]) == (
+        "step-1", 4, 0)
+    assert split.dead_letters == []
+
+
+@pytest.mark.parametrize(("event", "reason"), [
+    ({"topic": "current_storage_usage", "timestamp": 1, "total_file_storage_bytes": -5},
+     "total_file_storage_bytes"),
+    ({"topic": "current_storage_usage", "timestamp": 1,
+      "total_system_table_document_size_bytes": [1]}, "total_system_table"),
+    ({"topic": "storage_api_bandwidth", "timestamp": 1, "egress_bytes": "1MB"}, "egress_bytes"),
+    ({"topic": "log_stream_egress", "timestamp": None, "egress_bytes": 3}, "timestamp"),
+    ({"topic": "agent_usage", "timestamp": 1, "deployment": "d"}, "id must be"),
+])
+def test_bad_events_of_every_type_become_dead_letters(event: dict, reason: str) -> None:
+    event.setdefault("convex", {"deployment_name": "happy-otter-123"})
+    split = split_body(orjson.dumps([event]), partition=0, offset=0)
+    assert split.routed == {}
+    (letter,) = split.dead_letters
+    assert reason in letter["reason"]
