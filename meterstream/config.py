@@ -73,6 +73,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
              "Seconds the receiver waits for Kafka to acknowledge a body before it answers "
              "503 so that Convex retries."),
+    Variable("METERSTREAM_DEDUP_RETENTION", "604800",
+             "Seconds a webhook body's hash and an agent usage record's id are remembered, "
+             "so that a repeat within that time is dropped (default 7 days)."),
     Variable("METERSTREAM_SINK_BATCH_ROWS", "50000", "Rows that make the sink insert at once."),
     Variable("METERSTREAM_SINK_BATCH_SECONDS", "1.0",
              "Longest time (s) a row waits in the sink before it is inserted."),
@@ -129,6 +132,7 @@ class Settings:
     convex_api_url: str
     secret_overlap: float
     produce_timeout: float
+    dedup_retention: float
     sink_batch_rows: int
     sink_batch_seconds: float
     log_level: str
@@ -180,6 +184,9 @@ class Settings:
                                    float, 0.0, 7 * 24 * 3600.0),
             produce_timeout=_number("METERSTREAM_PRODUCE_TIMEOUT",
                                     raw("METERSTREAM_PRODUCE_TIMEOUT"), float, 0.1, 300),
+            dedup_retention=_number("METERSTREAM_DEDUP_RETENTION",
+                                    raw("METERSTREAM_DEDUP_RETENTION"), float, 1.0,
+                                    366 * 24 * 3600.0),
             sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
                                     raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 10_000_000),
             sink_batch_seconds=_number("METERSTREAM_SINK_BATCH_SECONDS",

@@ -15,6 +15,7 @@ after everything split out of it is stored.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import faust
@@ -25,6 +26,7 @@ from meterstream.config import Settings
 from meterstream.logs import logging_config
 from meterstream.topics import Topics, ensure_topics
 from processors import metrics
+from processors.dedup import Deduplicator
 from processors.split import ALL_ROUTES, split_body
 
 
@@ -57,10 +59,30 @@ def create_app(settings: Settings) -> faust.App:
     dead_letters = app.topic(topics.dead_letters.name, value_serializer="raw",
                              key_serializer="raw", partitions=1)
 
+    seen = app.Table("seen", default=None, partitions=settings.partitions)
+    dedup = Deduplicator(seen, int(settings.dedup_retention * 1000))
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(_: faust.App, revoked: set[Any], **__: Any) -> None:
+        raw_name = raw.get_topic_name()
+        dedup.forget_partitions({tp.partition for tp in revoked if tp.topic == raw_name})
+
     async def split_raw(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
-            batch = split_body(event.value, message.partition, message.offset)
+            partition, offset = message.partition, message.offset
+            now = int(time.time() * 1000)
+            metrics.EXPIRED.inc(dedup.expire(partition, now))
+            if dedup.seen_before(Deduplicator.body_key(event.key, event.value),
+                                 partition, offset, now):
+                metrics.DUPLICATES.labels("body").inc()
+                continue
+            batch = split_body(event.value, partition, offset)
+            usage = batch.routed.pop("agent_usage", [])
+            kept = _first_of_each_id(usage, dedup, partition, offset, now)
+            metrics.DUPLICATES.labels("agent_usage_id").inc(len(usage) - len(kept))
+            if kept:
+                batch.routed["agent_usage"] = kept
             sent: list[Any] = []
             for route, records in batch.routed.items():
                 sent.append(await routed[route].send(key=event.key, value=orjson.dumps(records)))
@@ -80,6 +102,19 @@ def create_app(settings: Settings) -> faust.App:
 
     app.page("/metrics")(metrics_page)
     return app
+
+
+def _first_of_each_id(records: list[dict[str, Any]], dedup: Deduplicator, partition: int,
+                      offset: int, now: int) -> list[dict[str, Any]]:
+    """Agent usage records whose id was not seen before, here or in an earlier message."""
+    kept, here = [], set()
+    for record in records:
+        key = Deduplicator.record_key(record["deployment"], record["id"])
+        if key in here or dedup.seen_before(key, partition, offset, now):
+            continue
+        here.add(key)
+        kept.append(record)
+    return kept
 
 
 def main(settings: Settings) -> None:

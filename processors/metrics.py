@@ -8,3 +8,9 @@ EVENTS = Counter(
     "Events split out of raw bodies, by where they went.",
     ["route"],
 )
+DUPLICATES = Counter(
+    "meterstream_worker_duplicates_total",
+    "Repeats dropped: whole webhook bodies (Convex retries) and agent usage records by id.",
+    ["kind"],
+)
+EXPIRED = Counter("meterstream_worker_dedup_expired_total", "Deduplication entries expired.")

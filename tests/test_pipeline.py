@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -42,54 +44,78 @@ def _stored_totals(pipeline_sql) -> tuple[int, dict[str, int]]:
     return values[0], dict(zip(SUMMED, values[1:], strict=True))
 
 
+def _shifted(events: list[dict], ms: int) -> list[dict]:
+    shifted = copy.deepcopy(events)
+    for event in shifted:
+        event["timestamp"] += ms
+    return shifted
+
+
+def _worker_metric(pipeline: Pipeline, name: str, labels: str) -> float:
+    port = pipeline.env["METERSTREAM_WORKER_PORT"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return -1.0
+    match = re.search(rf"^{name}\{{{labels}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_path: Path) -> None:
     events = convex_examples()["events"]
     functions = [e for e in events if e["topic"] == "function_execution"]
     assert {e["function"]["type"] for e in functions} == {"query", "mutation", "action"}
 
-    array_body = orjson.dumps(events)
-    jsonl_body = b"\n".join(orjson.dumps(e) for e in events)  # as Convex: no trailing newline
+    # Three distinct JSON-array bodies and one JSONL body (as Convex: no trailing newline);
+    # some are sent twice, byte for byte, as Convex retries.
+    first, second, third = (orjson.dumps(_shifted(events, ms)) for ms in (0, 60_000, 120_000))
+    jsonl = b"\n".join(orjson.dumps(e) for e in _shifted(events, 180_000))
     bad_counter = copy.deepcopy(functions[0])
     bad_counter["usage"]["database_read_bytes"] = "lots"
-    mixed_body = orjson.dumps([functions[2], 42, bad_counter])
+    mixed = orjson.dumps([functions[2], 42, bad_counter])
+    sent = (first, first, second, third, third, jsonl, jsonl, mixed)
 
     secret = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
     with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
         pipeline.register("happy-otter-123", webhook_secret=secret, team="acme")
         accepted = []
-        for body in (array_body, array_body, array_body, jsonl_body, jsonl_body, mixed_body):
+        for body in sent:
             status, answer = pipeline.post(body, secret)
             assert status == 200, answer
             accepted.append(orjson.loads(answer)["accepted"])
-        assert accepted == [5, 5, 5, 5, 5, 3]
+        assert accepted == [5, 5, 5, 5, 5, 5, 5, 3]
 
         status, answer = pipeline.post(b'[{"topic": "function_execution",', secret)
         assert status == 400
         assert orjson.loads(answer)["where"] == "line 1 column 33"
 
-        landed = functions * 5 + [functions[2]]
+        landed = functions * 4 + [functions[2]]
         expected_rows, expected_totals = len(landed), _totals(landed)
         wait_for(lambda: _stored_totals(pipeline.sql)[0] >= expected_rows, timeout=90,
                  what=f"{expected_rows} rows in function_executions")
+        wait_for(lambda: _worker_metric(pipeline, "meterstream_worker_duplicates_total",
+                                        'kind="body"') == 3, timeout=30,
+                 what="the worker to count 3 repeated bodies")
         rows, totals = _stored_totals(pipeline.sql)
         assert rows == expected_rows
         assert totals == expected_totals
 
         by_type = pipeline.sql("SELECT function_type, count() FROM function_executions "
                                "GROUP BY function_type ORDER BY function_type")
-        assert by_type == "action\t6\nmutation\t5\nquery\t5\n"
+        assert by_type == "action\t5\nmutation\t4\nquery\t4\n"
         assert pipeline.sql("SELECT DISTINCT deployment FROM function_executions") == \
             "happy-otter-123\n"
 
-        # The other event types went to their own topics, one message per body.
+        # The other event types went to their own topics, one message per distinct body.
         def routed(route: str) -> list[dict]:
             return [record for message in read_topic(kafka_bootstrap,
                                                      f"{pipeline.namespace}.{route}")
                     for record in orjson.loads(message.value)]
 
         assert [r["total_document_size_bytes"] for r in routed("current_storage_usage")] == \
-            [104857600] * 5
-        assert sum(r["egress_bytes"] for r in routed("storage_api_bandwidth")) == 5 * 1048576
+            [104857600] * 4
+        assert sum(r["egress_bytes"] for r in routed("storage_api_bandwidth")) == 4 * 1048576
 
         deadletter_topic = f"{pipeline.namespace}.deadletter"
         letters = wait_for(
@@ -103,8 +129,44 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
         assert pipeline.stop() == 0, pipeline.log_tail()
 
     # Stopped: `meterstream sql` now opens the embedded engine itself and sees the same rows.
-    rows_after, totals_after = _stored_totals(pipeline.sql)
-    assert (rows_after, totals_after) == (expected_rows, expected_totals)
+    assert _stored_totals(pipeline.sql) == (expected_rows, expected_totals)
+
+    # Started again, the worker still knows the bodies it has seen (its table is restored
+    # from the changelog): one more Convex retry of the first body is dropped.
+    (tmp_path / "again").mkdir()
+    with running_pipeline(kafka_bootstrap, tmp_path / "again",
+                          extra_env=pipeline.env) as again:
+        assert again.post(first, secret)[0] == 200
+        wait_for(lambda: _worker_metric(again, "meterstream_worker_duplicates_total",
+                                        'kind="body"') == 1, timeout=60,
+                 what="the restarted worker to drop the repeated body")
+        assert again.stop() == 0
+    assert _stored_totals(pipeline.sql) == (expected_rows, expected_totals)
+
+
+def test_agent_usage_records_count_once_per_id(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from tests.test_agent_usage import AI_SDK
+
+    token = "ingest-token-0123456789abcdef"
+    with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
+        pipeline.register("happy-otter-123", ingest_token=token)
+        headers = {"Authorization": f"Bearer {token}"}
+        one, two = {**AI_SDK, "id": "step-1"}, {**AI_SDK, "id": "step-2"}
+        for body in ([one], [one], [two, two], [one, two]):
+            status, answer = pipeline.request("POST", "/v1/agent/usage", orjson.dumps(body),
+                                              headers)
+            assert status == 200, answer
+        # The second request repeats the first byte for byte: a repeated body. The others
+        # repeat ids: one within its own request, two from earlier requests.
+        wait_for(lambda: _worker_metric(pipeline, "meterstream_worker_duplicates_total",
+                                        'kind="agent_usage_id"') == 3, timeout=60,
+                 what="3 repeated usage record ids dropped")
+        assert _worker_metric(pipeline, "meterstream_worker_duplicates_total",
+                              'kind="body"') == 1
+        stored = [record["id"] for message in read_topic(kafka_bootstrap,
+                                                         f"{pipeline.namespace}.agent_usage")
+                  for record in orjson.loads(message.value)]
+        assert sorted(stored) == ["step-1", "step-2"]
 
 
 def test_up_stops_every_service_when_one_dies(kafka_bootstrap: str, tmp_path: Path) -> None:

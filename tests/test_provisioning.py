@@ -4,6 +4,7 @@ end to end through `meterstream up` into ClickHouse."""
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -39,11 +40,18 @@ def pipeline(kafka_bootstrap: str, convex: ConvexStandIn,
         yield running
 
 
+_batches = itertools.count()
+
+
 def _events(name: str) -> list[dict]:
+    """The reference's function executions, made distinct per call: a stream never resends a
+    batch byte for byte except as a retry, which the worker drops as a duplicate."""
     events = copy.deepcopy([e for e in convex_examples()["events"]
                             if e["topic"] == "function_execution"])
+    shift = next(_batches)
     for event in events:
         event["convex"]["deployment_name"] = name
+        event["timestamp"] += shift
     return events
 
 
