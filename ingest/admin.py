@@ -6,6 +6,10 @@
     GET    /v1/deployments
     DELETE /v1/deployments/{name}
 
+    PUT    /v1/deployments/{name}/quotas   replace the quotas with {"quotas": [...]}
+                                    (processors/quotas.py); answers them normalised
+    GET    /v1/deployments/{name}/quotas
+
     POST   /v1/deployments/{name}/provision | rotate-secret | deprovision | sync
                                     the log stream's lifecycle at Convex, with
                                     {"deploy_key": ...} (ingest/provisioning.py)
@@ -37,6 +41,7 @@ from ingest.registry import (
     check_name,
     updated,
 )
+from processors.quotas import InvalidQuotas, parse_quotas
 
 ADMIN = "/v1/deployments"
 LIFECYCLE = ("provision", "rotate-secret", "deprovision", "sync")
@@ -71,6 +76,8 @@ class AdminApi:
         app.router.add_get(ADMIN + "/{name}", self._authorised(self.get))
         app.router.add_put(ADMIN + "/{name}", self._authorised(self.put))
         app.router.add_delete(ADMIN + "/{name}", self._authorised(self.delete))
+        app.router.add_get(ADMIN + "/{name}/quotas", self._authorised(self.get_quotas))
+        app.router.add_put(ADMIN + "/{name}/quotas", self._authorised(self.put_quotas))
         for step in LIFECYCLE:
             app.router.add_post(ADMIN + "/{name}/" + step, self._authorised(self.lifecycle))
         app.on_cleanup.append(self._close_session)
@@ -161,6 +168,34 @@ class AdminApi:
             return json_error(400, ADMIN, "invalid", "invalid deployment", fields=exc.fields)
         failure = await self._write(name, record)
         return failure or web.json_response(record.public())
+
+    def _active(self, name: str) -> Deployment | None:
+        deployment = self.registry.get(name)
+        return None if deployment is None or deployment.removed_at else deployment
+
+    async def get_quotas(self, request: web.Request) -> web.Response:
+        deployment = self._active(request.match_info["name"])
+        if deployment is None:
+            return json_error(404, ADMIN, "not_found", "no such deployment")
+        return web.json_response({"name": deployment.name, "quotas": deployment.quotas})
+
+    async def put_quotas(self, request: web.Request) -> web.Response:
+        """Replaces the deployment's quotas; `{"quotas": []}` clears them."""
+        name = request.match_info["name"]
+        deployment = self._active(name)
+        if deployment is None:
+            return json_error(404, ADMIN, "not_found", "no such deployment")
+        try:
+            document = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, ADMIN, "malformed", f"malformed JSON: {exc.msg}")
+        try:
+            quotas = [quota.to_json() for quota in parse_quotas(document)]
+        except InvalidQuotas as exc:
+            return json_error(400, ADMIN, "invalid", "invalid quotas", fields=exc.fields)
+        record = RegistryWriter.stamped(deployment, quotas=quotas)
+        failure = await self._write(name, record)
+        return failure or web.json_response({"name": name, "quotas": quotas})
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

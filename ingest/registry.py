@@ -69,6 +69,9 @@ class Deployment:
     does not verify may carry the secret about to be stored, so it gets 503 (retried)."""
     removed_at: int = 0
     """Deprovisioned (ms): batches are refused; the record stays for attribution."""
+    quotas: list[dict[str, Any]] = field(default_factory=list)
+    """`Quota.to_json()` of each quota (processors/quotas.py), validated when stored; set
+    only through `PUT /v1/deployments/{name}/quotas`, kept by every other update."""
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: everything but the secrets."""
@@ -83,6 +86,7 @@ class Deployment:
             "log_stream_id": self.log_stream_id,
             "previous_secret_until": self.previous_secret_until or None,
             "removed_at": self.removed_at or None,
+            "quotas": self.quotas,
             "updated_at": self.updated_at,
         }
 
@@ -174,6 +178,9 @@ class RegistryView:
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
+
+    async def wait_loaded(self) -> None:
+        await self._loaded.wait()
 
     def get(self, name: str) -> Deployment | None:
         return self._deployments.get(name)

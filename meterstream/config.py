@@ -76,6 +76,27 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_DEDUP_RETENTION", "604800",
              "Seconds a webhook body's hash and an agent usage record's id are remembered, "
              "so that a repeat within that time is dropped (default 7 days)."),
+    Variable("METERSTREAM_WORKER_COMMIT_INTERVAL", "2.8",
+             "Seconds between the worker's offset commits; after a crash it processes again "
+             "what came in since the last commit (counted once: see the README)."),
+    Variable("METERSTREAM_LATE_GRACE", "86400",
+             "Seconds after its window that a late event still counts there; older events go "
+             "to the dead-letter topic (default 1 day)."),
+    Variable("METERSTREAM_RUNAWAY_MULTIPLE", "10",
+             "A deployment whose function calls in a minute exceed this multiple of its "
+             "trailing hourly average per minute raises a `runaway` alert."),
+    Variable("METERSTREAM_RUNAWAY_MIN_CALLS", "1000",
+             "Function calls in a minute below which no runaway alert is raised, whatever the "
+             "baseline (so a quiet app waking up is not a runaway)."),
+    Variable("METERSTREAM_ALERT_WEBHOOKS", "",
+             "Comma-separated URLs every alert is POSTed to, signed like Convex's webhooks "
+             "(x-webhook-signature: sha256=<hex>); empty sends alerts to Kafka only."),
+    Variable("METERSTREAM_ALERT_WEBHOOK_SECRET", "",
+             "HMAC-SHA256 key of the alert webhooks' signature; required when "
+             "METERSTREAM_ALERT_WEBHOOKS is set."),
+    Variable("METERSTREAM_ALERT_RETRY_SECONDS", "3600",
+             "How long (s) an alert webhook is retried with exponential backoff before the "
+             "alert goes to the dead-letter topic."),
     Variable("METERSTREAM_SINK_BATCH_ROWS", "50000", "Rows that make the sink insert at once."),
     Variable("METERSTREAM_SINK_BATCH_SECONDS", "1.0",
              "Longest time (s) a row waits in the sink before it is inserted."),
@@ -133,6 +154,13 @@ class Settings:
     secret_overlap: float
     produce_timeout: float
     dedup_retention: float
+    worker_commit_interval: float
+    late_grace: float
+    runaway_multiple: float
+    runaway_min_calls: int
+    alert_webhooks: tuple[str, ...]
+    alert_webhook_secret: str = field(repr=False)
+    alert_retry_seconds: float
     sink_batch_rows: int
     sink_batch_seconds: float
     log_level: str
@@ -187,6 +215,21 @@ class Settings:
             dedup_retention=_number("METERSTREAM_DEDUP_RETENTION",
                                     raw("METERSTREAM_DEDUP_RETENTION"), float, 1.0,
                                     366 * 24 * 3600.0),
+            worker_commit_interval=_number("METERSTREAM_WORKER_COMMIT_INTERVAL",
+                                           raw("METERSTREAM_WORKER_COMMIT_INTERVAL"), float,
+                                           0.1, 3600.0),
+            late_grace=_number("METERSTREAM_LATE_GRACE", raw("METERSTREAM_LATE_GRACE"),
+                               float, 0.0, 31 * 24 * 3600.0),
+            runaway_multiple=_number("METERSTREAM_RUNAWAY_MULTIPLE",
+                                     raw("METERSTREAM_RUNAWAY_MULTIPLE"), float, 1.0, 1e6),
+            runaway_min_calls=_number("METERSTREAM_RUNAWAY_MIN_CALLS",
+                                      raw("METERSTREAM_RUNAWAY_MIN_CALLS"), int, 1, 10**12),
+            alert_webhooks=_urls("METERSTREAM_ALERT_WEBHOOKS",
+                                 env.get("METERSTREAM_ALERT_WEBHOOKS", "").strip()),
+            alert_webhook_secret=env.get("METERSTREAM_ALERT_WEBHOOK_SECRET", "").strip(),
+            alert_retry_seconds=_number("METERSTREAM_ALERT_RETRY_SECONDS",
+                                        raw("METERSTREAM_ALERT_RETRY_SECONDS"), float, 0.0,
+                                        7 * 24 * 3600.0),
             sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
                                     raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 10_000_000),
             sink_batch_seconds=_number("METERSTREAM_SINK_BATCH_SECONDS",
@@ -194,6 +237,11 @@ class Settings:
             log_level=_choice("METERSTREAM_LOG_LEVEL", raw("METERSTREAM_LOG_LEVEL").lower(),
                               ("debug", "info", "warning", "error")),
         )
+
+    def __post_init__(self) -> None:
+        if self.alert_webhooks and not self.alert_webhook_secret:
+            raise ConfigError("METERSTREAM_ALERT_WEBHOOK_SECRET must be set when "
+                              "METERSTREAM_ALERT_WEBHOOKS is")
 
     @property
     def kafka_port(self) -> int:
@@ -294,6 +342,10 @@ def _http_url(name: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{name} must be an http(s):// URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _urls(name: str, value: str) -> tuple[str, ...]:
+    return tuple(_http_url(name, url.strip()) for url in value.split(",") if url.strip())
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

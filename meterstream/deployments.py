@@ -12,6 +12,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from ingest.convex_platform import METERING_TOPICS
@@ -37,6 +38,11 @@ def add_parser(commands: Any) -> None:
                      help="a label; repeat for several (replaces all labels)")
     delete = actions.add_parser("delete", help="remove a deployment from the registry")
     delete.add_argument("name")
+    actions.add_parser("quotas", help="a deployment's quotas").add_argument("name")
+    set_quotas = actions.add_parser(
+        "set-quotas", help='replace a deployment\'s quotas with a {"quotas": [...]} document')
+    set_quotas.add_argument("name")
+    set_quotas.add_argument("file", help="the JSON document's path, or - for stdin")
 
     provision = actions.add_parser(
         "provision", help="create the deployment's Convex log stream and register it")
@@ -93,8 +99,17 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def _quota_document(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(
+            f"meterstream deployments: cannot read quotas from {path}: {exc}") from None
+
+
 def request(settings: Settings, method: str, path: str,
-            body: dict[str, Any] | None = None) -> tuple[int, Any]:
+            body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
         settings.admin_url + path, data=data, method=method,
@@ -111,11 +126,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.admin_token:
         print("meterstream deployments: set METERSTREAM_ADMIN_TOKEN", file=sys.stderr)
         return 2
-    path = "/v1/deployments" + (f"/{args.name}" if hasattr(args, "name") else "")
-    method = {"list": "GET", "get": "GET", "put": "PUT", "delete": "DELETE"}.get(args.action)
-    if method is None:
-        method, path = "POST", f"{path}/{args.action}"
-    body = _body(args) if method in ("PUT", "POST") else None
+    method, path, body = _route(args)
     try:
         status, answer = request(settings, method, path, body)
         if (status == 409 and args.action == "provision"
@@ -127,6 +138,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(json.dumps(answer, indent=2))
     return 0 if status < 300 else 1
+
+
+def _route(args: argparse.Namespace) -> tuple[str, str, Any]:
+    """The admin API call of a subcommand: method, path and body."""
+    path = "/v1/deployments" + (f"/{args.name}" if hasattr(args, "name") else "")
+    if args.action == "quotas":
+        return "GET", f"{path}/quotas", None
+    if args.action == "set-quotas":
+        return "PUT", f"{path}/quotas", _quota_document(args.file)
+    method = {"list": "GET", "get": "GET", "put": "PUT", "delete": "DELETE"}.get(args.action)
+    if method is None:
+        method, path = "POST", f"{path}/{args.action}"
+    return method, path, _body(args) if method in ("PUT", "POST") else None
 
 
 def _ask_adopt(answer: dict[str, Any]) -> bool:

@@ -63,6 +63,21 @@ class Topics:
         return TopicSpec(f"{self.namespace}.deadletter", 1,
                          {"retention.ms": str(4 * WEEK_MS), "max.message.bytes": "16777216"})
 
+    @property
+    def alerts(self) -> TopicSpec:
+        """Quota and runaway alerts, keyed by deployment with the raw topic's partitions,
+        so the worker that owns a deployment also owns (and can re-read) its alerts."""
+        return TopicSpec(f"{self.namespace}.alerts", self.partitions,
+                         {"retention.ms": str(8 * WEEK_MS)})
+
+    def changelog(self, table: str) -> TopicSpec:
+        """The changelog of a worker table, named as Faust names it. Created with the other
+        topics before the worker starts: when Faust creates it, its consumer may cache the
+        topic's metadata from before the partitions exist, and every table write then fails
+        with PartitionsMismatch until the metadata is refreshed minutes later."""
+        return TopicSpec(f"{self.namespace}-{table}-changelog", self.partitions,
+                         {"cleanup.policy": "compact"})
+
     @classmethod
     def of(cls, settings: Settings) -> Topics:
         return cls(settings.namespace, settings.partitions)

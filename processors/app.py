@@ -1,10 +1,12 @@
 """`meterstream worker`: the Faust app.
 
-One agent reads the raw bodies and forwards, per body, one message with the
-normalised records of each event type present to that type's topic
-(`<ns>.function_execution`, `<ns>.current_storage_usage`, ..., `<ns>.other`).
-Working per body, not per event, spreads Faust's per-message cost over up to
-128 events.
+One agent reads the raw bodies (processors/raw_processor.py does the work): it
+drops repeats, forwards per body one message with the normalised records of
+each event type present to that type's topic (`<ns>.function_execution`, ...,
+`<ns>.other`), keeps the live usage windows in the `usage` table and publishes
+alerts to `<ns>.alerts`. Working per body, not per event, spreads Faust's
+per-message cost over up to 128 events. The web server answers
+`GET /v1/quota/{deployment}`, routed to the worker that owns the deployment.
 
 Concurrency stays at 1: with more, Faust can commit an offset past a message
 still in flight (faust#606), and a restart would lose it. Each forward is
@@ -22,12 +24,21 @@ import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ingest.registry import RegistryView
 from meterstream.config import Settings
 from meterstream.logs import logging_config
 from meterstream.topics import Topics, ensure_topics
-from processors import metrics
+from processors.alert_delivery import attach_alert_delivery
+from processors.alerts import AlertLog
 from processors.dedup import Deduplicator
-from processors.split import ALL_ROUTES, split_body
+from processors.limits import RunawayDetector
+from processors.quota_report import quota_report
+from processors.quotas import quotas_from_record
+from processors.raw_processor import RawProcessor
+from processors.split import ALL_ROUTES
+from processors.state import UsageState
+
+TABLES = ("seen", "usage")
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -50,6 +61,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=3.0,
         producer_max_request_size=settings.max_body_bytes + 65536,
         consumer_max_fetch_size=16 * 1024 * 1024,
+        broker_commit_interval=settings.worker_commit_interval,
+        broker_commit_every=1_000_000,  # by time only
     )
     raw = app.topic(topics.raw.name, value_serializer="raw", key_serializer="raw",
                     partitions=settings.partitions)
@@ -59,43 +72,71 @@ def create_app(settings: Settings) -> faust.App:
     dead_letters = app.topic(topics.dead_letters.name, value_serializer="raw",
                              key_serializer="raw", partitions=1)
 
+    alerts_topic = app.topic(topics.alerts.name, value_serializer="raw", key_serializer="raw",
+                             partitions=settings.partitions)
+    registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
     seen = app.Table("seen", default=None, partitions=settings.partitions)
-    dedup = Deduplicator(seen, int(settings.dedup_retention * 1000))
+    usage_table = app.Table("usage", default=None, partitions=settings.partitions)
+    assert tuple(app.tables) == TABLES
+    grace_ms = int(settings.late_grace * 1000)
+    state = UsageState(usage_table, grace_ms)
+    destinations = {**routed, "dead_letter": dead_letters}
+
+    async def send(route: str, key: bytes, value: bytes) -> Any:
+        return await destinations[route].send(key=key, value=value)
+
+    async def publish_alert(key: bytes, value: bytes) -> Any:
+        return await alerts_topic.send(key=key, value=value)
+
+    processor = RawProcessor(
+        Deduplicator(seen, int(settings.dedup_retention * 1000)),
+        state,
+        AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert),
+        RunawayDetector(state, settings.runaway_multiple, settings.runaway_min_calls),
+        registry, send, grace_ms)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_: faust.App, revoked: set[Any], **__: Any) -> None:
         raw_name = raw.get_topic_name()
-        dedup.forget_partitions({tp.partition for tp in revoked if tp.topic == raw_name})
+        processor.forget_partitions({tp.partition for tp in revoked if tp.topic == raw_name})
+
+    @app.task
+    async def follow_registry() -> None:
+        registry.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_registry(_: faust.App, **__: Any) -> None:
+        await registry.stop()
 
     async def split_raw(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
+            # Quotas must be known before usage is judged. (Waited for here, not before the
+            # loop: an agent that starts iterating late can miss its subscription.)
+            await registry.wait_loaded()
             message = event.message
-            partition, offset = message.partition, message.offset
-            now = int(time.time() * 1000)
-            metrics.EXPIRED.inc(dedup.expire(partition, now))
-            if dedup.seen_before(Deduplicator.body_key(event.key, event.value),
-                                 partition, offset, now):
-                metrics.DUPLICATES.labels("body").inc()
-                continue
-            batch = split_body(event.value, partition, offset)
-            usage = batch.routed.pop("agent_usage", [])
-            kept = _first_of_each_id(usage, dedup, partition, offset, now)
-            metrics.DUPLICATES.labels("agent_usage_id").inc(len(usage) - len(kept))
-            if kept:
-                batch.routed["agent_usage"] = kept
-            sent: list[Any] = []
-            for route, records in batch.routed.items():
-                sent.append(await routed[route].send(key=event.key, value=orjson.dumps(records)))
-                metrics.EVENTS.labels(route).inc(len(records))
-            for letter in batch.dead_letters:
-                sent.append(await dead_letters.send(key=event.key, value=orjson.dumps(letter)))
-            # Only once Kafka stored what came out of this body may its offset be committed.
-            for future in sent:
-                await future
-            metrics.RAW_BATCHES.inc()
-            metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
+            await processor.process(event.key or b"", event.value, message.partition,
+                                    message.offset, received_at(message),
+                                    int(time.time() * 1000))
 
     app.agent(raw, name="split_raw", concurrency=1)(split_raw)
+    attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
+
+    @app.page("/v1/quota/{deployment}")
+    class QuotaView(faust.web.View):
+        @app.topic_route(topic=raw, match_info="deployment")
+        async def get(self, request: faust.web.Request, deployment: str) -> faust.web.Response:
+            record = registry.get(deployment)
+            if record is None or record.removed_at:
+                return self.json({"error": f"deployment {deployment!r} is not registered",
+                                  "reason": "unknown_deployment"}, status=404)
+            at = request.query.get("at", "")
+            if at and not at.isdigit():
+                return self.json({"error": "at must be a time in ms since the epoch",
+                                  "reason": "invalid"}, status=400)
+            report = quota_report(deployment, quotas_from_record(record.quotas), state,
+                                  int(at) if at else int(time.time() * 1000),
+                                  request.query.get("user"))
+            return self.bytes(orjson.dumps(report), content_type="application/json")
 
     async def metrics_page(web: Any, _request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
@@ -104,17 +145,13 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def _first_of_each_id(records: list[dict[str, Any]], dedup: Deduplicator, partition: int,
-                      offset: int, now: int) -> list[dict[str, Any]]:
-    """Agent usage records whose id was not seen before, here or in an earlier message."""
-    kept, here = [], set()
-    for record in records:
-        key = Deduplicator.record_key(record["deployment"], record["id"])
-        if key in here or dedup.seen_before(key, partition, offset, now):
-            continue
-        here.add(key)
-        kept.append(record)
-    return kept
+def received_at(message: Any) -> int:
+    """When the receiver acknowledged the body (ms): the reference time for late events,
+    the same however late the worker processes it."""
+    for name, value in message.headers or ():
+        if name == "received_at":
+            return int(value)
+    return int(message.timestamp * 1000)
 
 
 def main(settings: Settings) -> None:
@@ -123,8 +160,11 @@ def main(settings: Settings) -> None:
     topics = Topics.of(settings)
     loop.run_until_complete(ensure_topics(
         settings.kafka_bootstrap,
-        [topics.raw, topics.dead_letters, *(topics.records(r) for r in ALL_ROUTES)],
+        [topics.raw, topics.dead_letters, topics.alerts, topics.deployments,
+         *(topics.changelog(table) for table in TABLES),
+         *(topics.records(r) for r in ALL_ROUTES)],
     ))
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     worker = faust.Worker(
         app,

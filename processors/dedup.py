@@ -9,24 +9,22 @@ An entry remembers the raw offset that first carried it. Seeing the key again
 from that same offset is not a duplicate: it is the same message processed
 again after a restart before its offset was committed, and it must count.
 
-Entries expire lazily: each partition keeps its keys in expiry order in
-memory (rebuilt from the table after a restart) and the oldest ones are
-deleted while a message of that partition is processed, because Faust writes
-a table change to the changelog partition of the message being processed.
+Entries expire lazily (processors/expiry.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from typing import Any
+
+from processors.expiry import Expiry
 
 
 class Deduplicator:
     def __init__(self, table: Any, retention_ms: int) -> None:
         self.table = table  # key -> [first offset, expires at (ms), partition]
         self.retention_ms = retention_ms
-        self._expiry: dict[int, deque[tuple[int, str]]] = {}
+        self._expiry = Expiry(table, lambda value: (value[1], value[2]))
 
     @staticmethod
     def body_key(deployment: bytes | None, body: bytes) -> str:
@@ -44,33 +42,12 @@ class Deduplicator:
             return entry[0] != offset
         expires = now_ms + self.retention_ms
         self.table[key] = [offset, expires, partition]
-        self._queue(partition).append((expires, key))
+        self._expiry.remember(key, partition, expires)
         return False
 
-    def expire(self, partition: int, now_ms: int, limit: int = 1000) -> int:
-        """Deletes up to `limit` expired keys of `partition`; returns how many."""
-        queue = self._queue(partition)
-        deleted = 0
-        while queue and queue[0][0] <= now_ms and deleted < limit:
-            _, key = queue.popleft()
-            entry = self.table.get(key)
-            # The key may have been remembered again since (after expiring, or on another
-            # worker before a rebalance): only an entry that is itself expired goes.
-            if entry is not None and entry[1] <= now_ms:
-                del self.table[key]
-                deleted += 1
-        return deleted
+    def expire(self, partition: int, now_ms: int) -> int:
+        """Deletes expired keys of `partition`; returns how many."""
+        return self._expiry.expire(partition, now_ms)
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drops the in-memory expiry order of partitions this worker no longer holds."""
-        for partition in partitions:
-            self._expiry.pop(partition, None)
-
-    def _queue(self, partition: int) -> deque[tuple[int, str]]:
-        queue = self._expiry.get(partition)
-        if queue is None:
-            # First use since start or assignment: rebuild from the (restored) table.
-            entries = sorted((value[1], key) for key, value in self.table.items()
-                             if value is not None and value[2] == partition)
-            queue = self._expiry[partition] = deque(entries)
-        return queue
+        self._expiry.forget_partitions(partitions)

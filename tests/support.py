@@ -66,6 +66,17 @@ def convex_examples() -> dict[str, Any]:
     return json.loads((DATA / "convex_examples.json").read_text())
 
 
+def recent_events(topic: str | None = None) -> list[dict[str, Any]]:
+    """The reference's example events (of one topic, if given), moved in time so that the
+    earliest is ten minutes ago: the worker sends events older than its late-event grace
+    (a day) to the dead-letter topic, and the reference's are from 2025."""
+    events = [e for e in convex_examples()["events"] if topic is None or e["topic"] == topic]
+    shift = int(time.time() * 1000) - 600_000 - min(e["timestamp"] for e in events)
+    for event in events:
+        event["timestamp"] += shift
+    return events
+
+
 async def _read_topic(bootstrap: str, topic: str) -> list[Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient

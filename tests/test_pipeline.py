@@ -6,6 +6,7 @@ import copy
 import os
 import re
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from processors.records import USAGE_COUNTERS
 from tests.pipeline import Pipeline, running_pipeline
-from tests.support import convex_examples, read_topic, wait_for
+from tests.support import read_topic, recent_events, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -63,7 +64,7 @@ def _worker_metric(pipeline: Pipeline, name: str, labels: str) -> float:
 
 
 def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_path: Path) -> None:
-    events = convex_examples()["events"]
+    events = recent_events()
     functions = [e for e in events if e["topic"] == "function_execution"]
     assert {e["function"]["type"] for e in functions} == {"query", "mutation", "action"}
 
@@ -151,7 +152,9 @@ def test_agent_usage_records_count_once_per_id(kafka_bootstrap: str, tmp_path: P
     with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
         pipeline.register("happy-otter-123", ingest_token=token)
         headers = {"Authorization": f"Bearer {token}"}
-        one, two = {**AI_SDK, "id": "step-1"}, {**AI_SDK, "id": "step-2"}
+        now = int(time.time() * 1000)
+        one = {**AI_SDK, "id": "step-1", "timestamp": now}
+        two = {**AI_SDK, "id": "step-2", "timestamp": now}
         for body in ([one], [one], [two, two], [one, two]):
             status, answer = pipeline.request("POST", "/v1/agent/usage", orjson.dumps(body),
                                               headers)

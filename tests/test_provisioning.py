@@ -3,7 +3,6 @@ end to end through `meterstream up` into ClickHouse."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import threading
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 
 from tests.convex_standin import ConvexStandIn, Stream
 from tests.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
-from tests.support import convex_examples, free_port, meterstream, wait_for
+from tests.support import free_port, meterstream, recent_events, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -46,8 +45,7 @@ _batches = itertools.count()
 def _events(name: str) -> list[dict]:
     """The reference's function executions, made distinct per call: a stream never resends a
     batch byte for byte except as a retry, which the worker drops as a duplicate."""
-    events = copy.deepcopy([e for e in convex_examples()["events"]
-                            if e["topic"] == "function_execution"])
+    events = recent_events("function_execution")
     shift = next(_batches)
     for event in events:
         event["convex"]["deployment_name"] = name

@@ -1,0 +1,126 @@
+"""What the worker does with one raw message (up to 128 events of one deployment).
+
+1. Drop it if its body was seen before (Convex's retries), and agent usage records
+   whose id was seen before.
+2. Split it into normalised records by event type; events that cannot be understood,
+   that belong to another deployment than the message's key, or whose time is outside
+   the late-event grace around the message's receipt become dead letters.
+3. Add its usage to the live windows (exactly once per key, processors/state.py).
+4. Forward the records and dead letters, and publish the alerts now due.
+
+Everything is awaited until Kafka stored it, so the message's offset is committed only
+after what came out of it is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ingest.registry import RegistryView
+from processors import metrics
+from processors.alerts import AlertLog
+from processors.dedup import Deduplicator
+from processors.limits import RunawayDetector, due_quota_alerts
+from processors.quotas import quotas_from_record
+from processors.records import Record
+from processors.split import OTHER, SplitBatch, dead_letter, split_body
+from processors.state import UsageState
+from processors.usage import message_usage
+
+Send = Callable[[str, bytes, bytes], Awaitable[Any]]
+"""(route or "dead_letter", key, value) -> a future that completes when Kafka stored it"""
+
+
+class RawProcessor:
+    def __init__(self, dedup: Deduplicator, state: UsageState, alerts: AlertLog,
+                 runaway: RunawayDetector, registry: RegistryView, send: Send,
+                 grace_ms: int) -> None:
+        self.dedup = dedup
+        self.state = state
+        self.alerts = alerts
+        self.runaway = runaway
+        self.registry = registry
+        self.send = send
+        self.grace_ms = grace_ms
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        self.dedup.forget_partitions(partitions)
+        self.state.expiry.forget_partitions(partitions)
+        self.alerts.forget_partitions(partitions)
+
+    async def process(self, key: bytes, body: bytes, partition: int, offset: int,
+                      received_at: int, now_ms: int) -> None:
+        metrics.EXPIRED.inc(self.dedup.expire(partition, now_ms))
+        metrics.WINDOWS_EXPIRED.inc(self.state.expiry.expire(partition, now_ms))
+        await self.alerts.ensure_loaded(partition)
+        if self.dedup.seen_before(Deduplicator.body_key(key, body), partition, offset, now_ms):
+            metrics.DUPLICATES.labels("body").inc()
+            return
+        deployment = key.decode(errors="replace")
+        batch = split_body(body, partition, offset)
+        self._drop_repeated_usage(batch, partition, offset, now_ms)
+        self._divert_strays(batch, deployment, received_at)
+        usage = message_usage(batch.routed)
+        self.state.apply(deployment, usage, partition, offset, received_at)
+        record = self.registry.get(deployment)
+        quotas = quotas_from_record(record.quotas) if record is not None else ()
+        due = due_quota_alerts(deployment, quotas, self.state, usage)
+        due += self.runaway.due(deployment, usage, partition, offset)
+
+        sent = []
+        for route, records in batch.routed.items():
+            sent.append(await self.send(route, key, orjson.dumps(records)))
+            metrics.EVENTS.labels(route).inc(len(records))
+        for letter in batch.dead_letters:
+            sent.append(await self.send("dead_letter", key, orjson.dumps(letter)))
+        for future in sent:
+            await future
+        await self.alerts.publish(partition, due)
+        metrics.RAW_BATCHES.inc()
+        metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
+
+    def _drop_repeated_usage(self, batch: SplitBatch, partition: int, offset: int,
+                             now_ms: int) -> None:
+        records = batch.routed.pop("agent_usage", [])
+        kept, here = [], set()
+        for record in records:
+            id_key = Deduplicator.record_key(record["deployment"], record["id"])
+            if id_key in here or self.dedup.seen_before(id_key, partition, offset, now_ms):
+                continue
+            here.add(id_key)
+            kept.append(record)
+        metrics.DUPLICATES.labels("agent_usage_id").inc(len(records) - len(kept))
+        if kept:
+            batch.routed["agent_usage"] = kept
+
+    def _divert_strays(self, batch: SplitBatch, deployment: str, received_at: int) -> None:
+        """Moves records that must not count to the dead letters, with the reason."""
+        earliest, latest = received_at - self.grace_ms, received_at + self.grace_ms
+        for route in list(batch.routed):
+            if route == OTHER:
+                continue
+            kept: list[Record] = []
+            for record in batch.routed[route]:
+                reason = None
+                if record["deployment"] != deployment:
+                    reason = (f"deployment {record['deployment']!r} differs from the "
+                              f"message's {deployment!r}")
+                elif record["timestamp"] < earliest:
+                    reason = "late: event time is more than the grace before its receipt"
+                    metrics.LATE.inc()
+                elif record["timestamp"] > latest:
+                    reason = "event time is more than the grace after its receipt"
+                    metrics.LATE.inc()
+                if reason is None:
+                    kept.append(record)
+                else:
+                    batch.dead_letters.append(dead_letter(
+                        reason, record, record["raw_partition"], record["raw_offset"],
+                        record["event_index"]))
+            if kept:
+                batch.routed[route] = kept
+            else:
+                del batch.routed[route]

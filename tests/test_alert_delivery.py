@@ -1,0 +1,251 @@
+"""Alert webhooks against local aiohttp servers: signature, retries, backoff, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
+
+from processors.alert_delivery import AlertDelivery, handle_alert, sign
+from tests.support import free_port
+
+T = TypeVar("T")
+
+SECRET = "alert-secret-0123456789"
+ALERT = orjson.dumps({
+    "id": "quota|happy-otter-123|function_calls|month|2026-11-01|0.8", "kind": "quota",
+    "deployment": "happy-otter-123", "metric": "function_calls", "period": "2026-11-01",
+    "threshold": 0.8, "usage": 800000, "limit": 1000000, "at": 1795000000000,
+})
+ALERT_ID = "quota|happy-otter-123|function_calls|month|2026-11-01|0.8"
+
+
+@dataclass
+class Received:
+    at: float
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Endpoint:
+    """Answers the scripted (status, headers) in turn, then 200; records every request.
+    With a gate, it answers 500 unless the gate lets the request through."""
+
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    requests: list[Received] = field(default_factory=list)
+    gate: Callable[[], Awaitable[bool]] | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(Received(asyncio.get_running_loop().time(),
+                                      dict(request.headers), await request.read()))
+        if self.gate is not None and not await self.gate():
+            return web.Response(status=500)
+        status, headers = self.script.pop(0) if self.script else (200, {})
+        return web.Response(status=status, headers=headers)
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b.at - a.at for a, b in zip(self.requests, self.requests[1:], strict=False)]
+
+
+def statuses(*codes: int) -> Endpoint:
+    return Endpoint(script=[(code, {}) for code in codes])
+
+
+async def serve(endpoint: Endpoint) -> TestServer:
+    app = web.Application()
+    app.router.add_post("/hook", endpoint.handle)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+async def deliver_to(endpoints: list[Endpoint], retry_seconds: float = 5.0,
+                     **backoff: float) -> tuple[list[str], dict[str, str]]:
+    servers = [await serve(endpoint) for endpoint in endpoints]
+    try:
+        urls = [str(server.make_url("/hook")) for server in servers]
+        async with AlertDelivery(urls, SECRET, retry_seconds, **backoff) as delivery:
+            return urls, await delivery.deliver(ALERT)
+    finally:
+        for server in servers:
+            await server.close()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_signature_is_hmac_sha256_of_the_body_keyed_by_the_secret() -> None:
+    expected = hmac.new(SECRET.encode("ascii"), ALERT, hashlib.sha256).hexdigest()
+    assert sign(SECRET, ALERT) == f"sha256={expected}"
+
+
+def test_a_request_carries_the_exact_alert_signed_with_its_id() -> None:
+    endpoint = Endpoint()
+    _, outcomes = run(lambda: deliver_to([endpoint]))
+    assert list(outcomes.values()) == ["delivered"]
+    (request,) = endpoint.requests
+    assert request.body == ALERT
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["x-meterstream-alert-id"] == ALERT_ID
+    digest = hmac.new(SECRET.encode("ascii"), request.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request.headers["x-webhook-signature"], f"sha256={digest}")
+
+
+@pytest.mark.parametrize("status", [503, 500, 429, 408])
+def test_retryable_answers_are_retried_with_growing_delays(status: int) -> None:
+    before = {o: sample("meterstream_worker_alert_webhook_attempts_total", outcome=o)
+              for o in ("ok", "retry")}
+    delivered = sample("meterstream_worker_alert_webhook_deliveries_total", outcome="delivered")
+    latencies = sample("meterstream_worker_alert_webhook_delivery_seconds_count")
+    endpoint = statuses(status, status)
+    urls, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.05, max_backoff=1.0))
+    assert outcomes == {urls[0]: "delivered"}
+    assert len(endpoint.requests) == 3
+    first, second = endpoint.gaps
+    # 0.05 s then 0.1 s, each less up to 10% of jitter.
+    assert 0.045 <= first < second
+    assert second >= 0.09
+    assert sample("meterstream_worker_alert_webhook_attempts_total",
+                  outcome="retry") - before["retry"] == 2
+    assert sample("meterstream_worker_alert_webhook_attempts_total",
+                  outcome="ok") - before["ok"] == 1
+    assert sample("meterstream_worker_alert_webhook_deliveries_total",
+                  outcome="delivered") - delivered == 1
+    assert sample("meterstream_worker_alert_webhook_delivery_seconds_count") - latencies == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410, 302])
+def test_other_answers_are_refused_without_retry(status: int) -> None:
+    refused = sample("meterstream_worker_alert_webhook_deliveries_total", outcome="refused")
+    endpoint = statuses(status)
+    urls, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.01))
+    assert outcomes == {urls[0]: f"refused {status}"}
+    assert len(endpoint.requests) == 1
+    assert sample("meterstream_worker_alert_webhook_deliveries_total",
+                  outcome="refused") - refused == 1
+
+
+def test_a_dead_url_is_given_up_after_the_retry_time(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="processors.alert_delivery")
+    port = free_port()
+    url = f"http://user:pa55word@127.0.0.1:{port}/hook?token=t0ken"
+
+    async def scenario() -> tuple[dict[str, str], float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with AlertDelivery([url], SECRET, 0.5, first_backoff=0.2) as delivery:
+            outcomes = await delivery.deliver(ALERT)
+        return outcomes, loop.time() - started
+
+    outcomes, elapsed = run(scenario)
+    # Attempts at 0 s and ~0.2 s; the next backoff (~0.4 s) passes the deadline, so the
+    # third and last attempt is at the deadline itself.
+    assert outcomes[url].startswith("gave up after 3 attempts: ClientConnectorError: ")
+    assert f"127.0.0.1:{port}" in outcomes[url]
+    assert elapsed >= 0.5
+    logged = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
+    assert f"http://127.0.0.1:{port}/hook" in logged
+    for secret in ("pa55word", "t0ken"):
+        assert secret not in logged
+        assert secret not in outcomes[url]
+
+
+def test_no_retry_time_means_one_attempt() -> None:
+    endpoint = statuses(503)
+    urls, outcomes = run(lambda: deliver_to([endpoint], retry_seconds=0))
+    assert outcomes == {urls[0]: "gave up after 1 attempt: status 503"}
+    assert len(endpoint.requests) == 1
+
+
+def test_urls_are_delivered_to_concurrently() -> None:
+    # Each endpoint answers 200 only once both requests arrived: delivered one URL after
+    # the other, the first would wait for the second until it answers 500, with no retry.
+    endpoints = [Endpoint(), Endpoint()]
+    both_arrived = asyncio.Event()
+
+    async def wait_for_both() -> bool:
+        if all(e.requests for e in endpoints):
+            both_arrived.set()
+        try:
+            await asyncio.wait_for(both_arrived.wait(), 5)
+        except TimeoutError:
+            return False
+        return True
+
+    for endpoint in endpoints:
+        endpoint.gate = wait_for_both
+    urls, outcomes = run(lambda: deliver_to(endpoints, retry_seconds=0))
+    assert outcomes == {url: "delivered" for url in urls}
+    assert [len(e.requests) for e in endpoints] == [1, 1]
+
+
+@pytest.mark.parametrize(("max_backoff", "low", "high"), [(0.3, 0.3, 0.9), (5.0, 1.0, 2.0)])
+def test_retry_after_is_honoured_up_to_the_longest_backoff(max_backoff: float, low: float,
+                                                           high: float) -> None:
+    endpoint = Endpoint(script=[(503, {"Retry-After": "1"})])
+    urls, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.01,
+                                            max_backoff=max_backoff))
+    assert outcomes == {urls[0]: "delivered"}
+    assert len(endpoint.requests) == 2
+    (gap,) = endpoint.gaps
+    assert low <= gap < high
+
+
+@dataclass
+class FakeTopic:
+    sent: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    acknowledged: int = 0
+
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        self.sent.append((key, value))
+        future = asyncio.get_running_loop().create_future()
+
+        def acknowledge() -> None:
+            self.acknowledged += 1
+            future.set_result(None)
+
+        asyncio.get_running_loop().call_soon(acknowledge)
+        return future
+
+
+def test_each_url_that_did_not_take_the_alert_gets_a_dead_letter() -> None:
+    good, bad = Endpoint(), statuses(400)
+    dead_letters = FakeTopic()
+
+    async def scenario() -> tuple[list[str], dict[str, str]]:
+        servers = [await serve(good), await serve(bad)]
+        try:
+            urls = [str(servers[0].make_url("/hook")),
+                    str(servers[1].make_url("/hook")).replace("://", "://u:pw@") + "?k=s3"]
+            async with AlertDelivery(urls, SECRET, 5.0, first_backoff=0.01) as delivery:
+                return urls, await handle_alert(delivery, ALERT, dead_letters)
+        finally:
+            for server in servers:
+                await server.close()
+
+    urls, outcomes = run(scenario)
+    assert outcomes == {urls[0]: "delivered", urls[1]: "refused 400"}
+    ((key, value),) = dead_letters.sent
+    assert dead_letters.acknowledged == 1
+    assert key == b"happy-otter-123"
+    clean = urls[1].replace("u:pw@", "").removesuffix("?k=s3")
+    assert orjson.loads(value) == {"reason": f"alert webhook {clean}: refused 400",
+                                   "alert": orjson.loads(ALERT)}
+    assert ALERT in value
