@@ -36,6 +36,7 @@ from processors.quota_report import quota_report
 from processors.quotas import quotas_from_record
 from processors.raw_processor import RawProcessor
 from processors.split import ALL_ROUTES
+from processors.stall_guard import StallGuard
 from processors.state import UsageState
 
 TABLES = ("seen", "usage")
@@ -88,17 +89,20 @@ def create_app(settings: Settings) -> faust.App:
     async def publish_alert(key: bytes, value: bytes) -> Any:
         return await alerts_topic.send(key=key, value=value)
 
+    alert_log = AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert)
     processor = RawProcessor(
         Deduplicator(seen, int(settings.dedup_retention * 1000)),
         state,
-        AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert),
+        alert_log,
         RunawayDetector(state, settings.runaway_multiple, settings.runaway_min_calls),
         registry, send, grace_ms)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_: faust.App, revoked: set[Any], **__: Any) -> None:
         raw_name = raw.get_topic_name()
-        processor.forget_partitions({tp.partition for tp in revoked if tp.topic == raw_name})
+        partitions = {tp.partition for tp in revoked if tp.topic == raw_name}
+        processor.forget_partitions(partitions)
+        guard.forget_partitions(partitions)
 
     @app.task
     async def follow_registry() -> None:
@@ -109,16 +113,28 @@ def create_app(settings: Settings) -> faust.App:
         await registry.stop()
 
     async def split_raw(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        streams[:] = [stream]
+        async for body in stream:
+            event = stream.current_event
+            assert event is not None
+            guard.started()
             # Quotas must be known before usage is judged. (Waited for here, not before the
             # loop: an agent that starts iterating late can miss its subscription.)
             await registry.wait_loaded()
             message = event.message
-            await processor.process(event.key or b"", event.value, message.partition,
+            await processor.process(event.key or b"", body, message.partition,
                                     message.offset, received_at(message),
                                     int(time.time() * 1000))
+            guard.processed(message.partition, message.offset)
 
     app.agent(raw, name="split_raw", concurrency=1)(split_raw)
+    streams: list[faust.StreamT[bytes]] = []
+    guard = StallGuard(raw.get_topic_name(), idle_seconds=5.0)
+
+    @app.timer(interval=2.0)
+    async def check_stalls() -> None:
+        if streams and not app.rebalancing:
+            await guard.check(app.consumer, streams[0].channel.queue.empty())
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
 
     @app.page("/v1/quota/{deployment}")

@@ -37,3 +37,6 @@ ALERT_WEBHOOK_SECONDS = Histogram(
     "Time from an alert's first attempt at a webhook URL to its delivery there.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
+REWINDS = Counter("meterstream_worker_stream_rewinds_total",
+                  "Raw partitions sought back after Faust dropped fetched records "
+                  "(processors/stall_guard.py).")

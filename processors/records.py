@@ -109,16 +109,35 @@ def _origin(record: Record, raw_partition: int, raw_offset: int, event_index: in
     return record
 
 
+def _counters(container: dict[str, Any], keys: tuple[str, ...], where: str,
+              record: Record) -> None:
+    """Copies counters into `record`: the common case (a non-negative int) inline, the
+    rest (null, absent, invalid) through `counter`. This loop is the worker's hottest."""
+    get = container.get
+    for key in keys:
+        value = get(key)
+        if value is None:
+            record[key] = 0
+        elif type(value) is int and value >= 0:
+            record[key] = value
+        else:
+            record[key] = counter(container, key, where)  # raises InvalidEvent
+
+
+def _text(value: Any) -> str:
+    return value if type(value) is str else ""
+
+
 def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: int,
                        event_index: int) -> Record:
     """Normalises one `function_execution` event; raises InvalidEvent."""
     deployment = deployment_of(event)
     timestamp = timestamp_of(event)
     function = event.get("function")
-    if not isinstance(function, dict):
+    if type(function) is not dict:
         raise InvalidEvent("function must be an object")
     path = function.get("path")
-    if not isinstance(path, str) or not path:
+    if type(path) is not str or not path:
         raise InvalidEvent("function.path must be a non-empty string")
     function_type = function.get("type")
     if function_type not in FUNCTION_TYPES:
@@ -127,7 +146,7 @@ def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: in
     usage = event.get("usage")
     if usage is None:
         usage = {}
-    elif not isinstance(usage, dict):
+    elif type(usage) is not dict:
         raise InvalidEvent("usage must be an object")
     occ = event.get("occ_info")
     scheduler = event.get("scheduler_info")
@@ -138,25 +157,26 @@ def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: in
         "function_path": path,
         "function_type": function_type,
         "function_cached": function.get("cached") is True,
-        "component_path": text(function, "component_path"),
-        "request_id": text(function, "request_id"),
-        "mutation_queue_length": counter(function, "mutation_queue_length", "function."),
-        "mutation_retry_count": counter(function, "mutation_retry_count", "function."),
-        "status": text(event, "status"),
-        "error_message": text(event, "error_message"),
-        "execution_time_ms": counter(event, "execution_time_ms", ""),
-        "user_execution_time_ms": counter(event, "user_execution_time_ms", ""),
-        "will_retry": event.get("will_retry") is True,
-        "run_reason": text(event, "run_reason"),
-        "occ_table_name": text(occ, "table_name") if isinstance(occ, dict) else "",
-        "scheduler_job_id": text(scheduler, "job_id") if isinstance(scheduler, dict) else "",
+        "component_path": _text(function.get("component_path")),
+        "request_id": _text(function.get("request_id")),
     }
-    for key in USAGE_COUNTERS:
-        record[key] = counter(usage, key, "usage.")
-    record["deployment_type"] = text(convex, "deployment_type")
-    record["deployment_region"] = text(convex, "deployment_region")
-    record["project_slug"] = text(convex, "project_slug")
-    return _origin(record, raw_partition, raw_offset, event_index)
+    _counters(function, ("mutation_queue_length", "mutation_retry_count"), "function.", record)
+    record["status"] = _text(event.get("status"))
+    record["error_message"] = _text(event.get("error_message"))
+    _counters(event, ("execution_time_ms", "user_execution_time_ms"), "", record)
+    record["will_retry"] = event.get("will_retry") is True
+    record["run_reason"] = _text(event.get("run_reason"))
+    record["occ_table_name"] = _text(occ.get("table_name")) if type(occ) is dict else ""
+    record["scheduler_job_id"] = (_text(scheduler.get("job_id")) if type(scheduler) is dict
+                                  else "")
+    _counters(usage, USAGE_COUNTERS, "usage.", record)
+    record["deployment_type"] = _text(convex.get("deployment_type"))
+    record["deployment_region"] = _text(convex.get("deployment_region"))
+    record["project_slug"] = _text(convex.get("project_slug"))
+    record["raw_partition"] = raw_partition
+    record["raw_offset"] = raw_offset
+    record["event_index"] = event_index
+    return record
 
 
 # The byte totals of a `current_storage_usage` snapshot, each a field of the same name.
