@@ -176,10 +176,14 @@ def test_agent_usage_records_count_once_per_id(kafka_bootstrap: str, tmp_path: P
                  what="3 repeated usage record ids dropped")
         assert _worker_metric(pipeline, "meterstream_worker_duplicates_total",
                               'kind="body"') == 1
-        stored = [record["id"] for message in read_topic(kafka_bootstrap,
-                                                         f"{pipeline.namespace}.agent_usage")
-                  for record in orjson.loads(message.value)]
-        assert sorted(stored) == ["step-1", "step-2"]
+        def stored() -> list[str]:
+            return sorted(record["id"] for message in read_topic(
+                kafka_bootstrap, f"{pipeline.namespace}.agent_usage")
+                for record in orjson.loads(message.value))
+
+        # Forwards are published when the raw offsets are committed.
+        wait_for(lambda: len(stored()) >= 2, timeout=30, what="the usage records forwarded")
+        assert stored() == ["step-1", "step-2"]
 
 
 def test_up_stops_every_service_when_one_dies(kafka_bootstrap: str, tmp_path: Path) -> None:
