@@ -46,27 +46,36 @@ class AlertLog:
         for partition in partitions:
             self._published.pop(partition, None)
 
-    async def ensure_loaded(self, partition: int) -> None:
+    async def ensure_loaded(self, partition: int, assigned: set[int]) -> None:
+        """Reads what is on the alert partitions this worker holds, once per assignment:
+        all of them in one pass, so a fresh worker pays one read, not one per partition."""
         if partition not in self._published:
-            self._published[partition] = await self._read_ids(partition)
+            wanted = {p for p in assigned if p not in self._published} | {partition}
+            self._published.update(await self._read_ids(wanted))
 
-    async def _read_ids(self, partition: int) -> set[str]:
+    async def _read_ids(self, partitions: set[int]) -> dict[int, set[str]]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, client_id="alert-log",
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await consumer.start()
         try:
-            tp = TopicPartition(self.topic, partition)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            ids: set[str] = set()
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for message in batch.get(tp, []):
-                    if message.offset < end and message.value:
-                        ids.add(orjson.loads(message.value)["id"])
-            log.info("alert log loaded", extra={"partition": partition, "alerts": len(ids)})
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            ids: dict[int, set[str]] = {tp.partition: set() for tp in tps}
+            pending = {tp for tp in tps if ends[tp] > 0}
+            while pending:
+                batch = await consumer.getmany(*pending, timeout_ms=1000)
+                for tp, messages in batch.items():
+                    for message in messages:
+                        if message.offset < ends[tp] and message.value:
+                            ids[tp.partition].add(orjson.loads(message.value)["id"])
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+            log.info("alert log loaded", extra={
+                "partitions": sorted(partitions), "alerts": sum(map(len, ids.values()))})
             return ids
         finally:
             await consumer.stop()

@@ -95,7 +95,9 @@ def create_app(settings: Settings) -> faust.App:
         state,
         alert_log,
         RunawayDetector(state, settings.runaway_multiple, settings.runaway_min_calls),
-        registry, send, grace_ms)
+        registry, send, grace_ms,
+        lambda: {tp.partition for tp in app.consumer.assignment()
+                 if tp.topic == raw.get_topic_name()})
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_: faust.App, revoked: set[Any], **__: Any) -> None:

@@ -37,7 +37,7 @@ Send = Callable[[str, bytes, bytes], Awaitable[Any]]
 class RawProcessor:
     def __init__(self, dedup: Deduplicator, state: UsageState, alerts: AlertLog,
                  runaway: RunawayDetector, registry: RegistryView, send: Send,
-                 grace_ms: int) -> None:
+                 grace_ms: int, assigned: Callable[[], set[int]]) -> None:
         self.dedup = dedup
         self.state = state
         self.alerts = alerts
@@ -45,6 +45,7 @@ class RawProcessor:
         self.registry = registry
         self.send = send
         self.grace_ms = grace_ms
+        self.assigned = assigned
 
     def forget_partitions(self, partitions: set[int]) -> None:
         self.dedup.forget_partitions(partitions)
@@ -55,7 +56,7 @@ class RawProcessor:
                       received_at: int, now_ms: int) -> None:
         metrics.EXPIRED.inc(self.dedup.expire(partition, now_ms))
         metrics.WINDOWS_EXPIRED.inc(self.state.expiry.expire(partition, now_ms))
-        await self.alerts.ensure_loaded(partition)
+        await self.alerts.ensure_loaded(partition, self.assigned())
         if self.dedup.seen_before(Deduplicator.body_key(key, body), partition, offset, now_ms):
             metrics.DUPLICATES.labels("body").inc()
             return
