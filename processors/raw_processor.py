@@ -8,8 +8,10 @@
 3. Add its usage to the live windows (exactly once per key, processors/state.py).
 4. Forward the records and dead letters, and publish the alerts now due.
 
-Everything is awaited until Kafka stored it, so the message's offset is committed only
-after what came out of it is safe.
+`process` returns the pending deliveries of the forwarded records; the caller acks
+the message only once they completed (processors/deliveries.py), so the message's
+offset is committed only after what came out of it is safe. Alerts are awaited
+here, before the next message is judged (processors/alerts.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from processors.split import OTHER, SplitBatch, dead_letter, split_body
 from processors.state import UsageState
 from processors.usage import message_usage
 
-Send = Callable[[str, bytes, bytes], Awaitable[Any]]
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 """(route or "dead_letter", key, value) -> a future that completes when Kafka stored it"""
 
 
@@ -53,13 +55,13 @@ class RawProcessor:
         self.alerts.forget_partitions(partitions)
 
     async def process(self, key: bytes, body: bytes, partition: int, offset: int,
-                      received_at: int, now_ms: int) -> None:
+                      received_at: int, now_ms: int) -> list[Awaitable[Any]]:
         metrics.EXPIRED.inc(self.dedup.expire(partition, now_ms))
         metrics.WINDOWS_EXPIRED.inc(self.state.expiry.expire(partition, now_ms))
         await self.alerts.ensure_loaded(partition, self.assigned())
         if self.dedup.seen_before(Deduplicator.body_key(key, body), partition, offset, now_ms):
             metrics.DUPLICATES.labels("body").inc()
-            return
+            return []
         deployment = key.decode(errors="replace")
         batch = split_body(body, partition, offset)
         self._drop_repeated_usage(batch, partition, offset, now_ms)
@@ -77,11 +79,9 @@ class RawProcessor:
             metrics.EVENTS.labels(route).inc(len(records))
         for letter in batch.dead_letters:
             sent.append(await self.send("dead_letter", key, orjson.dumps(letter)))
-        for future in sent:
-            await future
         await self.alerts.publish(partition, due)
-        metrics.RAW_BATCHES.inc()
         metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
+        return sent
 
     def _drop_repeated_usage(self, batch: SplitBatch, partition: int, offset: int,
                              now_ms: int) -> None:
