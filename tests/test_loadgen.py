@@ -224,6 +224,7 @@ def test_a_body_holds_the_events_asked_for() -> None:
     ({"late": 0.7, "too_late": 0.5}, "late + too_late must not exceed 1"),
     ({"duplicates": 1.5}, "duplicates must be a fraction"),
     ({"deployments": 0}, "deployments must be at least 1"),
+    ({"grace_ms": 30_000}, "METERSTREAM_LATE_GRACE) must be at least 60 s"),
 ])
 def test_bad_options_are_refused(changes: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=re.escape(problem)):

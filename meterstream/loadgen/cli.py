@@ -82,7 +82,7 @@ def add_parser(commands: Any) -> None:
                         help=f"tables --check compares (default all: {','.join(TABLES)})")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="a progress bar on stderr (default: when it is a terminal)")
-    actions = parser.add_subparsers(dest="loadgen_action", metavar="check")
+    actions = parser.add_subparsers(dest="loadgen_action", metavar="[check]")
     check = actions.add_parser(
         "check", help="compare a run's expected totals with ClickHouse; exit 1 on a mismatch")
     check.add_argument("--expected", type=Path, required=True, metavar="FILE",

@@ -71,6 +71,7 @@ MAX_BATCH = 128
 """Convex's webhook sink sends at most 128 events per POST."""
 FLUSH_MS = 5_000
 """Convex's log manager flushes every 5 s: a body's events completed within that."""
+MIN_GRACE_MS = 60_000
 LOGS = "logs"
 AGENT = "agent"
 
@@ -108,8 +109,10 @@ class TrafficOptions:
                 problems.append(f"{name} must be a fraction from 0 to 1")
         if self.late + self.too_late > 1.0:
             problems.append("late + too_late must not exceed 1")
-        if self.too_late and self.grace_ms <= 0:
-            problems.append("events older than the grace need a grace above 0")
+        if self.grace_ms < MIN_GRACE_MS:
+            # Delivery alone (the 5 s flush, retries) would push on-time events past it.
+            problems.append("the late-event grace (METERSTREAM_LATE_GRACE) must be at least "
+                            f"{MIN_GRACE_MS // 1000} s for the totals to be exact")
         if self.storage_interval_ms < 1000 or self.egress_interval_ms < 1000:
             problems.append("the storage and egress intervals must be at least 1 s")
         if problems:
