@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     from meterstream import deployments
 
     deployments.add_parser(commands)
+    from meterstream.loadgen import cli as loadgen
+
+    loadgen.add_parser(commands)
     sql = commands.add_parser("sql", help="run SQL on meterstream's ClickHouse; prints TSV")
     sql.add_argument("query", help="one statement, e.g. 'SELECT count() FROM function_executions'")
     return parser
@@ -75,6 +78,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream import deployments
 
         return deployments.run(args, settings)
+    elif args.command == "loadgen":
+        from meterstream.loadgen import cli as loadgen
+
+        return loadgen.run(args, settings)
     return 0
 
 
