@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--json", type=Path,
+                        help="also write the medians to this file (bench/run.py)")
     args = parser.parse_args()
 
     broker_env, own_broker = start_broker()
@@ -240,6 +242,12 @@ def main() -> None:
     ])
     print()
     print(table)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "raw_events_per_s": raw_eps, "raw_p50_ms": median(raw_results, "p50_ms"),
+            "raw_p99_ms": median(raw_results, "p99_ms"), "events_per_s": rec_eps,
+            "p50_ms": median(receiver_results, "p50_ms"),
+            "p99_ms": median(receiver_results, "p99_ms"), "command": command}))
     if args.write:
         with (REPO / "BENCHMARKS.md").open("a") as out:
             out.write("\n" + table)

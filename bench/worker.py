@@ -443,6 +443,8 @@ def main() -> None:
                         help="leave each run's topics on the broker")
     parser.add_argument("--write", action="store_true",
                         help="put the results in BENCHMARKS.md's Worker section")
+    parser.add_argument("--json", type=Path,
+                        help="also write the medians to this file (bench/run.py)")
     # The raw path's own process.
     parser.add_argument("--consume-raw", metavar="TOPIC", help=argparse.SUPPRESS)
     parser.add_argument("--raw-group", help=argparse.SUPPRESS)
@@ -526,6 +528,12 @@ def main() -> None:
     ])
     print()
     print(table)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "raw_events_per_s": raw_eps,
+            "raw_cpu_s_per_m": median(raw_results, "cpu_s_per_m_events"),
+            "events_per_s": worker_eps,
+            "cpu_s_per_m": median(worker_results, "cpu_s_per_m_events"), "command": command}))
     if args.write:
         write_section(table)
 

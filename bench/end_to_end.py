@@ -1,0 +1,394 @@
+"""End to end: the highest rate `meterstream up` sustains, alert latency at that rate, and
+exact totals in ClickHouse afterwards.
+
+    .venv/bin/python bench/end_to_end.py [--start 8000] [--factor 1.25] [--step-seconds 30]
+
+One pipeline (`meterstream up`: receiver, worker, sink, embedded ClickHouse) on the broker
+METERSTREAM_KAFKA names (or one of its own). `meterstream loadgen` traffic (realistic
+Convex v2 events from --deployments deployments, signed 128-event batches) is sent at a
+target rate in steps, each step `--factor` times the last, until a step is not sustained:
+
+- sustained means the load generator reached 95 % of the target and, over the step's last
+  third, neither the worker (raw bodies in the topic minus bodies it finished) nor the
+  sink (records not yet committed by its group) was behind by more than `--max-lag`
+  seconds of traffic at that rate;
+- alert latency: during every step, probe deployments with a day quota of one batch get
+  one batch each (--probes-per-second); the time from the receiver's 200 to the probe's
+  first alert on `<ns>.alerts` is taken, and reported for the highest sustained step;
+- after the last step the sink is given time to catch up and every step's expected
+  totals (the load generator's own accounting) are compared with ClickHouse, exactly.
+
+The load generator runs in this process, on the same 2 cores as the pipeline, so the
+figures are a floor for a pipeline with a machine of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.receiver import start_broker  # noqa: E402
+from ingest.signature import HEADER, sign  # noqa: E402
+from meterstream.config import Settings  # noqa: E402
+from meterstream.loadgen.check import check as check_totals  # noqa: E402
+from meterstream.loadgen.expected import TABLE_SUMS  # noqa: E402
+from meterstream.loadgen.sender import LoadOptions, LoadResult, run_load  # noqa: E402
+from meterstream.topics import Topics  # noqa: E402
+from sinks.query import run_sql  # noqa: E402
+from tests.load import function_load  # noqa: E402
+from tests.pipeline import Pipeline, running_pipeline  # noqa: E402
+from tests.support import wait_for  # noqa: E402
+
+EVENTS_PER_BODY = 128
+PROBE_SECRET = "5e0d3c2b1a4f49e8a7b6c5d4e3f2a1b0"
+SAMPLE_SECONDS = 1.0
+
+
+@dataclass
+class Step:
+    rate: float
+    result: LoadResult | None = None
+    worker_lag: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds into the step, raw bodies the worker has not finished)"""
+    sink_lag: list[tuple[float, float]] = field(default_factory=list)
+    alert_ms: list[float] = field(default_factory=list)
+    probes: int = 0
+
+    @property
+    def achieved(self) -> float:
+        return self.result.stats.events_per_second if self.result else 0.0
+
+    def max_lag_s(self, lag: list[tuple[float, float]], seconds: float) -> float:
+        """Largest lag over the step's last third, in seconds of traffic at the rate."""
+        tail = [value for at, value in lag if at >= seconds * 2 / 3]
+        per_second = self.rate / EVENTS_PER_BODY
+        return max(tail, default=0.0) / per_second
+
+    def sustained(self, seconds: float, max_lag: float) -> bool:
+        return (self.achieved >= 0.95 * self.rate
+                and self.max_lag_s(self.worker_lag, seconds) <= max_lag
+                and self.max_lag_s(self.sink_lag, seconds) <= max_lag)
+
+
+async def until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Polls `condition` until it holds or `seconds` passed; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
+async def caught_up(meter: LagMeter) -> bool:
+    return not await meter.worker() and not await meter.sink()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class LagMeter:
+    """How far the worker and the sink are behind the raw and the record topics."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.bootstrap = pipeline.env["METERSTREAM_KAFKA"]
+        self.namespace = pipeline.namespace
+        self.worker_port = pipeline.env["METERSTREAM_WORKER_PORT"]
+        self.topics = Topics(self.namespace, int(pipeline.env.get("METERSTREAM_PARTITIONS", 8)))
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await self.admin.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def _ends(self, topic: str) -> dict[TopicPartition, int]:
+        partitions = [TopicPartition(topic, p) for p in range(self.topics.partitions)]
+        return await self.consumer.end_offsets(partitions)
+
+    async def worker(self) -> float:
+        """Raw bodies stored minus raw bodies the worker finished (its own counter, exact
+        at once, where committed offsets trail by the commit interval)."""
+        ends = await self._ends(self.topics.raw.name)
+        return max(0.0, sum(ends.values()) - await self._worker_done())
+
+    async def _worker_done(self) -> float:
+        url = f"http://127.0.0.1:{self.worker_port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            text = await response.text()
+        done = 0.0
+        for line in text.splitlines():
+            if line.startswith(("meterstream_worker_raw_batches_total ",
+                                'meterstream_worker_duplicates_total{kind="body"} ')):
+                done += float(line.rsplit(" ", 1)[1])
+        return done
+
+    async def sink(self) -> float:
+        """Record-topic messages not yet committed by the sink's consumer group(s)."""
+        behind = 0.0
+        groups = [group for group, *_ in await self.admin.list_consumer_groups()
+                  if group.startswith(f"{self.namespace}-sink")]
+        for group in groups:
+            committed = await self.admin.list_consumer_group_offsets(group)
+            if not committed:
+                continue
+            ends = await self.consumer.end_offsets(list(committed))
+            behind += sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
+        return behind
+
+
+async def tail_alerts(bootstrap: str, topic: str, seen: dict[str, float],
+                      ready: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="latest", fetch_max_wait_ms=5)
+    await consumer.start()
+    try:
+        await consumer.getmany(timeout_ms=200)
+        ready.set()
+        while True:
+            batches = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for messages in batches.values():
+                for message in messages:
+                    seen.setdefault(orjson.loads(message.value)["deployment"], now)
+    finally:
+        await consumer.stop()
+
+
+async def probe(receiver: str, names: list[str], per_second: float, seconds: float,
+                seen: dict[str, float], step: Step) -> None:
+    """One quota-crossing batch per probe deployment, spread over the step."""
+    bodies = {name: function_load(name, bodies=1, events_per_body=EVENTS_PER_BODY,
+                                  at_ms=int(time.time() * 1000) - 1000).bodies[0]
+              for name in names}
+    acked: dict[str, float] = {}
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        for n, name in enumerate(names):
+            if n / per_second > seconds:
+                break
+            await asyncio.sleep(max(0.0, started + n / per_second - time.monotonic()))
+            body = bodies[name]
+            async with session.post(f"{receiver}/v1/convex/logs", data=body, headers={
+                    "Content-Type": "application/json",
+                    HEADER: sign(body, PROBE_SECRET)}) as response:
+                if response.status == 200:
+                    acked[name] = time.time()
+        step.probes = len(acked)
+        await until(lambda: all(name in seen for name in acked), 30)
+    step.alert_ms = [(seen[name] - at) * 1000 for name, at in acked.items() if name in seen]
+
+
+def register_probes(pipeline: Pipeline, names: list[str]) -> None:
+    for name in names:
+        pipeline.register(name, webhook_secret=PROBE_SECRET)
+        status, answer = pipeline.admin("PUT", f"/v1/deployments/{name}/quotas", {"quotas": [
+            {"metric": "function_calls", "period": "day", "limit": EVENTS_PER_BODY}]})
+        assert status == 200, answer
+
+
+async def run_step(pipeline: Pipeline, settings: Settings, step: Step, args: argparse.Namespace,
+                   probes: list[str], seen: dict[str, float], index: int) -> None:
+    meter = LagMeter(pipeline)
+    await meter.start()
+    began = time.monotonic()
+    stop_sampling = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop_sampling.is_set():
+            at = time.monotonic() - began
+            step.worker_lag.append((at, await meter.worker()))
+            step.sink_lag.append((at, await meter.sink()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_sampling.wait(), SAMPLE_SECONDS)
+
+    options = LoadOptions(deployments=args.deployments, users=args.users, seed=index,
+                          prefix=f"e2e{index}", rate=step.rate, duration=args.step_seconds,
+                          connections=args.connections, progress=False)
+    sampler = asyncio.ensure_future(sample())
+    prober = asyncio.ensure_future(probe(
+        f"http://127.0.0.1:{pipeline.env['METERSTREAM_RECEIVER_PORT']}", probes,
+        args.probes_per_second, args.step_seconds * 0.9, seen, step))
+    try:
+        step.result = await run_load(options, settings)
+        await prober
+    finally:
+        stop_sampling.set()
+        await sampler
+        await meter.stop()
+
+
+async def run_steps(pipeline: Pipeline, args: argparse.Namespace) -> list[Step]:
+    settings = Settings.from_env({**os.environ, **pipeline.env})
+    bootstrap = pipeline.env["METERSTREAM_KAFKA"]
+    seen: dict[str, float] = {}
+    ready = asyncio.Event()
+    tail = asyncio.ensure_future(tail_alerts(bootstrap, f"{pipeline.namespace}.alerts", seen,
+                                             ready))
+    await asyncio.wait_for(ready.wait(), 60)
+    steps: list[Step] = []
+    rate = args.start
+    try:
+        for index in range(args.max_steps):
+            probes = [f"e2e-probe-{index}-{n:03d}"
+                      for n in range(int(args.probes_per_second * args.step_seconds) + 1)]
+            register_probes(pipeline, probes)
+            step = Step(rate)
+            await run_step(pipeline, settings, step, args, probes, seen, index)
+            steps.append(step)
+            print(report_line(step, args), flush=True)
+            if not step.sustained(args.step_seconds, args.max_lag):
+                break
+            # Let the pipeline catch up before the next step, so steps do not add up.
+            meter = LagMeter(pipeline)
+            await meter.start()
+            try:
+                await until_async(functools.partial(caught_up, meter), 300)
+            finally:
+                await meter.stop()
+            rate *= args.factor
+    finally:
+        tail.cancel()
+        await asyncio.gather(tail, return_exceptions=True)
+    return steps
+
+
+def report_line(step: Step, args: argparse.Namespace) -> str:
+    stats = step.result.stats if step.result else None
+    alerts = (f"alert p50 {statistics.median(step.alert_ms):.0f} ms "
+              f"p99 {percentile(step.alert_ms, 0.99):.0f} ms ({len(step.alert_ms)}/{step.probes})"
+              if step.alert_ms else "no alerts")
+    return (f"target {step.rate:,.0f} ev/s: sent {step.achieved:,.0f} ev/s, "
+            f"receiver p50 {stats.latency_ms(0.5) if stats else 0:.0f} ms "
+            f"p99 {stats.latency_ms(0.99) if stats else 0:.0f} ms; "
+            f"max lag worker {step.max_lag_s(step.worker_lag, args.step_seconds):.1f} s "
+            f"sink {step.max_lag_s(step.sink_lag, args.step_seconds):.1f} s; {alerts}; "
+            + ("sustained" if step.sustained(args.step_seconds, args.max_lag)
+               else "NOT sustained"))
+
+
+def check_all(pipeline: Pipeline, steps: list[Step], wait: float) -> tuple[int, int]:
+    """(values compared, values that differ) over every step, once the sink caught up."""
+    settings = Settings.from_env({**os.environ, **pipeline.env})
+    tables = tuple(TABLE_SUMS)
+    outcome: tuple[int, int] = (0, 0)
+
+    def matches() -> bool:
+        nonlocal outcome
+        compared = differing = 0
+        for step in steps:
+            assert step.result is not None
+            count, found = check_totals(step.result.expected,
+                                        lambda sql: run_sql(settings.clickhouse, sql), tables)
+            compared, differing = compared + count, differing + len(found)
+        outcome = (compared, differing)
+        return differing == 0
+
+    with contextlib.suppress(AssertionError, TimeoutError):
+        wait_for(matches, timeout=wait, what="ClickHouse to hold the expected totals",
+                 interval=2.0)
+    return outcome
+
+
+@dataclass
+class EndToEnd:
+    sustained: Step | None
+    steps: list[Step]
+    compared: int
+    differing: int
+
+
+def measure(bootstrap: str, args: argparse.Namespace) -> EndToEnd:
+    workdir = Path(tempfile.mkdtemp(prefix="meterstream-e2e-"))
+    with running_pipeline(bootstrap, workdir, extra_env={
+            "METERSTREAM_SINK_BATCH_SECONDS": "1.0"}) as pipeline:
+        steps = asyncio.run(run_steps(pipeline, args))
+        compared, differing = check_all(pipeline, steps, args.check_seconds)
+    good = [s for s in steps if s.sustained(args.step_seconds, args.max_lag)]
+    return EndToEnd(good[-1] if good else None, steps, compared, differing)
+
+
+def parser() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    options.add_argument("--start", type=float, default=8000, help="first target, events/s")
+    options.add_argument("--factor", type=float, default=1.25)
+    options.add_argument("--max-steps", type=int, default=8)
+    options.add_argument("--step-seconds", type=float, default=30)
+    options.add_argument("--max-lag", type=float, default=5.0,
+                         help="seconds of traffic a stage may be behind and still keep up")
+    options.add_argument("--deployments", type=int, default=50)
+    options.add_argument("--users", type=int, default=20)
+    options.add_argument("--connections", type=int, default=16)
+    options.add_argument("--probes-per-second", type=float, default=2.0)
+    options.add_argument("--check-seconds", type=float, default=300)
+    options.add_argument("--json", type=Path, help="also write the summary to this file")
+    return options
+
+
+def summary(outcome: EndToEnd) -> dict[str, Any]:
+    best = outcome.sustained
+    return {
+        "steps": [{"target": s.rate, "achieved": round(s.achieved),
+                   "alerts": len(s.alert_ms)} for s in outcome.steps],
+        "sustained_events_per_s": round(best.achieved) if best else 0,
+        "alert_p50_ms": round(statistics.median(best.alert_ms), 1)
+        if best and best.alert_ms else None,
+        "alert_p99_ms": round(percentile(best.alert_ms, 0.99), 1)
+        if best and best.alert_ms else None,
+        "totals_compared": outcome.compared,
+        "totals_differing": outcome.differing,
+    }
+
+
+def command(args: argparse.Namespace) -> str:
+    return (f".venv/bin/python bench/end_to_end.py --start {args.start:g} "
+            f"--factor {args.factor:g} --step-seconds {args.step_seconds:g} "
+            f"--deployments {args.deployments}")
+
+
+def main() -> None:
+    args = parser().parse_args()
+    env, _ = start_broker()
+    outcome = measure(env["METERSTREAM_KAFKA"], args)
+    result = {**summary(outcome), "command": command(args)}
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if args.json:
+        args.json.write_bytes(orjson.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The benchmark: every stage beside its raw path, measured in one run, as one table.
+
+    .venv/bin/python bench/run.py [--quick] [--write]
+
+Runs, one after the other on this machine (each script's docstring says exactly what
+it measures):
+
+- bench/receiver.py: acknowledged events/s and p50/p99 latency vs a bare aiokafka
+  producer sending the same bodies;
+- bench/worker.py: events/s (and CPU per event) vs a bare aiokafka consumer that
+  orjson-decodes the same topic;
+- bench/sink.py: rows/s into ClickHouse vs clickhouse-connect `insert_arrow` of the
+  same rows;
+- bench/end_to_end.py: the highest sustained events/s through `meterstream up` with
+  `meterstream loadgen` traffic, alert latency at that rate, and ClickHouse totals
+  against the load generator's expected totals (exact).
+
+It starts its own Kafka broker unless METERSTREAM_KAFKA names one, prints the table
+and, with --write, puts it with the machine's facts and the command into
+BENCHMARKS.md's "## Summary" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.receiver import cli, start_broker  # noqa: E402
+
+GOALS = {"receiver": 0.9, "worker": 100_000, "sink": 0.7, "end_to_end": 50_000,
+         "alert_p99_ms": 1000}
+
+
+def stage(script: str, args: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
+    print(f"== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(REPO / "bench" / script), *args, "--json", str(out)],
+                   env={**os.environ, **env}, cwd=REPO, check=True)
+    return json.loads(out.read_text())
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({cpu or platform.processor()}), {memory:.0f} GiB, "
+            f"{platform.system()} {platform.release()}, {platform.python_implementation()} "
+            f"{platform.python_version()}; Kafka broker on the same machine")
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    receiver, worker = results["receiver"], results["worker"]
+    sink, e2e = results["sink"], results["end_to_end"]
+    rows = [
+        "| stage | meterstream | raw path (same run) | ratio | goal |",
+        "|---|---:|---:|---:|---|",
+        f"| receiver: acknowledged events/s (p50 / p99 ms) | {receiver['events_per_s']:,.0f} "
+        f"({receiver['p50_ms']:.1f} / {receiver['p99_ms']:.1f}) | "
+        f"bare aiokafka producer {receiver['raw_events_per_s']:,.0f} "
+        f"({receiver['raw_p50_ms']:.1f} / {receiver['raw_p99_ms']:.1f}) | "
+        f"{receiver['events_per_s'] / receiver['raw_events_per_s']:.2f} | "
+        f">= {GOALS['receiver']}x, p99 < 50 ms |",
+        f"| worker: events/s (CPU s per M events) | {worker['events_per_s']:,.0f} "
+        f"({worker['cpu_s_per_m']:.1f}) | bare aiokafka consumer + orjson "
+        f"{worker['raw_events_per_s']:,.0f} ({worker['raw_cpu_s_per_m']:.1f}) | "
+        f"{worker['events_per_s'] / worker['raw_events_per_s']:.2f} | >= 100,000 events/s |",
+        f"| sink: rows/s into ClickHouse | {sink['rows_per_s']:,.0f} | "
+        f"clickhouse-connect insert_arrow {sink['raw_rows_per_s']:,.0f} | "
+        f"{sink['rows_per_s'] / sink['raw_rows_per_s']:.2f} | >= {GOALS['sink']}x |",
+        f"| end to end: sustained events/s | {e2e['sustained_events_per_s']:,.0f} | | | "
+        f">= 50,000 events/s |",
+        f"| end to end: alert latency p50 / p99 ms at that rate | "
+        f"{_ms(e2e['alert_p50_ms'])} / {_ms(e2e['alert_p99_ms'])} | | | p99 < 1,000 ms |",
+        f"| end to end: ClickHouse totals vs the load generator's | "
+        f"{e2e['totals_compared'] - e2e['totals_differing']:,} of {e2e['totals_compared']:,} "
+        f"values equal | | | all, exactly |",
+    ]
+    return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def write_section(text: str) -> None:
+    path = REPO / "BENCHMARKS.md"
+    current = path.read_text()
+    section = f"## Summary\n\n{text}\n\n"
+    if re.search(r"^## Summary\n", current, flags=re.M):
+        current = re.sub(r"^## Summary\n.*?(?=^## |\Z)", lambda _: section, current,
+                         flags=re.M | re.S)
+    else:
+        head, _, rest = current.partition("\n### ")
+        current = f"{head}\n{section}### {rest}" if rest else f"{current}\n{section}"
+    path.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter runs (one of each, smaller loads): a smoke test of the "
+                             "benchmark, not figures to quote")
+    parser.add_argument("--write", action="store_true",
+                        help="put the table into BENCHMARKS.md's Summary section")
+    args = parser.parse_args()
+    quick = args.quick
+    broker_env, own_broker = start_broker()
+    results: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="meterstream-bench-") as workdir:
+            out = Path(workdir)
+            results["receiver"] = stage("receiver.py", [
+                "--seconds", "5" if quick else "20", "--runs", "1" if quick else "3",
+                "--connections", "16"], broker_env, out / "receiver.json")
+            results["worker"] = stage("worker.py", [
+                "--events", "200000" if quick else "1000000", "--runs", "1" if quick else "3"],
+                broker_env, out / "worker.json")
+            results["sink"] = stage("sink.py", ["--rows", "200000" if quick else "1000000",
+                                                "--runs", "1" if quick else "3"],
+                                    broker_env, out / "sink.json")
+            results["end_to_end"] = stage("end_to_end.py", [
+                "--step-seconds", "10" if quick else "30", "--max-steps", "2" if quick else "8"],
+                broker_env, out / "end_to_end.json")
+    finally:
+        if own_broker:
+            cli(["kafka", "stop"], broker_env)
+    command = ".venv/bin/python bench/run.py" + (" --quick" if quick else "")
+    text = "\n".join([
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d', time.gmtime())}, "
+        f"{(time.monotonic() - started) / 60:.0f} min)  ",
+        f"Machine: {machine()}.",
+        "",
+        table(results),
+        "",
+        "Each stage's own command and details: " + "; ".join(
+            f"`{r['command']}`" for r in results.values() if r.get("command")) + ".",
+    ])
+    print()
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
