@@ -224,7 +224,9 @@ def generate(db: Database, period: Period, book: PriceBook, registry: Owners,
     run.created = pending
     for invoice in pending:
         INVOICES.labels(invoice.subject).inc()
-    log.info("invoices generated", extra=run.summary())
+    log.info("invoices generated", extra={
+        "period": period.label, "invoices_created": len(run.created),
+        "already_invoiced": run.already, "problems": run.problems})
     return run
 
 

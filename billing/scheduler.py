@@ -63,8 +63,12 @@ class Schedule:
 
 
 def start(settings: Settings, clock: Clock = time.time) -> Schedule:
-    """Starts the schedule; raises PriceBookError at once for a price book that is unusable."""
-    book = pricebook.load(settings.price_book)
+    """Starts the schedule; stops the process at once when the price book is unusable."""
+    try:
+        book = pricebook.load(settings.price_book)
+    except pricebook.PriceBookError as exc:
+        log.error("unusable price book", extra={"error": str(exc)})
+        raise SystemExit(f"meterstream: {exc}") from None
     topic = Topics.of(settings).deployments
     view = RegistryView(settings.kafka_bootstrap, topic.name)
     task = asyncio.create_task(_run(settings, book, view, clock), name="invoice-schedule")

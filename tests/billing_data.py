@@ -74,3 +74,27 @@ def insert_tokens(client: Client, deployment: str, user: str, at: int, provider:
     client.insert("agent_usage", [[record_id, deployment, at, user, provider, model,
                                    *(tokens.get(name, 0) for name in AGENT_TOKENS)]],
                   column_names=columns)
+
+
+def publish_registry(bootstrap: str, namespace: str, records: dict[str, dict[str, str]]) -> None:
+    """Writes deployment records to the registry topic, as the admin API does."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from ingest.registry import Deployment
+    from meterstream.topics import TopicSpec, ensure_topics
+
+    async def publish() -> None:
+        topic = f"{namespace}.deployments"
+        await ensure_topics(bootstrap, [TopicSpec(topic, 1, {"cleanup.policy": "compact"})])
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for name, fields in records.items():
+                await producer.send_and_wait(topic, Deployment(name=name, **fields).to_json(),
+                                             key=name.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())

@@ -7,20 +7,25 @@ default price book's numbers (billing/default_price_book.toml), in the comments.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from billing import invoices, pricebook, queries, rollups
+from billing import invoices, pricebook, queries, rollups, scheduler
 from billing.database import Database
 from billing.invoices import InvoiceError
+from billing.metrics import NEXT_RUN
+from billing.metrics import RUNS as REGISTRY_RUNS
 from billing.periods import Period
 from billing.pricebook import PriceBook
 from billing.registry import Owner
 from billing.scheduler import last_due, run_time
-from meterstream.config import ClickHouseTarget
+from meterstream.config import ClickHouseTarget, Settings
 from sinks import migrate
 from sinks.clickhouse import EngineLock, connect
 from tests.billing_data import (
@@ -32,6 +37,7 @@ from tests.billing_data import (
     insert_snapshot,
     insert_tokens,
     ms,
+    publish_registry,
     reset,
 )
 
@@ -48,8 +54,13 @@ MB_MS_PER_GB_HOUR = 1024 * 3_600_000
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    path = tmp_path_factory.mktemp("chdb") / "clickhouse"
+def engine_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb") / "clickhouse"
+
+
+@pytest.fixture(scope="module")
+def engine(engine_path: Path) -> Iterator[Client]:
+    path = engine_path
     with EngineLock(path):
         client = connect(ClickHouseTarget(url=f"chdb://{path}", chdb_path=path))
         migrate.apply(client)
@@ -357,6 +368,44 @@ def test_the_rollup_migration_backfills_once(client: Client) -> None:
         assert client.query("SELECT sum(function_calls), sum(data_egress_bytes) "
                             "FROM usage_daily").result_rows == before
         assert client.command("SELECT sum(steps) FROM user_tokens_monthly") == 5
+
+
+@pytest.mark.kafka
+def test_the_schedule_invoices_the_month_before_once_due(
+        client: Client, db: Database, engine_path: Path, kafka_bootstrap: str) -> None:
+    october_usage(client)
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    publish_registry(kafka_bootstrap, namespace, {
+        name: {"team": owner.team, "project": owner.project, "plan": owner.plan or ""}
+        for name, owner in REGISTRY.items()})
+    settings = Settings.from_env({"METERSTREAM_KAFKA": kafka_bootstrap,
+                                  "METERSTREAM_NAMESPACE": namespace,
+                                  "METERSTREAM_CLICKHOUSE": f"chdb://{engine_path}"})
+    runs_before = REGISTRY_RUNS.labels("problems")._value.get()
+
+    async def scenario() -> list[invoices.Invoice]:
+        # A sink that starts a few seconds after the run time, and one a day before it.
+        schedule = scheduler.start(settings, clock=lambda: ms("2026-11-02T00:00:05") / 1000)
+        try:
+            for _ in range(600):  # 60 s
+                found = invoices.show(db, OCTOBER)
+                if found:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("no invoices for October within 60 s")
+        finally:
+            await schedule.stop()
+        assert NEXT_RUN._value.get() == ms("2026-12-02T00:00:00") / 1000
+        return found
+
+    found = asyncio.run(scenario())
+    assert sorted((i.subject, i.deployment, i.user_id, i.amount) for i in found) == [
+        ("deployment", "eu-app", "", EU_APP), ("deployment", "quiet-app", "", Decimal(0)),
+        ("deployment", "us-app", "", US_APP), ("end_user", "eu-app", "", ANONYMOUS),
+        ("end_user", "eu-app", "user_2f9KqM", USER)]
+    assert next(i for i in found if i.deployment == "eu-app").team == "acme"
+    assert REGISTRY_RUNS.labels("problems")._value.get() == runs_before + 1
 
 
 def test_the_schedule_runs_on_day_two() -> None:
