@@ -256,16 +256,13 @@ def _month_totals(db: Database, start_ms: int, end_ms: int
 
 def month_to_date_cost(db: Database, book: PriceBook, plan_name: str | None, deployment: str,
                        now_ms: int) -> Decimal:
-    """The Convex cost of one deployment from the start of the month to now."""
+    """The Convex cost of one deployment's usage so far this month: whole days and hours
+    from the rollups, the current hour included (nothing is stamped after now), so no
+    raw row is read."""
     period = Period.containing(now_ms)
-    used, regions = _month_totals_of(db, period.start_ms, now_ms, deployment)
-    return charges.convex_cost(used, book.plan(plan_name),
-                               book.multiplier(regions.get(deployment, "")), period)
-
-
-def _month_totals_of(db: Database, start_ms: int, end_ms: int, deployment: str
-                     ) -> tuple[Usage, dict[str, str]]:
-    used, regions = rollups.totals(db, start_ms, end_ms, [deployment])
+    end = min(ceil("hour", now_ms), period.end_ms)
+    used, regions = rollups.totals(db, period.start_ms, end, [deployment])
     found = used.get(deployment, {})
-    found.update(storage.totals(db, start_ms, end_ms, [deployment]).get(deployment, {}))
-    return found, regions
+    found.update(storage.totals(db, period.start_ms, now_ms, [deployment]).get(deployment, {}))
+    return charges.convex_cost(found, book.plan(plan_name),
+                               book.multiplier(regions.get(deployment, "")), period)

@@ -79,15 +79,18 @@ def totals(db: Database, start_ms: int, end_ms: int,
     """Counters per deployment over [start, end), and each deployment's region."""
     if deployments is not None and not deployments:
         return {}, {}
-    parts = [f"SELECT deployment, max(region) AS region, {_SUMS} FROM {_TABLE[granularity]} "
-             f"WHERE {_where(granularity, a, b, deployments)} GROUP BY deployment"
-             for granularity, a, b in pieces(start_ms, end_ms)]
-    if not parts:
-        return {}, {}
-    rows = db.rows(f"SELECT deployment, max(region) AS region, {_SUMS} FROM ("
-                   + " UNION ALL ".join(parts) + ") GROUP BY deployment")
-    return ({row["deployment"]: _usage(row) for row in rows},
-            {row["deployment"]: row["region"] for row in rows})
+    found: dict[str, Usage] = {}
+    regions: dict[str, str] = {}
+    # One query per part: cheaper to plan than their UNION ALL (chdb, 26.9).
+    for granularity, a, b in pieces(start_ms, end_ms):
+        for row in db.rows(f"SELECT deployment, max(region) AS region, {_SUMS} "
+                           f"FROM {_TABLE[granularity]} "
+                           f"WHERE {_where(granularity, a, b, deployments)} GROUP BY deployment"):
+            usage = found.setdefault(row["deployment"], dict.fromkeys(COUNTERS, 0))
+            for name, value in _usage(row).items():
+                usage[name] += value
+            regions[row["deployment"]] = max(regions.get(row["deployment"], ""), row["region"])
+    return found, regions
 
 
 def series(db: Database, resolution: str, start_ms: int, end_ms: int,
