@@ -29,7 +29,6 @@ from meterstream.progress import bar
 log = logging.getLogger("meterstream.billing")
 
 STATUSES = ("pending", "paid", "failed")
-SUBJECTS = ("deployment", "end_user")
 INSERT_BATCH = 1000
 LINE_FIELDS = ("item", "description", "unit", "usage", "included", "quantity", "unit_price",
                "amount")

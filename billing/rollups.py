@@ -113,12 +113,6 @@ def series(db: Database, resolution: str, start_ms: int, end_ms: int,
     return found, regions
 
 
-def deployments_with_usage(db: Database, start_ms: int, end_ms: int) -> list[str]:
-    rows = db.rows(f"SELECT DISTINCT deployment FROM usage_daily "
-                   f"WHERE {_where('day', floor('day', start_ms), ceil('day', end_ms), None)}")
-    return sorted(row["deployment"] for row in rows)
-
-
 # Tokens.
 
 _TOKEN_SUMS = ", ".join(f"sum({name}) AS {name}" for name in TOKEN_COLUMNS)

@@ -79,17 +79,3 @@ def series(db: Database, resolution: str, start_ms: int, end_ms: int,
                 into[f"{category}_storage_byte_ms"] += int(row[category]) * span
     return found
 
-
-def latest(db: Database, at_ms: int, deployments: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Bytes per category of each deployment's latest snapshot before `at_ms`."""
-    if not deployments:
-        return {}
-    columns = ", ".join(f"toString(argMax({' + '.join(fields)}, timestamp)) AS {category}"
-                        for category, fields in STORAGE_CATEGORIES.items())
-    rows = db.rows(f"SELECT deployment, {columns} FROM storage_snapshots "
-                   f"WHERE deployment IN {in_list(deployments)} "
-                   f"AND timestamp < {datetime64(at_ms)} "
-                   f"AND timestamp >= {datetime64(at_ms - STORAGE_RETENTION_MS)} "
-                   f"GROUP BY deployment")
-    return {row["deployment"]: {category: int(row[category]) for category in CATEGORIES}
-            for row in rows}
