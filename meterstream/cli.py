@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     loadgen.add_parser(commands)
     sql = commands.add_parser("sql", help="run SQL on meterstream's ClickHouse; prints TSV")
     sql.add_argument("query", help="one statement, e.g. 'SELECT count() FROM function_executions'")
+    from billing import cli as billing_cli
+
+    billing_cli.add_parsers(commands)
     return parser
 
 
@@ -82,6 +85,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream.loadgen import cli as loadgen
 
         return loadgen.run(args, settings)
+    elif args.command in ("usage", "invoices"):
+        from billing import cli as billing_cli
+
+        return billing_cli.run(args, settings)
     return 0
 
 

@@ -100,6 +100,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_SINK_BATCH_ROWS", "50000", "Rows that make the sink insert at once."),
     Variable("METERSTREAM_SINK_BATCH_SECONDS", "1.0",
              "Longest time (s) a row waits in the sink before it is inserted."),
+    Variable("METERSTREAM_PRICE_BOOK", "",
+             "The price book (TOML): plans' included amounts and prices, region multipliers, "
+             "token prices per provider and model. Empty means the one shipped in "
+             "billing/default_price_book.toml."),
     Variable("METERSTREAM_LOG_LEVEL", "info", "debug, info, warning or error."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -164,6 +168,8 @@ class Settings:
     sink_batch_rows: int
     sink_batch_seconds: float
     log_level: str
+    price_book: Path | None = None
+    """None: the price book shipped with meterstream."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -236,6 +242,8 @@ class Settings:
                                        raw("METERSTREAM_SINK_BATCH_SECONDS"), float, 0.01, 3600),
             log_level=_choice("METERSTREAM_LOG_LEVEL", raw("METERSTREAM_LOG_LEVEL").lower(),
                               ("debug", "info", "warning", "error")),
+            price_book=_file("METERSTREAM_PRICE_BOOK",
+                             env.get("METERSTREAM_PRICE_BOOK", "").strip()),
         )
 
     def __post_init__(self) -> None:
@@ -346,6 +354,15 @@ def _http_url(name: str, value: str) -> str:
 
 def _urls(name: str, value: str) -> tuple[str, ...]:
     return tuple(_http_url(name, url.strip()) for url in value.split(",") if url.strip())
+
+
+def _file(name: str, value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{name} must name a file, got {value!r}")
+    return path
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

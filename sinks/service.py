@@ -18,6 +18,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from clickhouse_connect.driver.client import Client
 
+from billing import scheduler as invoice_schedule
 from meterstream.config import Settings
 from meterstream.service import healthz, metrics_page, start_site, stop_event
 from meterstream.topics import Topics, ensure_topics
@@ -130,7 +131,11 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         site.router.add_get("/metrics", metrics_page)
         runners.append(await start_site(site, settings.bind_host, settings.sink_port))
         await ensure_topics(settings.kafka_bootstrap, [topics.function_executions])
-        await _consume(settings, insert_client, stop)
+        schedule = invoice_schedule.start(settings)  # invoices on day 2 (billing/scheduler.py)
+        try:
+            await _consume(settings, insert_client, stop)
+        finally:
+            await schedule.stop()
     finally:
         for runner in runners:
             await runner.cleanup()

@@ -19,7 +19,9 @@ from tests.support import convex_examples
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     path = tmp_path_factory.mktemp("chdb") / "clickhouse"
     with EngineLock(path):
-        yield connect(ClickHouseTarget(url=f"chdb://{path}", chdb_path=path))
+        client = connect(ClickHouseTarget(url=f"chdb://{path}", chdb_path=path))
+        yield client
+        client.close()  # so that another module can open an engine at its own path
 
 
 def test_migrations_apply_once(client: Client) -> None:

@@ -1,0 +1,100 @@
+"""What usage costs: invoice lines for Convex resources and for tokens.
+
+A Convex resource is billed for what exceeds the plan's included amount in the
+billing month, at the plan's unit price times the region's multiplier. Tokens
+are billed per (provider, model) and kind, each token once at its own price,
+with nothing included. Every amount is rounded once (billing/money.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+
+from billing.money import rounded, text
+from billing.periods import Period
+from billing.pricebook import Plan, PriceBook
+from billing.resources import RESOURCES, TOKEN_KINDS, TokenCounts, Usage
+from billing.rollups import TokenUsage
+
+
+@dataclass(frozen=True)
+class Line:
+    item: str
+    """resource key (function_calls, ...) or tokens:<provider>/<model>:<kind>"""
+    description: str
+    unit: str
+    usage: Decimal
+    included: Decimal
+    quantity: Decimal
+    """billable: usage above the included amount"""
+    unit_price: Decimal
+    amount: Decimal
+
+    def to_json(self) -> dict[str, str]:
+        return {"item": self.item, "description": self.description, "unit": self.unit,
+                **{name: text(getattr(self, name)) for name in
+                   ("usage", "included", "quantity", "unit_price", "amount")}}
+
+
+def resource_lines(usage: Usage, plan: Plan, multiplier: Decimal, period: Period) -> list[Line]:
+    """One line per Convex resource (also when nothing of it is billable)."""
+    lines = []
+    for resource in RESOURCES:
+        price = plan.resources[resource.key]
+        used = resource.quantity(usage, period)
+        billable = max(used - Fraction(price.included), Fraction(0))
+        unit_price = price.unit_price * multiplier
+        lines.append(Line(resource.key, resource.description, resource.unit, rounded(used),
+                          price.included, rounded(billable), unit_price,
+                          rounded(billable * Fraction(unit_price))))
+    return lines
+
+
+def token_lines(tokens: TokenUsage, book: PriceBook) -> list[Line]:
+    """Five lines per (provider, model): one per token kind. Raises PricingError for a
+    model the price book does not price."""
+    lines = []
+    for provider, model in sorted(tokens):
+        prices = book.tokens(provider, model)
+        counts = tokens[(provider, model)]
+        for kind, description, count in TOKEN_KINDS:
+            quantity = count(counts)
+            unit_price = prices.unit_price(kind)
+            lines.append(Line(f"tokens:{provider}/{model}:{kind}",
+                              f"{provider} {model} {description}", "tokens",
+                              Decimal(quantity), Decimal(0), Decimal(quantity), unit_price,
+                              rounded(quantity * Fraction(unit_price))))
+    return lines
+
+
+def amount(lines: list[Line]) -> Decimal:
+    return sum((line.amount for line in lines), Decimal(0))
+
+
+def convex_cost(usage: Usage, plan: Plan, multiplier: Decimal, period: Period) -> Decimal:
+    return amount(resource_lines(usage, plan, multiplier, period))
+
+
+def token_cost(tokens: TokenUsage, book: PriceBook) -> tuple[Decimal, set[tuple[str, str]]]:
+    """The cost of the tokens that have prices, and the (provider, model)s that do not."""
+    total, unpriced = Decimal(0), set()
+    for key, counts in tokens.items():
+        if key not in book.models:
+            unpriced.add(key)
+            continue
+        total += amount(token_lines({key: counts}, book))
+    return total, unpriced
+
+
+def add_tokens(into: TokenUsage, other: TokenUsage) -> None:
+    for key, counts in other.items():
+        mine: TokenCounts = into.setdefault(key, {})
+        for name, value in counts.items():
+            mine[name] = mine.get(name, 0) + value
+
+
+def add_usage(into: Usage, other: Usage) -> None:
+    for name, value in other.items():
+        into[name] = into.get(name, 0) + value

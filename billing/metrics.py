@@ -1,0 +1,17 @@
+"""Prometheus metrics of invoice runs (in the sink's /metrics, where the schedule runs)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INVOICES = Counter("meterstream_billing_invoices_created_total",
+                   "Invoices created, by subject (deployment, end_user).", ["subject"])
+RUNS = Counter("meterstream_billing_invoice_runs_total",
+               "Invoice runs, by outcome (ok, problems, error).", ["outcome"])
+RUN_SECONDS = Histogram("meterstream_billing_invoice_run_seconds",
+                        "Duration of one invoice run.",
+                        buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+PROBLEMS = Counter("meterstream_billing_invoice_problems_total",
+                   "Subjects an invoice run could not invoice (unknown plan or model).")
+LAST_RUN = Gauge("meterstream_billing_last_invoice_run_timestamp_seconds",
+                 "When the last scheduled invoice run finished (Unix time).")
+NEXT_RUN = Gauge("meterstream_billing_next_invoice_run_timestamp_seconds",
+                 "When the next scheduled invoice run is due (Unix time).")
