@@ -1,35 +1,55 @@
-"""Collecting records from Kafka messages into batches, cut by size or by age.
+"""Collecting one table's records from Kafka messages into batches, cut by size or by age.
 
-The buffer remembers, per partition, the first and last offset it holds, so
-that a flushed batch knows exactly which offsets to commit and which range
-its insert stands for.
+A buffer holds the admitted records grouped by month (each month is one insert)
+and remembers, per partition, the first and last offset of the messages behind
+them, so that a flushed batch knows which offsets to commit and which range its
+inserts stand for.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka import TopicPartition
 
-Record = dict[str, Any]
+from processors.records import Record
 
 
 @dataclass
 class Batch:
-    records: list[Record] = field(default_factory=list)
+    months: dict[int, list[Record]] = field(default_factory=dict)
+    """Records per YYYYMM month, in arrival order."""
     offsets: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     """First and last offset of the messages behind the records, per partition."""
+    stored: set[int] = field(default_factory=set)
+    """Months inserted already (a batch whose later month failed is retried without them)."""
+    checked: bool = False
+    """Whether its records went through the slow per-record check after a failed insert."""
+
+    @property
+    def rows(self) -> int:
+        return sum(len(records) for records in self.months.values())
 
     def commit_offsets(self) -> dict[TopicPartition, int]:
         """Offsets to commit once the batch is stored: the next one to read, per partition."""
         return {tp: last + 1 for tp, (_, last) in self.offsets.items()}
 
-    def token(self) -> str:
-        """Names the offset ranges behind the batch; the same ranges give the same token."""
-        return ",".join(f"{tp.topic}:{tp.partition}:{first}-{last}"
-                        for tp, (first, last) in sorted(self.offsets.items()))
+    def token(self, month: int) -> str:
+        """Names one month's insert: the offset ranges behind the batch, the month, the row
+        count and the first and last record's origin. The same messages admitted the same
+        way give the same token, so a retried insert is a no-op; the count and origins keep
+        tokens apart should a topic be recreated and its offsets start again."""
+        records = self.months[month]
+        ranges = ",".join(f"{tp.topic}:{tp.partition}:{first}-{last}"
+                          for tp, (first, last) in sorted(self.offsets.items()))
+        return f"{ranges}|{month}|{len(records)}|{_origin(records[0])}|{_origin(records[-1])}"
+
+
+def _origin(record: Record) -> str:
+    if "raw_offset" in record:
+        return f"{record['raw_partition']}:{record['raw_offset']}:{record['event_index']}"
+    return f"{record.get('kafka_partition')}:{record.get('kafka_offset')}"
 
 
 class BatchBuffer:
@@ -37,18 +57,26 @@ class BatchBuffer:
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self._batch = Batch()
+        self._rows = 0
         self._opened: float | None = None
 
-    def add(self, tp: TopicPartition, offset: int, records: list[Record]) -> None:
-        """Adds the records of one message; a message with no records still moves the offsets."""
+    def add(self, tp: TopicPartition, offset: int, months: dict[int, list[Record]]) -> None:
+        """Adds the admitted records of one message; a message with none still moves the
+        offsets, so that it is committed with the batch."""
         if self._opened is None:
             self._opened = time.monotonic()
-        self._batch.records.extend(records)
+        for month, records in months.items():
+            held = self._batch.months.get(month)
+            if held is None:
+                self._batch.months[month] = records
+            else:
+                held.extend(records)
+            self._rows += len(records)
         first, _ = self._batch.offsets.get(tp, (offset, offset))
         self._batch.offsets[tp] = (first, offset)
 
     def __len__(self) -> int:
-        return len(self._batch.records)
+        return self._rows
 
     @property
     def empty(self) -> bool:
@@ -61,8 +89,12 @@ class BatchBuffer:
         return max(0.0, self._opened + self.max_seconds - time.monotonic())
 
     def due(self) -> bool:
-        return not self.empty and (len(self) >= self.max_rows or self.seconds_left() == 0.0)
+        return not self.empty and (self._rows >= self.max_rows or self.seconds_left() == 0.0)
 
     def take(self) -> Batch:
-        batch, self._batch, self._opened = self._batch, Batch(), None
+        batch, self._batch, self._rows, self._opened = self._batch, Batch(), 0, None
         return batch
+
+    def drop(self) -> None:
+        """Forgets what is buffered (not committed: it is read again)."""
+        self.take()
