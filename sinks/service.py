@@ -47,6 +47,7 @@ from processors.records import Record
 from sinks import metrics, migrate
 from sinks.batching import Batch, BatchBuffer
 from sinks.clickhouse import EngineLock, connect
+from sinks.committer import Committer
 from sinks.high_water import HighWater, PartitionMismatch
 from sinks.query import serve_queries
 from sinks.tables import SPECS, BadMessage, TableSpec
@@ -63,6 +64,8 @@ SHUTDOWN_SECONDS = 20.0
 # committed, so the partitions' next owner reads it again).
 REVOKE_FLUSH_SECONDS = 10.0
 MAX_POLL_MESSAGES = 500
+# How long a starting sink waits for a `meterstream sql` that holds the embedded engine.
+ENGINE_WAIT_SECONDS = 30.0
 POLL_MS = 500
 
 
@@ -113,6 +116,7 @@ class Sink:
         # Held while messages are admitted or batches flushed, and by the rebalance
         # callbacks, which aiokafka runs in its own task.
         self.lock = asyncio.Lock()
+        self.committer = Committer(consumer)
         self.need_high_water = False
         self.high_water_retry_at = 0.0
         self.high_water_backoff = FIRST_BACKOFF_SECONDS
@@ -241,7 +245,7 @@ class Sink:
         if table.retry_at:
             log.info("insert succeeded again; resuming", extra={"table": table.spec.table})
         table.pending, table.retry_at, table.backoff = None, 0.0, FIRST_BACKOFF_SECONDS
-        await self._commit(batch)
+        self.committer.add(batch.commit_offsets())
         return True
 
     async def _store(self, table: TableSink, batch: Batch) -> bool:
@@ -286,15 +290,6 @@ class Sink:
             batch.months[month] = good
         return removed
 
-    async def _commit(self, batch: Batch) -> None:
-        try:
-            await self.consumer.commit(batch.commit_offsets())
-        except Exception as exc:
-            # The rows are stored: read again, they are skipped by their origins.
-            metrics.COMMIT_FAILURES.inc()
-            log.warning("offset commit failed after the rows were stored; they will be read "
-                        "again and skipped", extra={"error": str(exc)[:500]})
-
     async def flush_all(self, deadline: float) -> bool:
         """Stores and commits everything buffered, retrying until `deadline`; True if done."""
         for table in self.tables.values():
@@ -324,6 +319,8 @@ class Sink:
             if not await self.flush_all(time.monotonic() + REVOKE_FLUSH_SECONDS):
                 log.warning("could not store the buffered rows before the partitions moved; "
                             "they are read again", extra={"rows": self.drop_all()})
+            await self.committer.commit()
+            self.committer.forget()
             self.need_high_water = True
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -384,7 +381,7 @@ async def serve(settings: Settings) -> None:
     target = settings.clickhouse
     lock = EngineLock(target.chdb_path) if target.chdb_path is not None else None
     if lock is not None:
-        lock.acquire()
+        await asyncio.to_thread(lock.acquire, ENGINE_WAIT_SECONDS)
     try:
         await _serve(settings, stop)
     finally:
@@ -457,13 +454,18 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
         # The batches are many small acyclic objects; collecting them generation by
         # generation costs a quarter of the sink's time at the default thresholds.
         gc.set_threshold(50_000, 20, 100)
-        await sink.run()
-        log.info("sink stopping: flushing and committing what is buffered")
-        async with sink.lock:
-            if not await sink.flush_all(time.monotonic() + SHUTDOWN_SECONDS):
-                # Not committed: read again at the next start and skipped where stored.
-                log.error("could not flush within the shutdown time; stopping anyway",
-                          extra={"seconds": SHUTDOWN_SECONDS})
+        committer = asyncio.create_task(sink.committer.run())
+        try:
+            await sink.run()
+            log.info("sink stopping: flushing and committing what is buffered")
+            async with sink.lock:
+                if not await sink.flush_all(time.monotonic() + SHUTDOWN_SECONDS):
+                    # Not committed: read again at the next start and skipped where stored.
+                    log.error("could not flush within the shutdown time; stopping anyway",
+                              extra={"seconds": SHUTDOWN_SECONDS})
+                await sink.committer.commit()
+        finally:
+            committer.cancel()
     finally:
         for closing, what in ((consumer.stop(), "consumer"), (producer.stop(), "producer")):
             try:
