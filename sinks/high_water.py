@@ -32,6 +32,8 @@ from sinks.tables import MAX_TIMESTAMP_MS, BadMessage, TableSpec, month_bounds, 
 
 Key = tuple[int, int]
 """(origin partition, YYYYMM month)"""
+Admitted = tuple[dict[int, list[Record]], int, dict[Key, int]]
+"""(records per month, records skipped, marks to advance)"""
 
 
 class PartitionMismatch(RuntimeError):
@@ -59,12 +61,13 @@ class HighWater:
             "GROUP BY 1, 2").result_rows
         self.marks.update({(int(p), int(m)): int(o) for p, m, o in rows})
 
-    def admit(self, records: list[Record], partition: int) -> tuple[dict[int, list[Record]], int]:
-        """The records not seen yet, grouped by month in arrival order, and how many were
-        skipped; advances the marks. `partition` is the partition the message came from.
-        Raises BadMessage when a record lacks its time or origin."""
+    def admit(self, records: list[Record], partition: int) -> Admitted:
+        """The records not seen yet, grouped by month in arrival order, how many were
+        skipped, and the marks to `advance` once they are buffered. `partition` is the
+        partition the message came from. Raises BadMessage when a record lacks its time or
+        origin."""
         if not records:
-            return {}, 0
+            return {}, 0, {}
         try:
             times = list(map(self._times, records))
             origins = set(map(self._origin, records))
@@ -83,16 +86,20 @@ class HighWater:
             if start <= high < end:
                 key = (origin_partition, month)
                 if origin_offset <= self.marks.get(key, -1):
-                    return {}, len(records)
-                self.marks[key] = origin_offset
-                return {month: records}, 0
+                    return {}, len(records), {}
+                return {month: records}, 0, {key: origin_offset}
         return self._admit_each(records, partition)
 
-    def _admit_each(self, records: list[Record], partition: int
-                    ) -> tuple[dict[int, list[Record]], int]:
+    def advance(self, updates: dict[Key, int]) -> None:
+        for key, offset in updates.items():
+            if offset > self.marks.get(key, -1):
+                self.marks[key] = offset
+
+    def _admit_each(self, records: list[Record], partition: int) -> Admitted:
         """The general case: records of several origins or months in one message."""
         groups: dict[int, list[Record]] = {}
         skipped = 0
+        updates: dict[Key, int] = {}
         # Several records of one origin share its offset: compare with the mark from before
         # this message, so that they are all admitted, not only the first.
         before: dict[Key, int] = {}
@@ -111,10 +118,10 @@ class HighWater:
             if origin_offset <= before[key]:
                 skipped += 1
                 continue
-            if origin_offset > self.marks.get(key, -1):
-                self.marks[key] = origin_offset
+            if origin_offset > updates.get(key, -1):
+                updates[key] = origin_offset
             groups.setdefault(month, []).append(record)
-        return groups, skipped
+        return groups, skipped, updates
 
     def _check_partition(self, origin_partition: Any, partition: int) -> None:
         if not self.spec.origin_is_message and origin_partition != partition:

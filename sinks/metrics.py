@@ -32,3 +32,5 @@ COMMIT_FAILURES = Counter(
     "meterstream_sink_commit_failures_total",
     "Offset commits that failed after the rows were stored (they are read again and skipped).",
 )
+ASSIGNED = Gauge("meterstream_sink_assigned_partitions",
+                 "Partitions of the sink's topics assigned to this sink.")

@@ -42,13 +42,13 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from meterstream.config import Settings
 from meterstream.service import healthz, metrics_page, start_site, stop_event
-from meterstream.topics import Topics, ensure_topics
+from meterstream.topics import Topics, ensure_topics, partition_counts
 from processors.records import Record
 from sinks import metrics, migrate
 from sinks.batching import Batch, BatchBuffer
 from sinks.clickhouse import EngineLock, connect
 from sinks.committer import Committer
-from sinks.high_water import HighWater, PartitionMismatch
+from sinks.high_water import Admitted, HighWater, PartitionMismatch
 from sinks.query import serve_queries
 from sinks.tables import SPECS, BadMessage, TableSpec
 from sinks.writer import TableWriter
@@ -111,7 +111,7 @@ class Sink:
             topic = topic_of(topics, spec)
             self.tables[topic] = TableSink(
                 spec, topic, TableWriter(client, spec),
-                BatchBuffer(settings.sink_batch_rows, settings.sink_batch_seconds),
+                BatchBuffer(spec.columns, settings.sink_batch_rows, settings.sink_batch_seconds),
                 HighWater(spec))
         # Held while messages are admitted or batches flushed, and by the rebalance
         # callbacks, which aiokafka runs in its own task.
@@ -186,19 +186,21 @@ class Sink:
         value = message.value or b""
         try:
             records = table.spec.decode(value, tp.partition, message.offset)
-            months, skipped = table.high_water.admit(records, tp.partition)
+            months, skipped, updates = table.high_water.admit(records, tp.partition)
+            table.buffer.add(tp, message.offset, months)
         except PartitionMismatch:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            months, skipped = await self._admit_slowly(table, tp, message, exc)
+            months, skipped, updates = await self._admit_slowly(table, tp, message, exc)
+            table.buffer.add(tp, message.offset, months)
+        table.high_water.advance(updates)
         if skipped:
             metrics.DUPLICATES.labels(table.spec.table).inc(skipped)
-        table.buffer.add(tp, message.offset, months)
         metrics.BUFFERED.labels(table.spec.table).set(len(table.buffer))
 
     async def _admit_slowly(self, table: TableSink, tp: TopicPartition,
                             message: ConsumerRecord[bytes, bytes], error: Exception
-                            ) -> tuple[dict[int, list[Record]], int]:
+                            ) -> Admitted:
         """A message the fast path refused: store its good records, dead-letter the rest."""
         value = message.value or b""
         where = {"topic": tp.topic, "partition": tp.partition, "offset": message.offset}
@@ -208,7 +210,7 @@ class Sink:
             await self._dead_letter(table, {
                 "reason": f"sink: undecodable message: {exc or error}"[:1000], **where,
                 "value": value.decode(errors="replace")})
-            return {}, 0
+            return {}, 0, {}
         good = []
         for record in records:
             try:
@@ -250,16 +252,16 @@ class Sink:
 
     async def _store(self, table: TableSink, batch: Batch) -> bool:
         for month in sorted(batch.months):
-            records = batch.months[month]
-            if month in batch.stored or not records:
+            columns = batch.months[month]
+            if month in batch.stored or not columns.rows:
                 continue
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(table.writer.insert, records, batch.token(month))
+                await asyncio.to_thread(table.writer.insert, columns, batch.token(month))
             except Exception as exc:
                 metrics.INSERT_FAILURES.labels(table.spec.table).inc()
                 log.warning("insert failed; partitions paused, retrying", extra={
-                    "table": table.spec.table, "month": month, "rows": len(records),
+                    "table": table.spec.table, "month": month, "rows": columns.rows,
                     "retry_in_s": table.backoff, "error": str(exc)[:500]})
                 if not isinstance(exc, OperationalError) and not batch.checked:
                     # Refused, not unreachable: maybe a record ClickHouse cannot take.
@@ -271,7 +273,7 @@ class Sink:
             metrics.INSERT_SECONDS.labels(table.spec.table).observe(
                 time.perf_counter() - started)
             metrics.INSERTS.labels(table.spec.table).inc()
-            metrics.ROWS.labels(table.spec.table).inc(len(records))
+            metrics.ROWS.labels(table.spec.table).inc(columns.rows)
         return True
 
     async def _remove_bad_records(self, table: TableSink, batch: Batch) -> bool:
@@ -279,7 +281,7 @@ class Sink:
         removed = False
         for month in [m for m in batch.months if m not in batch.stored]:
             good = []
-            for record in batch.months[month]:
+            for record in batch.months[month].records():
                 try:
                     table.spec.check(record)
                 except BadMessage as bad:
@@ -287,7 +289,7 @@ class Sink:
                     removed = True
                     continue
                 good.append(record)
-            batch.months[month] = good
+            batch.months[month].replace(good)
         return removed
 
     async def flush_all(self, deadline: float) -> bool:
@@ -331,6 +333,7 @@ class Sink:
             self.high_water_retry_at = 0.0
             await self._load_high_water()
             self._apply_pauses()
+            metrics.ASSIGNED.set(len(assigned))
         log.info("partitions assigned", extra={"partitions": len(assigned)})
 
     async def _load_high_water(self) -> None:
@@ -414,17 +417,14 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     log.info("sink stopped")
 
 
-def check_partition_counts(consumer: AIOKafkaConsumer, topics: Topics,
-                                 names: list[str]) -> None:
+async def check_partition_counts(bootstrap: str, topics: Topics, names: list[str]) -> None:
     """The high-water marks need each record topic partitioned like the raw topic."""
-    raw = consumer.partitions_for_topic(topics.raw.name) or set()
+    counts = await partition_counts(bootstrap, [topics.raw.name, *names])
+    raw = counts[topics.raw.name]
     for name in names:
-        if name == topics.alerts.name:
-            continue
-        have = consumer.partitions_for_topic(name) or set()
-        if len(have) != len(raw):
+        if name != topics.alerts.name and counts[name] != raw:
             raise PartitionMismatch(
-                f"{name} has {len(have)} partitions and {topics.raw.name} {len(raw)}: the sink "
+                f"{name} has {counts[name]} partitions and {topics.raw.name} {raw}: the sink "
                 "counts exactly once only when they are equal (recreate the topic)")
 
 
@@ -447,8 +447,7 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
     await consumer.start()
     await producer.start()
     try:
-        await consumer.topics()  # metadata of every topic, for the partition check
-        check_partition_counts(consumer, topics, sink.topics)
+        await check_partition_counts(settings.kafka_bootstrap, topics, sink.topics)
         consumer.subscribe(sink.topics, listener=_Rebalance(sink))
         log.info("sink consuming", extra={"topics": sink.topics})
         # The batches are many small acyclic objects; collecting them generation by
@@ -475,4 +474,8 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
 
 
 def main(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except PartitionMismatch as exc:
+        log.error("sink stopped: %s", exc)
+        raise SystemExit(1) from None

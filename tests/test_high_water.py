@@ -27,6 +27,12 @@ def _download(partition: int, offset: int, index: int, at: int) -> dict:
             "raw_partition": partition, "raw_offset": offset, "event_index": index}
 
 
+def _admit(marks: HighWater, records: list, partition: int) -> tuple[dict, int]:
+    groups, skipped, updates = marks.admit(records, partition)
+    marks.advance(updates)
+    return groups, skipped
+
+
 def test_months_are_utc_calendar_months() -> None:
     assert month_of(NOV) == 202611
     assert month_of(DEC) == 202612
@@ -39,12 +45,12 @@ def test_months_are_utc_calendar_months() -> None:
 def test_a_message_is_admitted_once_per_origin() -> None:
     marks = HighWater(FILE_DOWNLOADS)
     first = [_download(2, 10, 0, NOV), _download(2, 10, 1, NOV)]
-    assert marks.admit(first, 2) == ({202611: first}, 0)
+    assert _admit(marks, first, 2) == ({202611: first}, 0)
     # The same raw body again (a worker that processed it again), and an older one.
-    assert marks.admit([dict(r) for r in first], 2) == ({}, 2)
-    assert marks.admit([_download(2, 9, 0, NOV)], 2) == ({}, 1)
+    assert _admit(marks, [dict(r) for r in first], 2) == ({}, 2)
+    assert _admit(marks, [_download(2, 9, 0, NOV)], 2) == ({}, 1)
     later = [_download(2, 11, 0, NOV)]
-    assert marks.admit(later, 2) == ({202611: later}, 0)
+    assert _admit(marks, later, 2) == ({202611: later}, 0)
     assert marks.marks == {(2, 202611): 11}
 
 
@@ -54,7 +60,7 @@ def test_marks_are_kept_per_month() -> None:
     marks = HighWater(FILE_DOWNLOADS)
     marks.marks = {(0, 202611): 7, (0, 202612): 3}
     body = [_download(0, 5, 0, NOV), _download(0, 5, 1, DEC), _download(0, 5, 2, DEC)]
-    groups, skipped = marks.admit(body, 0)
+    groups, skipped = _admit(marks, body, 0)
     assert groups == {202612: body[1:]}
     assert skipped == 1
     assert marks.marks == {(0, 202611): 7, (0, 202612): 5}
@@ -65,7 +71,7 @@ def test_several_origins_in_one_message_are_admitted_each() -> None:
     marks.marks = {(1, 202611): 4}
     records = [_download(1, 4, 0, NOV), _download(1, 5, 0, NOV), _download(1, 5, 1, NOV),
                _download(1, 6, 0, DEC)]
-    groups, skipped = marks.admit(records, 1)
+    groups, skipped = _admit(marks, records, 1)
     assert groups == {202611: records[1:3], 202612: records[3:]}
     assert skipped == 1
     assert marks.marks == {(1, 202611): 5, (1, 202612): 6}
@@ -73,7 +79,7 @@ def test_several_origins_in_one_message_are_admitted_each() -> None:
 
 def test_records_on_another_partition_stop_the_sink() -> None:
     with pytest.raises(PartitionMismatch, match="same number of partitions"):
-        HighWater(FILE_DOWNLOADS).admit([_download(3, 1, 0, NOV)], 4)
+        _admit(HighWater(FILE_DOWNLOADS), [_download(3, 1, 0, NOV)], 4)
 
 
 def test_alerts_are_their_own_origin() -> None:
@@ -84,8 +90,8 @@ def test_alerts_are_their_own_origin() -> None:
     assert record == {**alert, "alert": value.decode(), "kafka_partition": 5,
                       "kafka_offset": 42}
     marks = HighWater(ALERTS)
-    assert marks.admit([record], 5) == ({202611: [record]}, 0)
-    assert marks.admit(ALERTS.decode(value, 5, 42), 5) == ({}, 1)
+    assert _admit(marks, [record], 5) == ({202611: [record]}, 0)
+    assert _admit(marks, ALERTS.decode(value, 5, 42), 5) == ({}, 1)
     (runaway,) = ALERTS.decode(b'{"id": "runaway|d|1", "kind": "runaway", "deployment": "d",'
                                b' "at": 1}', 0, 0)
     assert runaway["metric"] == ""
@@ -122,7 +128,7 @@ def test_records_that_cannot_be_stored_are_named() -> None:
 def test_a_record_without_time_or_origin_is_refused_by_the_fast_path() -> None:
     marks = HighWater(FILE_DOWNLOADS)
     with pytest.raises(BadMessage):
-        marks.admit([{"deployment": "d"}], 0)
+        _admit(marks, [{"deployment": "d"}], 0)
     with pytest.raises(BadMessage):
-        marks.admit([_download(0, 1, 0, NOV), {**_download(0, 1, 1, NOV), "timestamp": "x"}], 0)
+        _admit(marks, [_download(0, 1, 0, NOV), {**_download(0, 1, 1, NOV), "timestamp": "x"}], 0)
     assert marks.marks == {}

@@ -11,6 +11,7 @@ from clickhouse_connect.driver.client import Client
 from meterstream.config import ClickHouseTarget
 from processors.records import FUNCTION_EXECUTION_FIELDS, function_execution
 from sinks import migrate
+from sinks.batching import Columns
 from sinks.clickhouse import EngineBusy, EngineLock, connect
 from sinks.high_water import HighWater
 from sinks.tables import FUNCTION_EXECUTIONS, SPECS, month_of
@@ -46,13 +47,19 @@ def test_a_retried_insert_is_a_no_op(client: Client) -> None:
     client.command("TRUNCATE TABLE function_executions")
     writer = TableWriter(client, FUNCTION_EXECUTIONS)
     events = [e for e in convex_examples()["events"] if e["topic"] == "function_execution"]
-    records = [function_execution(e, 0, 5, i) for i, e in enumerate(events)]
+    records = _columns([function_execution(e, 0, 5, i) for i, e in enumerate(events)])
     writer.insert(records, token="t:0:5-5")
     writer.insert(records, token="t:0:5-5")
     assert client.command("SELECT count() FROM function_executions") == 3
     writer.insert(records, token="t:0:6-6")
     assert client.command("SELECT count() FROM function_executions") == 6
     assert client.command("SELECT sum(network_egress_bytes) FROM function_executions") == 2 * 18234
+
+
+def _columns(records: list[dict]) -> Columns:
+    columns = Columns(FUNCTION_EXECUTIONS.columns)
+    columns.add(records)
+    return columns
 
 
 def test_every_table_has_the_columns_the_sink_writes(client: Client) -> None:
@@ -84,7 +91,7 @@ def test_a_large_insert_is_one_part_and_the_marks_read_it(client: Client) -> Non
                       column_names=writer.names, column_oriented=True)
         assert _parts(client)[0][0] > 1
         client.command("TRUNCATE TABLE function_executions")
-        writer.insert(records, token="big")
+        writer.insert(_columns(records), token="big")
         assert _parts(client) == [(1, 30_000)]
     finally:
         client.command("SET min_insert_block_size_rows = DEFAULT")

@@ -318,3 +318,23 @@ def _produce_bad_records(bootstrap: str, namespace: str) -> None:
             await producer.stop()
 
     asyncio.run(produce())
+
+
+def test_the_sink_refuses_record_topics_partitioned_unlike_the_raw_topic(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The high-water marks rely on raw partition p's records being on partition p of each
+    record topic; with other partition counts the sink stops at once, naming the topic."""
+    import asyncio
+
+    from meterstream.topics import TopicSpec, ensure_topics
+
+    namespace = f"t{int(time.time() * 1000) % 10**9}"
+    asyncio.run(ensure_topics(kafka_bootstrap, [
+        TopicSpec(f"{namespace}.raw", 4), TopicSpec(f"{namespace}.storage_api_bandwidth", 2)]))
+    env = {"METERSTREAM_KAFKA": kafka_bootstrap, "METERSTREAM_NAMESPACE": namespace,
+           "METERSTREAM_PARTITIONS": "4", "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
+           "METERSTREAM_SINK_PORT": str(free_port())}
+    sink = start_sink(env, tmp_path / "sink.log")
+    assert sink.wait(120) == 1
+    assert (f"{namespace}.storage_api_bandwidth has 2 partitions and {namespace}.raw 4"
+            in (tmp_path / "sink.log").read_text())
