@@ -144,7 +144,11 @@ class Sink:
                 for tp, messages in fetched.items():
                     # Fetched before a rebalance took the partition away; its next owner
                     # reads the messages again from the committed offset.
-                    if tp not in assignment or self.need_high_water:
+                    if tp not in assignment:
+                        continue
+                    if self.need_high_water:
+                        # Not admitted without the marks: read them again once they load.
+                        self.consumer.seek(tp, messages[0].offset)
                         continue
                     table = self.tables[tp.topic]
                     for message in messages:
