@@ -97,7 +97,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_ALERT_RETRY_SECONDS", "3600",
              "How long (s) an alert webhook is retried with exponential backoff before the "
              "alert goes to the dead-letter topic."),
-    Variable("METERSTREAM_SINK_BATCH_ROWS", "50000", "Rows that make the sink insert at once."),
+    Variable("METERSTREAM_SINK_BATCH_ROWS", "50000",
+             "Rows of one table that make the sink insert at once (at most 1000000, so that "
+             "each insert stays one atomic block)."),
     Variable("METERSTREAM_SINK_BATCH_SECONDS", "1.0",
              "Longest time (s) a row waits in the sink before it is inserted."),
     Variable("METERSTREAM_PRICE_BOOK", "",
@@ -237,7 +239,7 @@ class Settings:
                                         raw("METERSTREAM_ALERT_RETRY_SECONDS"), float, 0.0,
                                         7 * 24 * 3600.0),
             sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
-                                    raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 10_000_000),
+                                    raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 1_000_000),
             sink_batch_seconds=_number("METERSTREAM_SINK_BATCH_SECONDS",
                                        raw("METERSTREAM_SINK_BATCH_SECONDS"), float, 0.01, 3600),
             log_level=_choice("METERSTREAM_LOG_LEVEL", raw("METERSTREAM_LOG_LEVEL").lower(),

@@ -106,6 +106,21 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
         await admin.close()
 
 
+async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """Partitions of each named topic (0 for a topic that does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="meterstream-admin")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    counts = dict.fromkeys(names, 0)
+    for topic in described:
+        if topic.get("error_code", 0) == 0:
+            counts[topic["topic"]] = len(topic["partitions"])
+    return counts
+
+
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
     errors = []
     for entry in getattr(response, "topic_errors", []):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import clickhouse_connect
@@ -54,8 +55,20 @@ class EngineLock:
         self.path = chdb_path.with_name(chdb_path.name + ".lock")
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Takes the lock or raises EngineBusy naming the holder."""
+    def acquire(self, wait_seconds: float = 0.0) -> None:
+        """Takes the lock or raises EngineBusy naming the holder; with `wait_seconds`, first
+        waits that long for a holder to let go (a `meterstream sql` that opened the engine
+        while no sink held it)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                return self._acquire()
+            except EngineBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

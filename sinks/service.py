@@ -1,105 +1,387 @@
-"""`meterstream sink`: normalised records from Kafka into ClickHouse.
+"""`meterstream sink`: every record topic and the alerts from Kafka into ClickHouse.
 
-The loop: read messages, buffer their records, and when the buffer is due
-(size or age) insert it in one columnar insert, then commit the offsets.
-Offsets are committed only after ClickHouse stored the rows, so a crash
-repeats work but loses nothing; the insert carries a deduplication token
-named after the offset ranges, so repeating the same batch is a no-op.
+One consumer (one group) reads `<ns>.function_execution`, `<ns>.current_storage_usage`,
+`<ns>.storage_api_bandwidth`, `<ns>.log_stream_egress`, `<ns>.agent_usage`, `<ns>.other`
+and `<ns>.alerts`, each into its table (sinks/tables.py). Per table:
+
+- each message's records are admitted against the table's high-water marks
+  (sinks/high_water.py): a record whose origin is stored or buffered already is
+  skipped (counted in meterstream_sink_duplicates_skipped_total);
+- the admitted records wait in the table's buffer, grouped by month, until it
+  holds METERSTREAM_SINK_BATCH_ROWS rows or its oldest is
+  METERSTREAM_SINK_BATCH_SECONDS old;
+- the batch is inserted one month at a time (each insert atomic, carrying an
+  insert_deduplication_token), and only then are its offsets committed.
+
+So a crash anywhere repeats work but never counts twice: a batch read again
+after a crash, whatever its boundaries, is skipped by its origins, and so are
+the copies a crashed worker makes when it processes raw messages again.
+
+When ClickHouse refuses a table's insert or cannot be reached, the table's
+partitions are paused (nothing more is fetched for them), the insert is retried
+with exponential backoff (0.5 s doubling to 30 s) while the consumer keeps
+polling (so it stays in its group), and consumption resumes after it succeeds.
+A record that can never be stored (a field of the wrong type) goes to the
+dead-letter topic with the reason, and the rest of its batch is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from billing import scheduler as invoice_schedule
 from meterstream.config import Settings
 from meterstream.service import healthz, metrics_page, start_site, stop_event
-from meterstream.topics import Topics, ensure_topics
-from sinks import function_executions, metrics, migrate
+from meterstream.topics import Topics, ensure_topics, partition_counts
+from processors.records import Record
+from sinks import metrics, migrate
 from sinks.batching import Batch, BatchBuffer
 from sinks.clickhouse import EngineLock, connect
+from sinks.committer import Committer
+from sinks.high_water import Admitted, HighWater, PartitionMismatch
 from sinks.query import serve_queries
+from sinks.tables import SPECS, BadMessage, TableSpec
+from sinks.writer import TableWriter
 
 log = logging.getLogger("meterstream.sink")
 
+FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 # Bound on the final flush and on closing the consumer, so that a stop with
 # Kafka or ClickHouse gone cannot hang.
 SHUTDOWN_SECONDS = 20.0
+# How long a revoke tries to store what is buffered before dropping it (it is not
+# committed, so the partitions' next owner reads it again).
+REVOKE_FLUSH_SECONDS = 10.0
+MAX_POLL_MESSAGES = 500
+# How long a starting sink waits for a `meterstream sql` that holds the embedded engine.
+ENGINE_WAIT_SECONDS = 30.0
+POLL_MS = 500
 
 
-class FunctionExecutionSink:
+@dataclass
+class TableSink:
+    spec: TableSpec
+    topic: str
+    writer: TableWriter
+    buffer: BatchBuffer
+    high_water: HighWater
+    pending: Batch | None = None
+    """A taken batch not stored yet (its insert failed; retried at retry_at)."""
+    retry_at: float = 0.0
+    backoff: float = FIRST_BACKOFF_SECONDS
+    partitions: set[int] = field(default_factory=set)
+
+    @property
+    def failing(self) -> bool:
+        return self.pending is not None and self.retry_at > 0.0
+
+    def due(self, now: float) -> bool:
+        if self.pending is not None:
+            return now >= self.retry_at
+        return self.buffer.due()
+
+    def seconds_left(self, now: float) -> float:
+        if self.pending is not None:
+            return max(0.0, self.retry_at - now)
+        return self.buffer.seconds_left() if not self.buffer.empty else POLL_MS / 1000
+
+
+class Sink:
     def __init__(self, settings: Settings, client: Client, consumer: AIOKafkaConsumer,
-                 stop: asyncio.Event) -> None:
+                 producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        topics = Topics.of(settings)
         self.client = client
         self.consumer = consumer
+        self.producer = producer
         self.stop = stop
-        self.buffer = BatchBuffer(settings.sink_batch_rows, settings.sink_batch_seconds)
+        self.dead_letter_topic = topics.dead_letters.name
+        self.tables: dict[str, TableSink] = {}
+        for spec in SPECS:
+            topic = topic_of(topics, spec)
+            self.tables[topic] = TableSink(
+                spec, topic, TableWriter(client, spec),
+                BatchBuffer(spec.columns, settings.sink_batch_rows, settings.sink_batch_seconds),
+                HighWater(spec))
+        # Held while messages are admitted or batches flushed, and by the rebalance
+        # callbacks, which aiokafka runs in its own task.
+        self.lock = asyncio.Lock()
+        self.committer = Committer(consumer)
+        self.need_high_water = False
+        self.high_water_retry_at = 0.0
+        self.high_water_backoff = FIRST_BACKOFF_SECONDS
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self.tables)
+
+    async def prepare(self) -> None:
+        for table in self.tables.values():
+            await asyncio.to_thread(table.writer.column_types)
+            metrics.PAUSED.labels(table.spec.table).set(0)
+            metrics.BUFFERED.labels(table.spec.table).set(0)
+
+    # The loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
         while not self.stop.is_set():
-            timeout_ms = max(1, int(self.buffer.seconds_left() * 1000))
-            fetched = await self.consumer.getmany(timeout_ms=min(timeout_ms, 500),
-                                                  max_records=self.buffer.max_rows)
-            for tp, messages in fetched.items():
-                for message in messages:
-                    self.buffer.add(tp, message.offset, orjson.loads(message.value))
-            if self.buffer.due():
-                await self.flush()
+            fetched = await self.consumer.getmany(timeout_ms=self._wait_ms(),
+                                                  max_records=MAX_POLL_MESSAGES)
+            async with self.lock:
+                if self.need_high_water:
+                    await self._load_high_water()
+                assignment = self.consumer.assignment()
+                for tp, messages in fetched.items():
+                    # Fetched before a rebalance took the partition away; its next owner
+                    # reads the messages again from the committed offset.
+                    if tp not in assignment:
+                        continue
+                    if self.need_high_water:
+                        # Not admitted without the marks: read them again once they load.
+                        self.consumer.seek(tp, messages[0].offset)
+                        continue
+                    table = self.tables[tp.topic]
+                    for message in messages:
+                        await self._admit(table, tp, message)
+                        if len(table.buffer) >= table.buffer.max_rows and table.pending is None:
+                            await self._flush(table)
+                now = time.monotonic()
+                for table in self.tables.values():
+                    if table.due(now):
+                        await self._flush(table)
+                self._apply_pauses()
 
-    async def flush(self) -> None:
-        if self.buffer.empty:
-            return
-        batch = self.buffer.take()
-        if batch.records:
-            await self._insert(batch)
-        await self.consumer.commit(batch.commit_offsets())
+    def _wait_ms(self) -> int:
+        now = time.monotonic()
+        seconds = min(table.seconds_left(now) for table in self.tables.values())
+        if self.need_high_water:
+            seconds = min(seconds, max(0.0, self.high_water_retry_at - now))
+        return max(1, min(POLL_MS, int(seconds * 1000)))
 
-    async def _insert(self, batch: Batch) -> None:
-        backoff = 0.5
-        token = batch.token()
-        while True:
+    def _apply_pauses(self) -> None:
+        """Pauses the partitions of failing tables (all of them while the high-water marks
+        are not loaded) and resumes the others."""
+        assignment = self.consumer.assignment()
+        paused = {tp for tp in assignment
+                  if self.need_high_water or self.tables[tp.topic].failing}
+        if paused:
+            self.consumer.pause(*paused)
+        running = assignment - paused
+        if running:
+            self.consumer.resume(*running)
+        for table in self.tables.values():
+            metrics.PAUSED.labels(table.spec.table).set(
+                1 if self.need_high_water or table.failing else 0)
+
+    # Admitting messages ---------------------------------------------------------------
+
+    async def _admit(self, table: TableSink, tp: TopicPartition,
+                     message: ConsumerRecord[bytes, bytes]) -> None:
+        value = message.value or b""
+        try:
+            records = table.spec.decode(value, tp.partition, message.offset)
+            months, skipped, updates = table.high_water.admit(records, tp.partition)
+            table.buffer.add(tp, message.offset, months)
+        except PartitionMismatch:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            months, skipped, updates = await self._admit_slowly(table, tp, message, exc)
+            table.buffer.add(tp, message.offset, months)
+        table.high_water.advance(updates)
+        if skipped:
+            metrics.DUPLICATES.labels(table.spec.table).inc(skipped)
+        metrics.BUFFERED.labels(table.spec.table).set(len(table.buffer))
+
+    async def _admit_slowly(self, table: TableSink, tp: TopicPartition,
+                            message: ConsumerRecord[bytes, bytes], error: Exception
+                            ) -> Admitted:
+        """A message the fast path refused: store its good records, dead-letter the rest."""
+        value = message.value or b""
+        where = {"topic": tp.topic, "partition": tp.partition, "offset": message.offset}
+        try:
+            records = table.spec.decode(value, tp.partition, message.offset)
+        except Exception as exc:
+            await self._dead_letter(table, {
+                "reason": f"sink: undecodable message: {exc or error}"[:1000], **where,
+                "value": value.decode(errors="replace")})
+            return {}, 0, {}
+        good = []
+        for record in records:
+            try:
+                table.spec.check(record)
+            except BadMessage as bad:
+                await self._dead_letter(table, _letter(str(bad), record, where))
+                continue
+            good.append(record)
+        return table.high_water.admit(good, tp.partition)
+
+    async def _dead_letter(self, table: TableSink, letter: Record) -> None:
+        log.error("record cannot be stored; sent to the dead-letter topic",
+                  extra={"table": table.spec.table, "reason": letter["reason"]})
+        await self.producer.send_and_wait(self.dead_letter_topic,
+                                          orjson.dumps(letter, default=str))
+        metrics.DEAD_LETTERS.labels(table.spec.table).inc()
+
+    # Storing --------------------------------------------------------------------------
+
+    async def _flush(self, table: TableSink) -> bool:
+        """Stores the pending batch, else the buffer, and commits its offsets. False when
+        ClickHouse failed: the batch stays pending and its partitions are paused."""
+        if table.pending is None:
+            if table.buffer.empty:
+                return True
+            table.pending = table.buffer.take()
+            metrics.BUFFERED.labels(table.spec.table).set(0)
+        batch = table.pending
+        if not await self._store(table, batch):
+            table.retry_at = time.monotonic() + table.backoff
+            table.backoff = min(table.backoff * 2, MAX_BACKOFF_SECONDS)
+            self._apply_pauses()
+            return False
+        if table.retry_at:
+            log.info("insert succeeded again; resuming", extra={"table": table.spec.table})
+        table.pending, table.retry_at, table.backoff = None, 0.0, FIRST_BACKOFF_SECONDS
+        self.committer.add(batch.commit_offsets())
+        return True
+
+    async def _store(self, table: TableSink, batch: Batch) -> bool:
+        for month in sorted(batch.months):
+            columns = batch.months[month]
+            if month in batch.stored or not columns.rows:
+                continue
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(function_executions.insert, self.client,
-                                        batch.records, token)
+                await asyncio.to_thread(table.writer.insert, columns, batch.token(month))
             except Exception as exc:
-                metrics.INSERT_FAILURES.labels(function_executions.TABLE).inc()
-                log.warning("insert failed; retrying", extra={
-                    "table": function_executions.TABLE, "rows": len(batch.records),
-                    "retry_in_s": backoff, "error": str(exc)[:500]})
-                if self.stop.is_set():
-                    # Not committed: the rows are read again at the next start.
-                    raise
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                continue
-            metrics.INSERT_SECONDS.labels(function_executions.TABLE).observe(
+                metrics.INSERT_FAILURES.labels(table.spec.table).inc()
+                log.warning("insert failed; partitions paused, retrying", extra={
+                    "table": table.spec.table, "month": month, "rows": columns.rows,
+                    "retry_in_s": table.backoff, "error": str(exc)[:500]})
+                if not isinstance(exc, OperationalError) and not batch.checked:
+                    # Refused, not unreachable: maybe a record ClickHouse cannot take.
+                    batch.checked = True
+                    if await self._remove_bad_records(table, batch):
+                        return await self._store(table, batch)
+                return False
+            batch.stored.add(month)
+            metrics.INSERT_SECONDS.labels(table.spec.table).observe(
                 time.perf_counter() - started)
-            metrics.ROWS.labels(function_executions.TABLE).inc(len(batch.records))
+            metrics.INSERTS.labels(table.spec.table).inc()
+            metrics.ROWS.labels(table.spec.table).inc(columns.rows)
+        return True
+
+    async def _remove_bad_records(self, table: TableSink, batch: Batch) -> bool:
+        """Moves the batch's records that cannot be stored to the dead letters; True if any."""
+        removed = False
+        for month in [m for m in batch.months if m not in batch.stored]:
+            good = []
+            for record in batch.months[month].records():
+                try:
+                    table.spec.check(record)
+                except BadMessage as bad:
+                    await self._dead_letter(table, _letter(str(bad), record, {}))
+                    removed = True
+                    continue
+                good.append(record)
+            batch.months[month].replace(good)
+        return removed
+
+    async def flush_all(self, deadline: float) -> bool:
+        """Stores and commits everything buffered, retrying until `deadline`; True if done."""
+        for table in self.tables.values():
+            while table.pending is not None or not table.buffer.empty:
+                if await self._flush(table):
+                    continue
+                wait = min(table.retry_at, deadline) - time.monotonic()
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(max(0.0, wait))
+        return True
+
+    def drop_all(self) -> int:
+        """Forgets every buffered and pending row (not committed: read again later)."""
+        dropped = 0
+        for table in self.tables.values():
+            dropped += len(table.buffer) + (table.pending.rows if table.pending else 0)
+            table.buffer.drop()
+            table.pending, table.retry_at, table.backoff = None, 0.0, FIRST_BACKOFF_SECONDS
+            metrics.BUFFERED.labels(table.spec.table).set(0)
+        return dropped
+
+    # Rebalances -----------------------------------------------------------------------
+
+    async def on_revoked(self) -> None:
+        async with self.lock:
+            if not await self.flush_all(time.monotonic() + REVOKE_FLUSH_SECONDS):
+                log.warning("could not store the buffered rows before the partitions moved; "
+                            "they are read again", extra={"rows": self.drop_all()})
+            await self.committer.commit()
+            self.committer.forget()
+            self.need_high_water = True
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.lock:
+            for table in self.tables.values():
+                table.partitions = {tp.partition for tp in assigned if tp.topic == table.topic}
+            self.need_high_water = True
+            self.high_water_retry_at = 0.0
+            await self._load_high_water()
+            self._apply_pauses()
+            metrics.ASSIGNED.set(len(assigned))
+        log.info("partitions assigned", extra={"partitions": len(assigned)})
+
+    async def _load_high_water(self) -> None:
+        if time.monotonic() < self.high_water_retry_at:
             return
+        try:
+            for table in self.tables.values():
+                await asyncio.to_thread(table.high_water.load, self.client,
+                                        sorted(table.partitions))
+        except Exception as exc:
+            log.warning("cannot read the high-water marks from ClickHouse; consumption "
+                        "paused, retrying", extra={"retry_in_s": self.high_water_backoff,
+                                                    "error": str(exc)[:500]})
+            self.high_water_retry_at = time.monotonic() + self.high_water_backoff
+            self.high_water_backoff = min(self.high_water_backoff * 2, MAX_BACKOFF_SECONDS)
+            return
+        self.need_high_water = False
+        self.high_water_backoff = FIRST_BACKOFF_SECONDS
 
 
-class _FlushOnRevoke(ConsumerRebalanceListener):
-    """Stores and commits what is buffered before partitions move to another sink."""
+def topic_of(topics: Topics, spec: TableSpec) -> str:
+    return topics.alerts.name if spec.route == "alerts" else topics.records(spec.route).name
 
-    def __init__(self) -> None:
-        self.sink: FunctionExecutionSink | None = None
+
+def _letter(reason: str, record: Record, where: dict[str, object]) -> Record:
+    get = record.get if isinstance(record, dict) else (lambda _key: None)
+    return {"reason": f"sink: {reason}", "raw_partition": get("raw_partition"),
+            "raw_offset": get("raw_offset"), "event_index": get("event_index"),
+            "event": record, **where}
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Stores and commits what is buffered before partitions move; reloads the high-water
+    marks of the partitions assigned."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        if self.sink is not None and revoked:
-            await self.sink.flush()
+        await self.sink.on_revoked()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition
-                                                                    for tp in assigned)})
+        await self.sink.on_assigned(assigned)
 
 
 async def serve(settings: Settings) -> None:
@@ -107,7 +389,7 @@ async def serve(settings: Settings) -> None:
     target = settings.clickhouse
     lock = EngineLock(target.chdb_path) if target.chdb_path is not None else None
     if lock is not None:
-        lock.acquire()
+        await asyncio.to_thread(lock.acquire, ENGINE_WAIT_SECONDS)
     try:
         await _serve(settings, stop)
     finally:
@@ -130,7 +412,9 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         site.router.add_get("/healthz", healthz)
         site.router.add_get("/metrics", metrics_page)
         runners.append(await start_site(site, settings.bind_host, settings.sink_port))
-        await ensure_topics(settings.kafka_bootstrap, [topics.function_executions])
+        await ensure_topics(settings.kafka_bootstrap, [
+            topics.raw, topics.dead_letters, topics.alerts,
+            *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
         schedule = invoice_schedule.start(settings)  # invoices on day 2 (billing/scheduler.py)
         try:
             await _consume(settings, insert_client, stop)
@@ -142,11 +426,22 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     log.info("sink stopped")
 
 
+async def check_partition_counts(bootstrap: str, topics: Topics, names: list[str]) -> None:
+    """The high-water marks need each record topic partitioned like the raw topic."""
+    counts = await partition_counts(bootstrap, [topics.raw.name, *names])
+    raw = counts[topics.raw.name]
+    for name in names:
+        if name != topics.alerts.name and counts[name] != raw:
+            raise PartitionMismatch(
+                f"{name} has {counts[name]} partitions and {topics.raw.name} {raw}: the sink "
+                "counts exactly once only when they are equal (recreate the topic)")
+
+
 async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> None:
-    topic = Topics.of(settings).function_executions.name
+    topics = Topics.of(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.namespace}-sink-function-executions",
+        group_id=f"{settings.namespace}-sink",
         client_id=f"{settings.namespace}-sink",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -154,28 +449,42 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
-    listener = _FlushOnRevoke()
-    consumer.subscribe([topic], listener=listener)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                enable_idempotence=True, max_request_size=16 * 1024 * 1024)
+    sink = Sink(settings, client, consumer, producer, stop)
+    await sink.prepare()
     await consumer.start()
+    await producer.start()
     try:
-        sink = FunctionExecutionSink(settings, client, consumer, stop)
-        listener.sink = sink
-        log.info("sink consuming", extra={"topic": topic, "table": function_executions.TABLE})
-        await sink.run()
-        log.info("sink stopping: flushing and committing what is buffered")
+        await check_partition_counts(settings.kafka_bootstrap, topics, sink.topics)
+        consumer.subscribe(sink.topics, listener=_Rebalance(sink))
+        log.info("sink consuming", extra={"topics": sink.topics})
+        # The batches are many small acyclic objects; collecting them generation by
+        # generation costs a quarter of the sink's time at the default thresholds.
+        gc.set_threshold(50_000, 20, 100)
+        committer = asyncio.create_task(sink.committer.run())
         try:
-            await asyncio.wait_for(sink.flush(), SHUTDOWN_SECONDS)
-        except TimeoutError:
-            # Not committed: read again at the next start, and the insert token makes
-            # a repeated batch a no-op.
-            log.error("could not flush within the shutdown time; stopping anyway",
-                      extra={"seconds": SHUTDOWN_SECONDS})
+            await sink.run()
+            log.info("sink stopping: flushing and committing what is buffered")
+            async with sink.lock:
+                if not await sink.flush_all(time.monotonic() + SHUTDOWN_SECONDS):
+                    # Not committed: read again at the next start and skipped where stored.
+                    log.error("could not flush within the shutdown time; stopping anyway",
+                              extra={"seconds": SHUTDOWN_SECONDS})
+                await sink.committer.commit()
+        finally:
+            committer.cancel()
     finally:
-        try:
-            await asyncio.wait_for(consumer.stop(), SHUTDOWN_SECONDS)
-        except TimeoutError:
-            log.error("the Kafka consumer did not close in time")
+        for closing, what in ((consumer.stop(), "consumer"), (producer.stop(), "producer")):
+            try:
+                await asyncio.wait_for(closing, SHUTDOWN_SECONDS)
+            except TimeoutError:
+                log.error("a Kafka client did not close in time", extra={"client": what})
 
 
 def main(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except PartitionMismatch as exc:
+        log.error("sink stopped: %s", exc)
+        raise SystemExit(1) from None

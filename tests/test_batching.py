@@ -10,35 +10,51 @@ A = TopicPartition("t", 0)
 B = TopicPartition("t", 3)
 
 
-def test_offsets_and_token_cover_every_message() -> None:
-    buffer = BatchBuffer(max_rows=100, max_seconds=60)
-    buffer.add(B, 7, [{"n": 1}])
-    buffer.add(A, 10, [{"n": 2}, {"n": 3}])
-    buffer.add(A, 11, [])  # a message with no records still has to be committed
-    buffer.add(B, 9, [{"n": 4}])
+NAMES = ("n", "raw_partition", "raw_offset", "event_index")
+
+
+def _record(n: int) -> dict:
+    return {"n": n, "raw_partition": 0, "raw_offset": n, "event_index": 0}
+
+
+def _buffer(max_rows: int, max_seconds: float) -> BatchBuffer:
+    return BatchBuffer(NAMES, max_rows, max_seconds)
+
+
+def test_offsets_months_and_tokens_cover_every_message() -> None:
+    buffer = _buffer(max_rows=100, max_seconds=60)
+    buffer.add(B, 7, {202611: [_record(1)]})
+    buffer.add(A, 10, {202611: [_record(2), _record(3)], 202612: [_record(4)]})
+    buffer.add(A, 11, {})  # a message with no records still has to be committed
+    buffer.add(B, 9, {202612: [_record(5)]})
+    assert len(buffer) == 5
     batch = buffer.take()
-    assert [r["n"] for r in batch.records] == [1, 2, 3, 4]
+    assert {m: columns.data[0] for m, columns in batch.months.items()} == {
+        202611: [1, 2, 3], 202612: [4, 5]}
+    assert batch.months[202612].records() == [_record(4), _record(5)]
+    assert batch.rows == 5
     assert batch.commit_offsets() == {A: 12, B: 10}
-    assert batch.token() == "t:0:10-11,t:3:7-9"
+    assert batch.token(202611) == "t:0:10-11,t:3:7-9|202611|3|0:1:0|0:3:0"
+    assert batch.token(202612) == "t:0:10-11,t:3:7-9|202612|2|0:4:0|0:5:0"
     assert buffer.empty
     assert len(buffer) == 0
 
 
 def test_due_by_size() -> None:
-    buffer = BatchBuffer(max_rows=3, max_seconds=60)
-    buffer.add(A, 0, [{}, {}])
+    buffer = _buffer(max_rows=3, max_seconds=60)
+    buffer.add(A, 0, {1: [_record(0), _record(1)]})
     assert not buffer.due()
-    buffer.add(A, 1, [{}])
+    buffer.add(A, 1, {1: [_record(2)]})
     assert buffer.due()
 
 
 def test_due_by_age(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(batching.time, "monotonic", lambda: now[0])
-    buffer = BatchBuffer(max_rows=1000, max_seconds=2)
+    buffer = _buffer(max_rows=1000, max_seconds=2)
     assert not buffer.due()
     assert buffer.seconds_left() == 2
-    buffer.add(A, 0, [{}])
+    buffer.add(A, 0, {1: [_record(0)]})
     now[0] += 1.5
     assert not buffer.due()
     assert buffer.seconds_left() == pytest.approx(0.5)
@@ -47,5 +63,23 @@ def test_due_by_age(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_empty_buffer_is_never_due() -> None:
-    buffer = BatchBuffer(max_rows=1, max_seconds=0.01)
+    buffer = _buffer(max_rows=1, max_seconds=0.01)
     assert not buffer.due()
+
+
+def test_a_message_of_duplicates_only_is_still_due_and_committed() -> None:
+    buffer = _buffer(max_rows=1, max_seconds=0.0)
+    buffer.add(A, 4, {})
+    assert buffer.due()
+    assert buffer.take().commit_offsets() == {A: 5}
+
+
+def test_a_message_with_a_record_lacking_a_column_adds_nothing() -> None:
+    buffer = _buffer(max_rows=100, max_seconds=60)
+    buffer.add(A, 0, {1: [_record(0)]})
+    with pytest.raises(KeyError):
+        buffer.add(A, 1, {1: [_record(1)], 2: [{"n": 2}]})
+    batch = buffer.take()
+    assert batch.months[1].data == [[0], [0], [0], [0]]
+    assert list(batch.months) == [1]
+    assert batch.commit_offsets() == {A: 1}

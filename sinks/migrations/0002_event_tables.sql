@@ -8,8 +8,8 @@
 -- raw_partition, raw_offset and event_index say where the event came from (the
 -- raw webhook body's partition and offset in Kafka, and its position in the
 -- body); together they identify an event, and the sink uses the highest
--- raw_offset stored per raw partition and month to skip records it has stored
--- already (see "Counted exactly once" in the README).
+-- raw_offset stored per raw partition and month (the `high_water` projection) to
+-- skip records it has stored already (see "Counted exactly once" in the README).
 
 -- One row per current_storage_usage snapshot (about hourly per deployment).
 CREATE TABLE IF NOT EXISTS storage_snapshots
@@ -27,7 +27,14 @@ CREATE TABLE IF NOT EXISTS storage_snapshots
     raw_partition UInt32,
     raw_offset UInt64,
     event_index UInt32,
-    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- The sink's high-water marks, kept inside each part so that they are exact
+    -- whatever was inserted and read in milliseconds at every partition assignment.
+    PROJECTION high_water
+    (
+        SELECT raw_partition, toYYYYMM(timestamp), max(raw_offset)
+        GROUP BY raw_partition, toYYYYMM(timestamp)
+    )
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(timestamp)
@@ -44,7 +51,14 @@ CREATE TABLE IF NOT EXISTS file_downloads
     raw_partition UInt32,
     raw_offset UInt64,
     event_index UInt32,
-    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- The sink's high-water marks, kept inside each part so that they are exact
+    -- whatever was inserted and read in milliseconds at every partition assignment.
+    PROJECTION high_water
+    (
+        SELECT raw_partition, toYYYYMM(timestamp), max(raw_offset)
+        GROUP BY raw_partition, toYYYYMM(timestamp)
+    )
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(timestamp)
@@ -60,7 +74,14 @@ CREATE TABLE IF NOT EXISTS log_stream_egress
     raw_partition UInt32,
     raw_offset UInt64,
     event_index UInt32,
-    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- The sink's high-water marks, kept inside each part so that they are exact
+    -- whatever was inserted and read in milliseconds at every partition assignment.
+    PROJECTION high_water
+    (
+        SELECT raw_partition, toYYYYMM(timestamp), max(raw_offset)
+        GROUP BY raw_partition, toYYYYMM(timestamp)
+    )
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(timestamp)
@@ -91,7 +112,14 @@ CREATE TABLE IF NOT EXISTS agent_usage
     raw_partition UInt32,
     raw_offset UInt64,
     event_index UInt32,
-    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- The sink's high-water marks, kept inside each part so that they are exact
+    -- whatever was inserted and read in milliseconds at every partition assignment.
+    PROJECTION high_water
+    (
+        SELECT raw_partition, toYYYYMM(timestamp), max(raw_offset)
+        GROUP BY raw_partition, toYYYYMM(timestamp)
+    )
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(timestamp)
@@ -109,16 +137,28 @@ CREATE TABLE IF NOT EXISTS other_events
     raw_partition UInt32,
     raw_offset UInt64,
     event_index UInt32,
-    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- The sink's high-water marks, kept inside each part so that they are exact
+    -- whatever was inserted and read in milliseconds at every partition assignment.
+    PROJECTION high_water
+    (
+        SELECT raw_partition, toYYYYMM(timestamp), max(raw_offset)
+        GROUP BY raw_partition, toYYYYMM(timestamp)
+    )
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (deployment, topic, timestamp)
-TTL toDateTime(timestamp) + INTERVAL 90 DAY
+-- Kept 90 days from the event's time; an event without a usable `timestamp` is
+-- stored with timestamp 0 (1970-01-01) and kept 90 days from its insertion.
+TTL toDateTime(if(timestamp = 0, inserted_at, timestamp)) + INTERVAL 90 DAY
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Quota and runaway alerts as the worker published them on <ns>.alerts. An alert
--- is identified by `id`; a repeated delivery replaces the row with the same id.
+-- is identified by `id`. The sink stores each message of <ns>.alerts once (by its
+-- partition and offset, as for the event tables); should the worker ever publish
+-- an id twice, the ReplacingMergeTree keeps one row per id after merges, and
+-- `FINAL` or `GROUP BY id` gives one at once.
 CREATE TABLE IF NOT EXISTS alerts
 (
     id String,
@@ -128,8 +168,21 @@ CREATE TABLE IF NOT EXISTS alerts
     at DateTime64(3, 'UTC'),
     -- The whole alert as JSON text (quota: period, threshold, usage, limit, hard,
     -- user; runaway: minute, calls, baseline_per_minute, multiple).
-    alert String
+    alert String,
+    -- The alert message's partition and offset on <ns>.alerts: its origin, which the
+    -- sink's high-water marks are kept by.
+    kafka_partition UInt32,
+    kafka_offset UInt64
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(at)
 ORDER BY (deployment, id);
+
+-- function_executions (0001) gets the same high-water projection. Parts written
+-- before it lack it and are read in full when the marks are loaded: still exact,
+-- only slower, until merges rewrite them.
+ALTER TABLE function_executions ADD PROJECTION IF NOT EXISTS high_water
+(
+    SELECT raw_partition, toYYYYMM(timestamp), max(raw_offset)
+    GROUP BY raw_partition, toYYYYMM(timestamp)
+);

@@ -1,0 +1,423 @@
+"""Sink throughput beside a bare clickhouse-connect insert_arrow of the same rows, same run.
+
+    .venv/bin/python bench/sink.py [--events 1000000] [--deployments 100] [--runs 3] [--write]
+
+Each run fills a fresh namespace's per-event-type topics with what the worker forwards:
+raw bodies of 128 Convex events (bench/worker.py's BodyBuilder, mostly function
+executions) split and normalised by processors/split.py, one JSON-array message per body
+and event type, keyed by deployment, on the raw body's partition. Then, one after the
+other, each in a process of its own with a fresh embedded engine and the same schema:
+
+- insert_arrow: reads every message (untimed), decodes it as the sink does, groups the
+  records by table and month in batches of METERSTREAM_SINK_BATCH_ROWS rows and builds
+  one Arrow table per batch (timed apart), then inserts them with
+  `client.insert_arrow` (timed: this is the figure the sink is compared with);
+- sink: `meterstream sink` on the full topics, doing all it does (high-water marks,
+  batching, columnar inserts, commits), timed through its /metrics (polled every 0.1 s)
+  from the first poll that shows its partitions assigned to the one where
+  meterstream_sink_rows_inserted_total reaches every row.
+
+CPU seconds are the process's user + system time over the timed span. `measure()`
+returns the figures for a combined benchmark; the CLI prints them and, with --write,
+puts the table in BENCHMARKS.md's "## Sink" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.receiver import cli, start_broker  # noqa: E402
+from bench.worker import (  # noqa: E402
+    EVENTS_PER_BODY,
+    BodyBuilder,
+    cpu_seconds,
+    delete_namespace_topics,
+    machine,
+    tail,
+)
+from meterstream.config import DEFAULTS, Settings  # noqa: E402
+from meterstream.topics import Topics, ensure_topics, partition_counts  # noqa: E402
+from tests.support import free_port, wait_for  # noqa: E402
+
+POLL_SECONDS = 0.1
+
+
+@dataclass
+class ArrowResult:
+    rows: int
+    insert_seconds: float
+    insert_cpu_seconds: float
+    decode_seconds: float
+    build_seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.insert_seconds
+
+
+@dataclass
+class SinkResult:
+    rows: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+@dataclass
+class SinkBenchmark:
+    """Medians over the runs."""
+
+    rows: int
+    sink_rows_per_s: float
+    arrow_rows_per_s: float
+    arrow_with_decode_rows_per_s: float
+    sink_cpu_us_per_row: float
+    arrow_cpu_us_per_row: float
+    runs: int
+
+    @property
+    def ratio(self) -> float:
+        return self.sink_rows_per_s / self.arrow_rows_per_s
+
+
+async def fill(bootstrap: str, namespace: str, partitions: int, builder: BodyBuilder
+               ) -> int:
+    """Produces the split records of builder.messages raw bodies; returns the row count."""
+    from aiokafka import AIOKafkaProducer
+
+    from processors.split import split_body
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=5,
+                                max_batch_size=1024 * 1024, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    rows = 0
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for message in range(builder.messages):
+            key, body = builder.body(message)
+            partition = message % partitions
+            split = split_body(body, partition, message // partitions)
+            for route, records in split.routed.items():
+                rows += len(records)
+                pending.append(await producer.send(f"{namespace}.{route}",
+                                                   orjson.dumps(records), key=key,
+                                                   partition=partition))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return rows
+
+
+async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, int, bytes]]:
+    """(topic, partition, offset, value) of every message of the sink's topics."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from sinks.service import topic_of
+    from sinks.tables import SPECS
+
+    settings = Settings.from_env({**os.environ, "METERSTREAM_NAMESPACE": namespace})
+    topics = [topic_of(Topics.of(settings), spec) for spec in SPECS]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    try:
+        counts = await partition_counts(bootstrap, topics)
+        partitions = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        out = []
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                out.extend((tp.topic, tp.partition, m.offset, m.value) for m in batch)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _arrow_type(clickhouse_type: str) -> Any:
+    import pyarrow as pa
+
+    plain = re.sub(r"^LowCardinality\((.*)\)$", r"\1", clickhouse_type)
+    return {"String": pa.string(), "Bool": pa.bool_(), "UInt32": pa.uint32(),
+            "UInt64": pa.uint64(), "DateTime64(3, 'UTC')": pa.timestamp("ms", tz="UTC"),
+            "Map(String, UInt64)": pa.map_(pa.string(), pa.uint64())}[plain]
+
+
+def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) -> ArrowResult:
+    """The bare path, in this process: decode, build Arrow tables, insert_arrow them."""
+    import pyarrow as pa
+
+    from meterstream.config import ClickHouseTarget
+    from sinks import migrate
+    from sinks.clickhouse import connect
+    from sinks.tables import SPECS, month_of
+    from sinks.writer import TableWriter
+
+    path = Path(workdir) / "arrow-clickhouse"
+    client = connect(ClickHouseTarget(url=f"chdb://{path}", chdb_path=path))
+    migrate.apply(client)
+    messages = asyncio.run(read_messages(bootstrap, namespace))
+    specs = {}
+    for spec in SPECS:
+        settings = Settings.from_env({**os.environ, "METERSTREAM_NAMESPACE": namespace})
+        from sinks.service import topic_of
+        specs[topic_of(Topics.of(settings), spec)] = spec
+
+    started = time.perf_counter()
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for topic, partition, offset, value in messages:
+        spec = specs[topic]
+        for record in spec.decode(value, partition, offset):
+            grouped.setdefault((spec.table, month_of(record[spec.time_field])), []).append(
+                record)
+    decode_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    tables: list[tuple[str, pa.Table]] = []
+    by_name = {spec.table: spec for spec in SPECS}
+    for (table, _), records in grouped.items():
+        spec = by_name[table]
+        types = [_arrow_type(t) for t in TableWriter(client, spec).column_types()]  # as sent
+        for start in range(0, len(records), batch_rows):
+            chunk = records[start:start + batch_rows]
+            arrays = []
+            for name, arrow_type in zip(spec.columns, types, strict=True):
+                column = [record[name] for record in chunk]
+                if pa.types.is_map(arrow_type):
+                    column = [list(value.items()) for value in column]
+                arrays.append(pa.array(column, type=arrow_type))
+            tables.append((table, pa.Table.from_arrays(arrays, names=list(spec.columns))))
+    build_seconds = time.perf_counter() - started
+
+    rows = sum(t.num_rows for _, t in tables)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for table, arrow_table in tables:
+        client.insert_arrow(table, arrow_table)
+    insert_seconds = time.perf_counter() - started
+    insert_cpu = time.process_time() - cpu_started
+    stored = sum(client.command(f"SELECT count() FROM {table}") for table in by_name)
+    if stored != rows:
+        raise RuntimeError(f"insert_arrow stored {stored} rows of {rows}")
+    return ArrowResult(rows, insert_seconds, insert_cpu, decode_seconds, build_seconds)
+
+
+def run_arrow(bootstrap: str, namespace: str, batch_rows: int) -> ArrowResult:
+    with tempfile.TemporaryDirectory(prefix="meterstream-bench-arrow-") as workdir:
+        completed = subprocess.run(
+            [sys.executable, __file__, "--arrow-path", namespace, "--arrow-dir", workdir,
+             "--batch-rows", str(batch_rows)],
+            env={**os.environ, "METERSTREAM_KAFKA": bootstrap}, cwd=REPO, check=True,
+            stdout=subprocess.PIPE, timeout=1800)
+    return ArrowResult(**json.loads(completed.stdout))
+
+
+def sink_progress(port: str) -> tuple[float, float]:
+    """(partitions assigned, rows stored) from the sink's /metrics; (0, 0) if unreachable."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+            text = page.read().decode()
+    except OSError:
+        return 0.0, 0.0
+    assigned = rows = 0.0
+    for line in text.splitlines():
+        if line.startswith("meterstream_sink_rows_inserted_total{"):
+            rows += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("meterstream_sink_assigned_partitions "):
+            assigned = float(line.rsplit(" ", 1)[1])
+    return assigned, rows
+
+
+def run_sink(env: dict[str, str], rows: int, workdir: Path) -> SinkResult:
+    port = env["METERSTREAM_SINK_PORT"]
+    log = workdir / "sink.log"
+    with log.open("wb") as out:
+        sink = subprocess.Popen([sys.executable, "-m", "meterstream", "sink"], cwd=REPO,
+                                env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    def polled(condition: Any) -> Any:
+        def check() -> tuple[float, float, float] | None:
+            if sink.poll() is not None:
+                raise RuntimeError(f"the sink exited with {sink.returncode}:\n{tail(log)}")
+            assigned, done = sink_progress(port)
+            seen = (done, time.perf_counter(), cpu_seconds(sink.pid))
+            return seen if condition(assigned, done) else None
+        return check
+
+    try:
+        # Timed from the poll that first sees the partitions assigned (the rows stored by
+        # then count too), so start-up and the group join are left out.
+        first = wait_for(polled(lambda assigned, _: assigned > 0), timeout=300,
+                         what="the sink's partitions assigned", interval=POLL_SECONDS)
+        last = wait_for(polled(lambda _, done: done >= rows), timeout=1800,
+                        what=f"the sink to store {rows} rows", interval=POLL_SECONDS)
+    finally:
+        if sink.poll() is None:
+            sink.send_signal(signal.SIGTERM)
+            try:
+                sink.wait(60)
+            except subprocess.TimeoutExpired:
+                sink.kill()
+                sink.wait()
+    if last[0] != rows:
+        raise RuntimeError(f"the sink stored {last[0]:.0f} rows of {rows}")
+    return SinkResult(rows, last[1] - first[1], last[2] - first[2])
+
+
+def measure(bootstrap: str, events: int = 1_000_000, deployments: int = 100, runs: int = 3,
+            partitions: int = 8, batch_rows: int = int(DEFAULTS["METERSTREAM_SINK_BATCH_ROWS"]),
+            keep_topics: bool = False, report: Any = print) -> SinkBenchmark:
+    """Runs the benchmark against the broker at `bootstrap`; medians over `runs`."""
+    messages = -(-events // EVENTS_PER_BODY)
+    sinks: list[SinkResult] = []
+    arrows: list[ArrowResult] = []
+    rows = 0
+    for run in range(runs):
+        namespace = f"benchs{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory(prefix="meterstream-bench-sink-") as workdir:
+            env = {"METERSTREAM_KAFKA": bootstrap, "METERSTREAM_NAMESPACE": namespace,
+                   "METERSTREAM_DATA_DIR": workdir, "METERSTREAM_PARTITIONS": str(partitions),
+                   "METERSTREAM_SINK_PORT": str(free_port()),
+                   "METERSTREAM_SINK_BATCH_ROWS": str(batch_rows),
+                   "METERSTREAM_LOG_LEVEL": "warning"}
+            settings = Settings.from_env({**os.environ, **env})
+            topics = Topics.of(settings)
+            try:
+                from processors.split import ALL_ROUTES
+
+                asyncio.run(ensure_topics(bootstrap, [
+                    topics.raw, topics.alerts, topics.dead_letters,
+                    *(topics.records(route) for route in ALL_ROUTES)]))
+                rows = asyncio.run(fill(bootstrap, namespace, partitions,
+                                        BodyBuilder(deployments, messages, seed=run)))
+                arrow = run_arrow(bootstrap, namespace, batch_rows)
+                sink = run_sink(env, rows, Path(workdir))
+            finally:
+                if not keep_topics:
+                    asyncio.run(delete_namespace_topics(bootstrap, namespace))
+        arrows.append(arrow)
+        sinks.append(sink)
+        report(f"run {run + 1}: {rows:,} rows | insert_arrow {arrow.rows_per_s:,.0f} rows/s "
+               f"(decode {arrow.decode_seconds:.2f} s, build {arrow.build_seconds:.2f} s, "
+               f"insert {arrow.insert_seconds:.2f} s) | sink {sink.rows_per_s:,.0f} rows/s "
+               f"({sink.rows_per_s / arrow.rows_per_s:.2f})")
+    return SinkBenchmark(
+        rows=rows,
+        sink_rows_per_s=statistics.median(s.rows_per_s for s in sinks),
+        arrow_rows_per_s=statistics.median(a.rows_per_s for a in arrows),
+        arrow_with_decode_rows_per_s=statistics.median(
+            a.rows / (a.decode_seconds + a.build_seconds + a.insert_seconds) for a in arrows),
+        sink_cpu_us_per_row=statistics.median(s.cpu_seconds / s.rows * 1e6 for s in sinks),
+        arrow_cpu_us_per_row=statistics.median(
+            a.insert_cpu_seconds / a.rows * 1e6 for a in arrows),
+        runs=runs)
+
+
+def table(result: SinkBenchmark, command: str, partitions: int, batch_rows: int) -> str:
+    median = "medians of " if result.runs > 1 else ""
+    return "\n".join([
+        f"### Sink vs bare insert_arrow ({time.strftime('%Y-%m-%d', time.gmtime())})",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; broker on the same machine; embedded ClickHouse (chdb).  ",
+        f"Load: {result.rows:,} rows of every record type (mostly function executions, "
+        f"44 columns) as the worker forwards them, {partitions} partitions per topic; "
+        f"batches of {batch_rows:,} rows; each path its own process and engine; "
+        f"{median}{result.runs} run{'s' if result.runs > 1 else ''}.",
+        "",
+        "| path | rows/s | ratio | CPU µs per row |",
+        "|---|---:|---:|---:|",
+        f"| bare `insert_arrow` of prebuilt Arrow tables (insert timed alone) | "
+        f"{result.arrow_rows_per_s:,.0f} | 1.00 | {result.arrow_cpu_us_per_row:.1f} |",
+        f"| bare path from the same messages: decode + build Arrow + `insert_arrow` | "
+        f"{result.arrow_with_decode_rows_per_s:,.0f} | "
+        f"{result.arrow_with_decode_rows_per_s / result.arrow_rows_per_s:.2f} | |",
+        f"| meterstream sink (1 process, from Kafka, committed) | "
+        f"{result.sink_rows_per_s:,.0f} | {result.ratio:.2f} | "
+        f"{result.sink_cpu_us_per_row:.1f} |",
+    ]) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Puts `text` in BENCHMARKS.md's "## Sink" section, replacing an earlier one."""
+    path = REPO / "BENCHMARKS.md"
+    content = path.read_text()
+    section = f"## Sink\n\n{text}"
+    match = re.search(r"^## Sink\n.*?(?=^## |\Z)", content, flags=re.M | re.S)
+    if match:
+        content = content[:match.start()] + section + (
+            "\n" if match.end() < len(content) else "") + content[match.end():]
+    else:
+        content = content.rstrip("\n") + "\n\n" + section
+    path.write_text(content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000,
+                        help="events per run, rounded up to whole 128-event bodies")
+    parser.add_argument("--deployments", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-rows", type=int,
+                        default=int(DEFAULTS["METERSTREAM_SINK_BATCH_ROWS"]))
+    parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument("--write", action="store_true",
+                        help="put the results in BENCHMARKS.md's Sink section")
+    parser.add_argument("--arrow-path", metavar="NAMESPACE", help=argparse.SUPPRESS)
+    parser.add_argument("--arrow-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.arrow_path:
+        result = arrow_path(os.environ["METERSTREAM_KAFKA"], args.arrow_path, args.arrow_dir,
+                            args.batch_rows)
+        print(json.dumps(asdict(result)))
+        return
+
+    broker_env, own_broker = start_broker()
+    partitions = Settings.from_env({**os.environ, **broker_env}).partitions
+    try:
+        result = measure(broker_env["METERSTREAM_KAFKA"], args.events, args.deployments,
+                         args.runs, partitions, args.batch_rows, args.keep_topics)
+    finally:
+        if own_broker:
+            cli(["kafka", "stop"], broker_env)
+    command = (f".venv/bin/python bench/sink.py --events {args.events} "
+               f"--deployments {args.deployments} --runs {args.runs}")
+    text = table(result, command, partitions, args.batch_rows)
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""High-water marks: which records a table holds already, by their origin.
+
+Records of one origin partition reach the sink in origin-offset order: the raw
+topic and every per-event-type topic are keyed by deployment and have the same
+number of partitions, so the records of raw partition p are on partition p of
+each record topic, in the order the worker processed raw partition p; alerts
+are their own origin. A record whose origin offset is not above the highest
+one stored for its (origin partition, month) was stored before, by an insert
+this sink made before a crash, or is a copy the worker made when it processed
+raw messages again after a crash of its own.
+
+That is exact because each insert is atomic: the sink inserts one month of one
+table at a time (one month partition, one part, squashed into one block), so
+after a crash a month either holds all of an insert or none of it. The marks
+are per month because a batch spanning two months is two inserts, and a crash
+between them leaves one month stored and the other not.
+
+The marks cover what is stored and what is buffered: they are loaded from
+ClickHouse when partitions are assigned (after buffers were flushed or dropped
+at the revoke) and advanced as records are admitted.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from processors.records import Record
+from sinks.tables import MAX_TIMESTAMP_MS, BadMessage, TableSpec, month_bounds, month_of
+
+Key = tuple[int, int]
+"""(origin partition, YYYYMM month)"""
+Admitted = tuple[dict[int, list[Record]], int, dict[Key, int]]
+"""(records per month, records skipped, marks to advance)"""
+
+
+class PartitionMismatch(RuntimeError):
+    """Records of a raw partition arrived on another partition of a record topic: the
+    order the marks rely on does not hold, so the sink stops instead of guessing."""
+
+
+class HighWater:
+    def __init__(self, spec: TableSpec) -> None:
+        self.spec = spec
+        self.marks: dict[Key, int] = {}
+        self._times = itemgetter(spec.time_field)
+        self._origin = itemgetter(*spec.origin_fields)
+
+    def load(self, client: Client, partitions: list[int]) -> None:
+        """Sets the marks of `partitions` to what ClickHouse holds (forgets the others)."""
+        self.marks.clear()
+        if not partitions:
+            return
+        origin_partition, origin_offset = self.spec.origin_fields
+        rows = client.query(
+            f"SELECT {origin_partition}, toYYYYMM({self.spec.time_field}), "
+            f"max({origin_offset}) FROM {self.spec.table} "
+            f"WHERE {origin_partition} IN ({', '.join(map(str, sorted(partitions)))}) "
+            "GROUP BY 1, 2").result_rows
+        self.marks.update({(int(p), int(m)): int(o) for p, m, o in rows})
+
+    def admit(self, records: list[Record], partition: int) -> Admitted:
+        """The records not seen yet, grouped by month in arrival order, how many were
+        skipped, and the marks to `advance` once they are buffered. `partition` is the
+        partition the message came from. Raises BadMessage when a record lacks its time or
+        origin."""
+        if not records:
+            return {}, 0, {}
+        try:
+            times = list(map(self._times, records))
+            origins = set(map(self._origin, records))
+            low, high = min(times), max(times)
+        except (KeyError, TypeError) as exc:
+            raise BadMessage(f"{self.spec.table}: a record lacks a valid "
+                             f"{self.spec.time_field} or origin ({exc!r})") from None
+        if type(low) is not int or type(high) is not int or low < 0 \
+                or high > MAX_TIMESTAMP_MS:
+            raise BadMessage(f"{self.spec.table}: {self.spec.time_field} must be a ms time")
+        if len(origins) == 1:
+            ((origin_partition, origin_offset),) = origins
+            self._check_partition(origin_partition, partition)
+            month = month_of(low)
+            start, end = month_bounds(month)
+            if start <= high < end:
+                key = (origin_partition, month)
+                if origin_offset <= self.marks.get(key, -1):
+                    return {}, len(records), {}
+                return {month: records}, 0, {key: origin_offset}
+        return self._admit_each(records, partition)
+
+    def advance(self, updates: dict[Key, int]) -> None:
+        for key, offset in updates.items():
+            if offset > self.marks.get(key, -1):
+                self.marks[key] = offset
+
+    def _admit_each(self, records: list[Record], partition: int) -> Admitted:
+        """The general case: records of several origins or months in one message."""
+        groups: dict[int, list[Record]] = {}
+        skipped = 0
+        updates: dict[Key, int] = {}
+        # Several records of one origin share its offset: compare with the mark from before
+        # this message, so that they are all admitted, not only the first.
+        before: dict[Key, int] = {}
+        for record in records:
+            origin_partition, origin_offset = self._origin(record)
+            if type(origin_partition) is not int or type(origin_offset) is not int:
+                raise BadMessage(f"{self.spec.table}: the origin must be integers")
+            self._check_partition(origin_partition, partition)
+            time = self._times(record)
+            if type(time) is not int or not 0 <= time <= MAX_TIMESTAMP_MS:
+                raise BadMessage(f"{self.spec.table}: {self.spec.time_field} must be a ms time")
+            month = month_of(time)
+            key = (origin_partition, month)
+            if key not in before:
+                before[key] = self.marks.get(key, -1)
+            if origin_offset <= before[key]:
+                skipped += 1
+                continue
+            if origin_offset > updates.get(key, -1):
+                updates[key] = origin_offset
+            groups.setdefault(month, []).append(record)
+        return groups, skipped, updates
+
+    def _check_partition(self, origin_partition: Any, partition: int) -> None:
+        if not self.spec.origin_is_message and origin_partition != partition:
+            raise PartitionMismatch(
+                f"partition {partition} of the {self.spec.route} topic holds records of raw "
+                f"partition {origin_partition}: the raw topic and the record topics must have "
+                "the same number of partitions for the sink to count exactly once")
