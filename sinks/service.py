@@ -229,8 +229,11 @@ class Sink:
     async def _dead_letter(self, table: TableSink, letter: Record) -> None:
         log.error("record cannot be stored; sent to the dead-letter topic",
                   extra={"table": table.spec.table, "reason": letter["reason"]})
+        event = letter.get("event")
+        deployment = event.get("deployment") if isinstance(event, dict) else None
+        key = deployment.encode() if isinstance(deployment, str) else None
         await self.producer.send_and_wait(self.dead_letter_topic,
-                                          orjson.dumps(letter, default=str))
+                                          orjson.dumps(letter, default=str), key=key)
         metrics.DEAD_LETTERS.labels(table.spec.table).inc()
 
     # Storing --------------------------------------------------------------------------
