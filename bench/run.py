@@ -133,7 +133,7 @@ def main() -> None:
             results["worker"] = stage("worker.py", [
                 "--events", "200000" if quick else "1000000", "--runs", "1" if quick else "3"],
                 broker_env, out / "worker.json")
-            results["sink"] = stage("sink.py", ["--rows", "200000" if quick else "1000000",
+            results["sink"] = stage("sink.py", ["--events", "200000" if quick else "1000000",
                                                 "--runs", "1" if quick else "3"],
                                     broker_env, out / "sink.json")
             results["end_to_end"] = stage("end_to_end.py", [

@@ -393,6 +393,8 @@ def main() -> None:
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument("--write", action="store_true",
                         help="put the results in BENCHMARKS.md's Sink section")
+    parser.add_argument("--json", type=Path,
+                        help="also write the medians to this file (bench/run.py)")
     parser.add_argument("--arrow-path", metavar="NAMESPACE", help=argparse.SUPPRESS)
     parser.add_argument("--arrow-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -415,6 +417,10 @@ def main() -> None:
                f"--deployments {args.deployments} --runs {args.runs}")
     text = table(result, command, partitions, args.batch_rows)
     print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"rows_per_s": result.sink_rows_per_s,
+                                         "raw_rows_per_s": result.arrow_rows_per_s,
+                                         "command": command}))
     if args.write:
         write_section(text)
 
