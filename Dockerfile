@@ -7,6 +7,7 @@ COPY meterstream meterstream
 COPY ingest ingest
 COPY processors processors
 COPY sinks sinks
+COPY billing billing
 RUN pip install --no-cache-dir -c deploy/constraints.txt .
 ENV METERSTREAM_DATA_DIR=/var/lib/meterstream \
     METERSTREAM_BIND_HOST=0.0.0.0

@@ -28,3 +28,13 @@ def test_compose_uses_only_known_variables() -> None:
     used = set(re.findall(r"\b(METERSTREAM_[A-Z_]+):", compose))
     assert used
     assert used <= known
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*")
+                for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \1$", (REPO / "Dockerfile").read_text(), re.M))
+    assert packages == copied
