@@ -131,9 +131,11 @@ def create_app(settings: Settings) -> faust.App:
         manual = stream.noack()
         streams[:] = [manual]
 
-        async def ack(event: faust.EventT) -> None:
+        async def ack(done: tuple[faust.EventT, bool]) -> None:
+            event, counted = done
             await manual.ack(event)
-            metrics.RAW_BATCHES.inc()
+            if counted:  # a repeated body is counted as a duplicate instead
+                metrics.RAW_BATCHES.inc()
 
         deliveries = Deliveries(ack, app.crash)
         deliveries.start()
@@ -150,7 +152,7 @@ def create_app(settings: Settings) -> faust.App:
                                                   message.offset, received_at(message),
                                                   int(time.time() * 1000))
                 guard.processed(message.partition, message.offset)
-                await deliveries.add(event, pending)
+                await deliveries.add((event, pending is not None), pending or [])
         finally:
             await deliveries.stop()
 

@@ -8,7 +8,8 @@
 3. Add its usage to the live windows (exactly once per key, processors/state.py).
 4. Forward the records and dead letters, and publish the alerts now due.
 
-`process` returns the pending deliveries of the forwarded records; the caller acks
+`process` returns the pending deliveries of the forwarded records (None for a repeated
+body, which forwards nothing and counts as a duplicate, not as a body); the caller acks
 the message only once they completed (processors/deliveries.py), so the message's
 offset is committed only after what came out of it is safe. Alerts are awaited
 here, before the next message is judged (processors/alerts.py).
@@ -55,13 +56,13 @@ class RawProcessor:
         self.alerts.forget_partitions(partitions)
 
     async def process(self, key: bytes, body: bytes, partition: int, offset: int,
-                      received_at: int, now_ms: int) -> list[Awaitable[Any]]:
+                      received_at: int, now_ms: int) -> list[Awaitable[Any]] | None:
         metrics.EXPIRED.inc(self.dedup.expire(partition, now_ms))
         metrics.WINDOWS_EXPIRED.inc(self.state.expiry.expire(partition, now_ms))
         await self.alerts.ensure_loaded(partition, self.assigned())
         if self.dedup.seen_before(Deduplicator.body_key(key, body), partition, offset, now_ms):
             metrics.DUPLICATES.labels("body").inc()
-            return []
+            return None
         deployment = key.decode(errors="replace")
         batch = split_body(body, partition, offset)
         self._drop_repeated_usage(batch, partition, offset, now_ms)
