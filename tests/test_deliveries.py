@@ -8,6 +8,20 @@ from collections.abc import Callable
 from processors.deliveries import Deliveries
 
 
+class Outcome:
+    """What a Deliveries queue did: the messages it acked and the errors it crashed on."""
+
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+        self.crashed: list[BaseException] = []
+
+    async def ack(self, message: str) -> None:
+        self.acked.append(message)
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed.append(exc)
+
+
 async def _until(condition: Callable[[], object], what: str) -> None:
     for _ in range(1000):
         if condition():
@@ -18,18 +32,11 @@ async def _until(condition: Callable[[], object], what: str) -> None:
 
 def test_acks_in_message_order_once_delivered() -> None:
     async def scenario() -> None:
-        acked: list[str] = []
-        crashed: list[BaseException] = []
-
-        async def ack(message: str) -> None:
-            acked.append(message)
-
-        async def crash(exc: BaseException) -> None:
-            crashed.append(exc)
-
+        outcome = Outcome()
+        acked, crashed = outcome.acked, outcome.crashed
         loop = asyncio.get_running_loop()
         first, second = loop.create_future(), loop.create_future()
-        deliveries = Deliveries(ack, crash)
+        deliveries = Deliveries(outcome.ack, outcome.crash)
         deliveries.start()
         await deliveries.add("m1", [first])
         await deliveries.add("m2", [second])
@@ -49,18 +56,11 @@ def test_acks_in_message_order_once_delivered() -> None:
 
 def test_a_failed_delivery_is_never_acked_and_stops_the_worker() -> None:
     async def scenario() -> None:
-        acked: list[str] = []
-        crashed: list[BaseException] = []
-
-        async def ack(message: str) -> None:
-            acked.append(message)
-
-        async def crash(exc: BaseException) -> None:
-            crashed.append(exc)
-
+        outcome = Outcome()
+        acked, crashed = outcome.acked, outcome.crashed
         loop = asyncio.get_running_loop()
         failing = loop.create_future()
-        deliveries = Deliveries(ack, crash)
+        deliveries = Deliveries(outcome.ack, outcome.crash)
         deliveries.start()
         await deliveries.add("m1", [])
         await deliveries.add("m2", [failing])
@@ -76,14 +76,9 @@ def test_a_failed_delivery_is_never_acked_and_stops_the_worker() -> None:
 
 def test_a_full_queue_holds_the_agent_back() -> None:
     async def scenario() -> None:
-        async def ack(_: str) -> None:
-            return None
-
-        async def crash(_: BaseException) -> None:
-            return None
-
+        outcome = Outcome()
         never = asyncio.get_running_loop().create_future()
-        deliveries = Deliveries(ack, crash, max_pending=2)
+        deliveries = Deliveries(outcome.ack, outcome.crash, max_pending=2)
         deliveries.start()
         await deliveries.add("m1", [never])  # taken by the task, waiting
         await _until(lambda: deliveries.waiting == 0, "m1 taken")
