@@ -8,6 +8,8 @@ METERSTREAM_KAFKA names (or one of its own). `meterstream loadgen` traffic (real
 Convex v2 events from --deployments deployments, signed 128-event batches) is sent at a
 target rate in steps, each step `--factor` times the last, until a step is not sustained:
 
+  (a first step that is not sustained makes the next ones go down instead, two factors
+  at a time, until one is);
 - sustained means the load generator reached 95 % of the target and, over the step's last
   third, neither the worker (raw bodies in the topic minus bodies it finished) nor the
   sink (records not yet committed by its group) was behind by more than `--max-lag`
@@ -271,7 +273,11 @@ async def run_steps(pipeline: Pipeline, args: argparse.Namespace) -> list[Step]:
             await run_step(pipeline, settings, step, args, probes, seen, index)
             steps.append(step)
             print(report_line(step, args), flush=True)
-            if not step.sustained(args.step_seconds, args.max_lag):
+            sustained = step.sustained(args.step_seconds, args.max_lag)
+            if not sustained and any(s.sustained(args.step_seconds, args.max_lag)
+                                     for s in steps):
+                break
+            if not sustained and rate / args.factor ** 2 < args.floor:
                 break
             # Let the pipeline catch up before the next step, so steps do not add up.
             meter = LagMeter(pipeline)
@@ -280,7 +286,8 @@ async def run_steps(pipeline: Pipeline, args: argparse.Namespace) -> list[Step]:
                 await until_async(functools.partial(caught_up, meter), 300)
             finally:
                 await meter.stop()
-            rate *= args.factor
+            # Up while the pipeline keeps up; down (two steps at a time) until it first does.
+            rate = rate * args.factor if sustained else rate / args.factor ** 2
     finally:
         tail.cancel()
         await asyncio.gather(tail, return_exceptions=True)
@@ -346,7 +353,9 @@ def parser() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     options.add_argument("--start", type=float, default=8000, help="first target, events/s")
     options.add_argument("--factor", type=float, default=1.25)
-    options.add_argument("--max-steps", type=int, default=8)
+    options.add_argument("--max-steps", type=int, default=10)
+    options.add_argument("--floor", type=float, default=500,
+                         help="lowest target tried when the first steps are not sustained")
     options.add_argument("--step-seconds", type=float, default=30)
     options.add_argument("--max-lag", type=float, default=5.0,
                          help="seconds of traffic a stage may be behind and still keep up")

@@ -137,7 +137,8 @@ def main() -> None:
                                                 "--runs", "1" if quick else "3"],
                                     broker_env, out / "sink.json")
             results["end_to_end"] = stage("end_to_end.py", [
-                "--step-seconds", "10" if quick else "30", "--max-steps", "2" if quick else "8"],
+                "--step-seconds", "10" if quick else "30", "--max-steps", "3" if quick else "10",
+                "--start", "6000"],
                 broker_env, out / "end_to_end.json")
     finally:
         if own_broker:

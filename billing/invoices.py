@@ -189,11 +189,14 @@ def generate(db: Database, period: Period, book: PriceBook, registry: Owners,
     for invoice in show(db, period):
         attempts[invoice.key].append(invoice)
 
-    usage, regions = rollups.totals(db, period.start_ms, period.end_ms)
+    # From the raw tables, not the rollups: a materialized view's insert is not atomic with
+    # its base table's, so a sink killed between the two leaves a row stored (and skipped
+    # when read again) that a rollup never got. A closed month is read once per run.
+    usage, regions = rollups.totals(db, period.start_ms, period.end_ms, from_events=True)
     stored = storage.totals(db, period.start_ms, period.end_ms)
     for deployment, byte_ms in stored.items():
         usage.setdefault(deployment, {}).update(byte_ms)
-    tokens = rollups.user_tokens(db, period.start_ms)
+    tokens = rollups.user_tokens(db, period.start_ms, period.end_ms)
     subjects = ([_Subject("deployment", d, "") for d in sorted(usage)]
                 + [_Subject("end_user", d, u) for d, u in sorted(tokens)])
 

@@ -75,14 +75,17 @@ def _usage(row: dict) -> Usage:
 
 
 def totals(db: Database, start_ms: int, end_ms: int,
-           deployments: Sequence[str] | None = None) -> tuple[dict[str, Usage], dict[str, str]]:
-    """Counters per deployment over [start, end), and each deployment's region."""
+           deployments: Sequence[str] | None = None,
+           from_events: bool = False) -> tuple[dict[str, Usage], dict[str, str]]:
+    """Counters per deployment over [start, end), and each deployment's region.
+    `from_events` reads the raw tables only (see `invoices.generate` for why)."""
     if deployments is not None and not deployments:
         return {}, {}
     found: dict[str, Usage] = {}
     regions: dict[str, str] = {}
+    parts = [("event", start_ms, end_ms)] if from_events else pieces(start_ms, end_ms)
     # One query per part: cheaper to plan than their UNION ALL (chdb, 26.9).
-    for granularity, a, b in pieces(start_ms, end_ms):
+    for granularity, a, b in parts:
         for row in db.rows(f"SELECT deployment, max(region) AS region, {_SUMS} "
                            f"FROM {_TABLE[granularity]} "
                            f"WHERE {_where(granularity, a, b, deployments)} GROUP BY deployment"):
@@ -186,11 +189,15 @@ def token_series(db: Database, resolution: str, start_ms: int, end_ms: int,
     return found
 
 
-def user_tokens(db: Database, month_start_ms: int) -> dict[tuple[str, str], TokenUsage]:
-    """Tokens per (deployment, end user) and (provider, model) in one billing month."""
+def user_tokens(db: Database, month_start_ms: int, month_end_ms: int | None = None
+                ) -> dict[tuple[str, str], TokenUsage]:
+    """Tokens per (deployment, end user) and (provider, model) in one billing month; with
+    `month_end_ms`, from the raw agent_usage rows instead of the monthly rollup."""
+    source = (f"FROM user_tokens_monthly WHERE month = {date(month_start_ms)}"
+              if month_end_ms is None else
+              f"FROM agent_usage WHERE {_where('event', month_start_ms, month_end_ms, None)}")
     rows = db.rows(f"SELECT deployment, user_id, provider, model, {_TOKEN_SUMS} "
-                   f"FROM user_tokens_monthly WHERE month = {date(month_start_ms)} "
-                   f"GROUP BY deployment, user_id, provider, model")
+                   f"{source} GROUP BY deployment, user_id, provider, model")
     found: dict[tuple[str, str], TokenUsage] = defaultdict(dict)
     for row in rows:
         found[(row["deployment"], row["user_id"])][(row["provider"], row["model"])] = \
