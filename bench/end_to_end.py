@@ -6,10 +6,10 @@ exact totals in ClickHouse afterwards.
 One pipeline (`meterstream up`: receiver, worker, sink, embedded ClickHouse) on the broker
 METERSTREAM_KAFKA names (or one of its own). `meterstream loadgen` traffic (realistic
 Convex v2 events from --deployments deployments, signed 128-event batches) is sent at a
-target rate in steps, each step `--factor` times the last, until a step is not sustained:
+target rate in steps, each step `--factor` times the last, until a step is not
+sustained (when the first step is not, the next ones go down instead, two factors at
+a time, until one is):
 
-  (a first step that is not sustained makes the next ones go down instead, two factors
-  at a time, until one is);
 - sustained means the load generator reached 95 % of the target and, over the step's last
   third, neither the worker (raw bodies in the topic minus bodies it finished) nor the
   sink (records not yet committed by its group) was behind by more than `--max-lag`

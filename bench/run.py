@@ -104,7 +104,8 @@ def write_section(text: str) -> None:
     current = path.read_text()
     section = f"## Summary\n\n{text}\n\n"
     if re.search(r"^## Summary\n", current, flags=re.M):
-        current = re.sub(r"^## Summary\n.*?(?=^## |\Z)", lambda _: section, current,
+        # The summary ends where the next section of any level starts.
+        current = re.sub(r"^## Summary\n.*?(?=^##|\Z)", lambda _: section, current,
                          flags=re.M | re.S)
     else:
         head, _, rest = current.partition("\n### ")
