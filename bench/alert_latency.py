@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,17 @@ SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 
 
 async def tail_alerts(bootstrap: str, topic: str, seen: dict[str, float],
-                      ready: threading.Event, stop: threading.Event) -> None:
+                      ready: Callable[[], object], stopped: Callable[[], bool],
+                      offset_reset: str = "earliest") -> None:
+    """Notes in `seen` when each deployment's first alert arrives; calls `ready` once the
+    consumer is assigned and fetching, and runs until `stopped()` (or is cancelled)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=5)
+                                auto_offset_reset=offset_reset, fetch_max_wait_ms=5)
     await consumer.start()
     try:
         await consumer.getmany(timeout_ms=500)  # assigned and fetching
-        ready.set()
-        while not stop.is_set():
+        ready()
+        while not stopped():
             batches = await consumer.getmany(timeout_ms=50)
             now = time.time()
             for messages in batches.values():
@@ -89,7 +93,7 @@ def main() -> None:
         seen: dict[str, float] = {}
         ready, stop = threading.Event(), threading.Event()
         tail = threading.Thread(target=asyncio.run, args=(tail_alerts(
-            bootstrap, f"{pipeline.namespace}.alerts", seen, ready, stop),))
+            bootstrap, f"{pipeline.namespace}.alerts", seen, ready.set, stop.is_set),))
         tail.start()
         ready.wait(60)
         # One batch first, so the worker has joined its group and loaded its state.

@@ -48,6 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.alert_latency import tail_alerts  # noqa: E402
 from bench.receiver import start_broker  # noqa: E402
 from ingest.signature import HEADER, sign  # noqa: E402
 from meterstream.config import Settings  # noqa: E402
@@ -126,7 +127,7 @@ class LagMeter:
         self.bootstrap = pipeline.env["METERSTREAM_KAFKA"]
         self.namespace = pipeline.namespace
         self.worker_port = pipeline.env["METERSTREAM_WORKER_PORT"]
-        self.topics = Topics(self.namespace, int(pipeline.env.get("METERSTREAM_PARTITIONS", 8)))
+        self.topics = Topics.of(Settings.from_env({**os.environ, **pipeline.env}))
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
 
@@ -171,24 +172,6 @@ class LagMeter:
             ends = await self.consumer.end_offsets(list(committed))
             behind += sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items())
         return behind
-
-
-async def tail_alerts(bootstrap: str, topic: str, seen: dict[str, float],
-                      ready: asyncio.Event) -> None:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="latest", fetch_max_wait_ms=5)
-    await consumer.start()
-    try:
-        await consumer.getmany(timeout_ms=200)
-        ready.set()
-        while True:
-            batches = await consumer.getmany(timeout_ms=50)
-            now = time.time()
-            for messages in batches.values():
-                for message in messages:
-                    seen.setdefault(orjson.loads(message.value)["deployment"], now)
-    finally:
-        await consumer.stop()
 
 
 async def probe(receiver: str, names: list[str], per_second: float, seconds: float,
@@ -260,7 +243,7 @@ async def run_steps(pipeline: Pipeline, args: argparse.Namespace) -> list[Step]:
     seen: dict[str, float] = {}
     ready = asyncio.Event()
     tail = asyncio.ensure_future(tail_alerts(bootstrap, f"{pipeline.namespace}.alerts", seen,
-                                             ready))
+                                             ready.set, lambda: False, "latest"))
     await asyncio.wait_for(ready.wait(), 60)
     steps: list[Step] = []
     rate = args.start

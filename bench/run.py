@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.receiver import cli, start_broker  # noqa: E402
+from bench.report import machine, put_section  # noqa: E402
 
 GOALS = {"receiver": 0.9, "worker": 100_000, "sink": 0.7, "end_to_end": 50_000,
          "alert_p99_ms": 1000}
@@ -50,19 +50,10 @@ def stage(script: str, args: list[str], env: dict[str, str], out: Path) -> dict[
     return json.loads(out.read_text())
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_facts() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} cores ({cpu or platform.processor()}), {memory:.0f} GiB, "
-            f"{platform.system()} {platform.release()}, {platform.python_implementation()} "
-            f"{platform.python_version()}; Kafka broker on the same machine")
+    return (f"{machine()}, {memory:.0f} GiB, {platform.system()} {platform.release()}; "
+            "Kafka broker on the same machine")
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -97,20 +88,6 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
-
-
-def write_section(text: str) -> None:
-    path = REPO / "BENCHMARKS.md"
-    current = path.read_text()
-    section = f"## Summary\n\n{text}\n\n"
-    if re.search(r"^## Summary\n", current, flags=re.M):
-        # The summary ends where the next section of any level starts.
-        current = re.sub(r"^## Summary\n.*?(?=^##|\Z)", lambda _: section, current,
-                         flags=re.M | re.S)
-    else:
-        head, _, rest = current.partition("\n### ")
-        current = f"{head}\n{section}### {rest}" if rest else f"{current}\n{section}"
-    path.write_text(current)
 
 
 def main() -> None:
@@ -148,7 +125,7 @@ def main() -> None:
     text = "\n".join([
         f"Command: `{command}` ({time.strftime('%Y-%m-%d', time.gmtime())}, "
         f"{(time.monotonic() - started) / 60:.0f} min)  ",
-        f"Machine: {machine()}.",
+        f"Machine: {machine_facts()}.",
         "",
         table(results),
         "",
@@ -158,7 +135,7 @@ def main() -> None:
     print()
     print(text)
     if args.write:
-        write_section(text)
+        put_section("Summary", text, at_top=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,17 +45,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.receiver import cli, start_broker  # noqa: E402
+from bench.report import machine, put_section  # noqa: E402
 from bench.worker import (  # noqa: E402
     EVENTS_PER_BODY,
     BodyBuilder,
     cpu_seconds,
     delete_namespace_topics,
-    machine,
     tail,
 )
 from meterstream.config import DEFAULTS, Settings  # noqa: E402
 from meterstream.topics import Topics, ensure_topics, partition_counts  # noqa: E402
-from tests.support import free_port, wait_for  # noqa: E402
+from tests.support import free_port, stop_process, wait_for  # noqa: E402
 
 POLL_SECONDS = 0.1
 
@@ -281,13 +280,7 @@ def run_sink(env: dict[str, str], rows: int, workdir: Path) -> SinkResult:
         last = wait_for(polled(lambda _, done: done >= rows), timeout=1800,
                         what=f"the sink to store {rows} rows", interval=POLL_SECONDS)
     finally:
-        if sink.poll() is None:
-            sink.send_signal(signal.SIGTERM)
-            try:
-                sink.wait(60)
-            except subprocess.TimeoutExpired:
-                sink.kill()
-                sink.wait()
+        stop_process(sink)
     if last[0] != rows:
         raise RuntimeError(f"the sink stored {last[0]:.0f} rows of {rows}")
     return SinkResult(rows, last[1] - first[1], last[2] - first[2])
@@ -367,20 +360,6 @@ def table(result: SinkBenchmark, command: str, partitions: int, batch_rows: int)
     ]) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Puts `text` in BENCHMARKS.md's "## Sink" section, replacing an earlier one."""
-    path = REPO / "BENCHMARKS.md"
-    content = path.read_text()
-    section = f"## Sink\n\n{text}"
-    match = re.search(r"^## Sink\n.*?(?=^## |\Z)", content, flags=re.M | re.S)
-    if match:
-        content = content[:match.start()] + section + (
-            "\n" if match.end() < len(content) else "") + content[match.end():]
-    else:
-        content = content.rstrip("\n") + "\n\n" + section
-    path.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -422,7 +401,7 @@ def main() -> None:
                                          "raw_rows_per_s": result.arrow_rows_per_s,
                                          "command": command}))
     if args.write:
-        write_section(text)
+        put_section("Sink", text)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,9 +56,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.receiver import cli, start_broker  # noqa: E402
+from bench.report import machine, put_section  # noqa: E402
 from meterstream.config import Settings  # noqa: E402
 from meterstream.topics import Topics, ensure_topics  # noqa: E402
-from tests.support import convex_examples, free_port, wait_for  # noqa: E402
+from tests.support import convex_examples, free_port, stop_process, wait_for  # noqa: E402
 
 EVENTS_PER_BODY = 128
 HOUR_MS = 3_600_000
@@ -360,13 +359,7 @@ def run_worker(env: dict[str, str], messages: int,
                  what="the worker's committed offsets to reach the end of the topic",
                  interval=0.5)
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_process(worker)
     result = Result((messages - first.messages) * EVENTS_PER_BODY, last.at - first.at,
                     last.cpu_seconds - first.cpu_seconds)
     return result, last.samples
@@ -406,30 +399,6 @@ async def delete_namespace_topics(bootstrap: str, namespace: str) -> None:
 
 def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (f"{os.cpu_count()} cores ({model}), {platform.python_implementation()} "
-            f"{platform.python_version()}, {platform.machine()}")
-
-
-def write_section(table: str) -> None:
-    """Puts `table` in BENCHMARKS.md's "## Worker" section, replacing an earlier one."""
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    section = f"## Worker\n\n{table}"
-    match = re.search(r"^## Worker\n.*?(?=^## |\Z)", text, flags=re.M | re.S)
-    if match:
-        text = text[:match.start()] + section + ("\n" if match.end() < len(text) else "") \
-            + text[match.end():]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:
@@ -535,7 +504,7 @@ def main() -> None:
             "events_per_s": worker_eps,
             "cpu_s_per_m": median(worker_results, "cpu_s_per_m_events"), "command": command}))
     if args.write:
-        write_section(table)
+        put_section("Worker", table)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.signature import HEADER, sign
-from tests.support import REPO, free_port, meterstream, receiver_ready, wait_for
+from tests.support import (
+    REPO,
+    free_port,
+    meterstream,
+    receiver_ready,
+    stop_process,
+    wait_for,
+)
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -101,11 +108,5 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
         assert process.poll() is None, f"meterstream up exited:\n{pipeline.log_tail()}"
         yield pipeline
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         print(f"--- meterstream {command} log ({log}) ---\n{pipeline.log_tail(200)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +48,17 @@ def receiver_ready(base_url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """SIGTERM (graceful shutdown) if it still runs; SIGKILL when it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def meterstream(args: list[str], env: Mapping[str, str], timeout: float = 120,
