@@ -179,8 +179,10 @@ def main() -> None:
     broker_env, own_broker = start_broker()
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     port = free_port()
+    admin_port = free_port()
     env = {**broker_env, "METERSTREAM_NAMESPACE": namespace,
            "METERSTREAM_RECEIVER_PORT": str(port), "METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
+           "METERSTREAM_ADMIN_PORT": str(admin_port),
            "METERSTREAM_LOG_LEVEL": "warning",
            "METERSTREAM_MAX_IN_FLIGHT": str(max(256, args.connections * 4))}
     settings = Settings.from_env({**os.environ, **env})
@@ -194,7 +196,7 @@ def main() -> None:
     receiver_results: list[Result] = []
     try:
         wait_for(lambda: receiver_ready(base), timeout=60, what="the receiver to be ready")
-        register(base, payloads)
+        register(f"http://127.0.0.1:{admin_port}", payloads)
         # Warm both paths (connections, JIT-free but page cache and topic leaders).
         asyncio.run(run_raw(settings.kafka_bootstrap, raw_topic, payloads, 2, args.connections))
         asyncio.run(run_receiver(base + "/v1/convex/logs", payloads, 2, args.connections))

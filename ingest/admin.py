@@ -1,4 +1,6 @@
-"""The admin API of the deployment registry, served by every receiver replica.
+"""The admin API of the deployment registry, served by every receiver replica on its
+own listener (METERSTREAM_ADMIN_HOST:METERSTREAM_ADMIN_PORT, loopback by default), never
+on the public webhook port.
 
     PUT    /v1/deployments/{name}   create or update (omitted fields keep their value,
                                     null clears one); answers the record as stored
@@ -166,6 +168,12 @@ class AdminApi:
             record = updated(self.registry.get(name), name, changes)
         except InvalidDeployment as exc:
             return json_error(400, ADMIN, "invalid", "invalid deployment", fields=exc.fields)
+        token = changes.get("ingest_token")
+        owner = self.registry.token_owner(token) if isinstance(token, str) else None
+        if owner is not None and owner != name:
+            # A token names one deployment: the agent door finds the deployment by it.
+            return json_error(400, ADMIN, "invalid", "invalid deployment", fields={
+                "ingest_token": "is another deployment's ingest token"})
         failure = await self._write(name, record)
         return failure or web.json_response(record.public())
 

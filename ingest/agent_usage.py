@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 TOPIC = "agent_usage"
 MAX_ID_LENGTH = 200
 # Records stamped before 2020 or more than a day ahead are taken for unit mistakes (s vs ms).
@@ -22,10 +24,12 @@ Problems = list[dict[str, Any]]
 
 
 class InvalidRecords(ValueError):
-    """Records with bad fields; `problems` lists each as {index, field, problem}."""
+    """Records with bad fields; `problems` lists the first of them as {index, field, problem}
+    and `total` counts them all."""
 
-    def __init__(self, problems: Problems) -> None:
-        super().__init__(f"{len(problems)} invalid field(s)")
+    def __init__(self, problems: Problems, total: int | None = None) -> None:
+        self.total = len(problems) if total is None else total
+        super().__init__(f"{self.total} invalid field(s)")
         self.problems = problems
 
 
@@ -89,8 +93,12 @@ def _text(record: dict[str, Any], key: str, required: bool,
     return value
 
 
-def normalise(record: Any, now_ms: int) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-    """The normalised record, or None with the list of (field, problem)."""
+def normalise(record: Any, now_ms: int, default_deployment: str | None = None
+              ) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """The normalised record, or None with the list of (field, problem).
+
+    A record without `deployment` takes `default_deployment` when one is given (the
+    deployment whose ingest token sent it)."""
     problems: list[tuple[str, str]] = []
     if not isinstance(record, dict):
         return None, [("", "must be a JSON object")]
@@ -100,7 +108,10 @@ def normalise(record: Any, now_ms: int) -> tuple[dict[str, Any] | None, list[tup
         problems.append(("timestamp", "must be an integer (ms since the epoch)"))
     elif not EARLIEST_MS <= timestamp <= now_ms + FUTURE_SLACK_MS:
         problems.append(("timestamp", "must be in milliseconds, after 2020 and not in the future"))
-    deployment = _text(record, "deployment", True, problems, 128)
+    if record.get("deployment") is None and default_deployment is not None:
+        deployment: str | None = default_deployment
+    else:
+        deployment = _text(record, "deployment", True, problems, 128)
     user_id = _text(record, "userId", False, problems)
     thread_id = _text(record, "threadId", False, problems)
     agent_name = _text(record, "agentName", False, problems)
@@ -132,18 +143,59 @@ def normalise(record: Any, now_ms: int) -> tuple[dict[str, Any] | None, list[tup
     }, []
 
 
-def normalise_all(body: Any, now_ms: int) -> list[dict[str, Any]]:
-    """Validates one record or an array of them; raises InvalidRecords listing every problem."""
+def normalise_all(body: Any, now_ms: int, default_deployment: str | None = None,
+                  max_problems: int | None = None) -> list[dict[str, Any]]:
+    """Validates one record or an array of them; raises InvalidRecords listing the first
+    `max_problems` problems (all when None) and counting every one, so the answer to a
+    bad body stays small whatever the body."""
     records = body if isinstance(body, list) else [body]
     if not records:
         raise InvalidRecords([{"index": None, "field": "", "problem": "no records"}])
     normalised: list[dict[str, Any]] = []
     problems: Problems = []
+    total = 0
     for index, record in enumerate(records):
-        result, found = normalise(record, now_ms)
+        result, found = normalise(record, now_ms, default_deployment)
         if result is not None:
             normalised.append(result)
-        problems.extend({"index": index, "field": f, "problem": p} for f, p in found)
-    if problems:
-        raise InvalidRecords(problems)
+        total += len(found)
+        for field_name, problem in found:
+            if max_problems is None or len(problems) < max_problems:
+                problems.append({"index": index, "field": field_name, "problem": problem})
+    if total:
+        raise InvalidRecords(problems, total)
     return normalised
+
+
+class RecordTooLarge(ValueError):
+    """One normalised record is larger than a raw message may be."""
+
+    def __init__(self, index: int, size: int, budget: int) -> None:
+        super().__init__(f"record {index} is {size} bytes normalised; at most {budget}")
+        self.index = index
+
+
+def split_records(records: list[dict[str, Any]], budget: int) -> list[bytes]:
+    """The records as JSON arrays of at most `budget` bytes each, in order, as few as fit.
+
+    The receiver stores each array as one raw message, so a request whose normalised
+    records outgrow the producer's largest request is stored in several instead of
+    failing for good. Raises RecordTooLarge when one record alone exceeds the budget.
+    Each array's size is exactly 2 + the records' sizes + one comma between two.
+    """
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 2
+    for index, record in enumerate(records):
+        encoded = orjson.dumps(record)
+        if len(encoded) + 2 > budget:
+            raise RecordTooLarge(index, len(encoded), budget)
+        grown = size + len(encoded) + (1 if current else 0)
+        if current and grown > budget:
+            chunks.append(b"[" + b",".join(current) + b"]")
+            current, grown = [], 2 + len(encoded)
+        current.append(encoded)
+        size = grown
+    if current:
+        chunks.append(b"[" + b",".join(current) + b"]")
+    return chunks

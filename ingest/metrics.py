@@ -4,7 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "meterstream_receiver_requests_total",
-    "Webhook requests answered, by endpoint, status and reason.",
+    "Requests answered, by endpoint, status and reason; every cap that bites counts here "
+    "under its reason (too_large, too_many_records, encoding, ...).",
     ["endpoint", "status", "reason"],
 )
 EVENTS_ACCEPTED = Counter(
@@ -23,3 +24,15 @@ PRODUCE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 IN_FLIGHT = Gauge("meterstream_receiver_produces_in_flight", "Produces awaiting the broker.")
+BODIES_PARSED = Counter(
+    "meterstream_receiver_bodies_parsed_total",
+    "Request bodies parsed as JSON, by endpoint: only ever after the request was "
+    "authenticated (a refusal before that leaves this unchanged).",
+    ["endpoint"],
+)
+MESSAGES_STORED = Counter(
+    "meterstream_receiver_messages_stored_total",
+    "Raw messages stored, by endpoint; an agent request whose records exceed one message's "
+    "size is stored as several.",
+    ["endpoint"],
+)

@@ -173,7 +173,9 @@ class Provisioner:
                 log.info("the log stream was already gone", extra={"deployment": name})
         record = RegistryWriter.stamped(
             current, removed_at=_now(), webhook_secret=None, previous_webhook_secret=None,
-            previous_secret_until=0, secret_changing_until=0, log_stream_id=None)
+            previous_secret_until=0, secret_changing_until=0, log_stream_id=None,
+            # Its agents' token stops working too: no door stays open to a removed deployment.
+            ingest_token_sha256=None, allow_unsigned=False)
         await self.writer.write(name, record)
         log.info("deprovisioned", extra={"deployment": name})
         return record

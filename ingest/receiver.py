@@ -1,20 +1,31 @@
 """`meterstream receiver`: the only door into the pipeline.
 
+Public port (METERSTREAM_BIND_HOST:METERSTREAM_RECEIVER_PORT):
     POST /v1/convex/logs    Convex log-stream webhooks (JSON array or JSONL, signed)
     POST /v1/agent/usage    agent token usage records (Bearer: the deployment's ingest token)
-    /v1/deployments...      the registry's admin API (ingest/admin.py)
     GET  /healthz /readyz /metrics
+Admin port (METERSTREAM_ADMIN_HOST:METERSTREAM_ADMIN_PORT, loopback by default):
+    /v1/deployments...      the registry's admin API (ingest/admin.py), GET /healthz
 
 A body is answered 200 only after Kafka acknowledged it with acks=all. What
 is refused for good gets a 4xx, which makes Convex drop the batch; what may
 succeed later (Kafka away or slow, too many produces waiting, registry still
 loading) gets 503 or 429 with Retry-After, which Convex retries.
+
+Authentication comes first and no body is parsed before it: the agent door
+finds the deployment by the hash of its bearer token before it reads a byte
+of the body; the webhook door reads the (size-bounded) body, finds the
+deployment it claims by a byte search, verifies the HMAC over the raw bytes,
+and only then parses, checking that every event is that deployment's. Every
+message stored carries an `origin` header (b"webhook" or b"agent") saying
+which door it came through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 
 import orjson
@@ -22,12 +33,12 @@ from aiohttp import web
 
 from ingest import agent_usage, metrics, signature
 from ingest.admin import AdminApi, bearer, json_error
-from ingest.batch import BatchError, inspect_batch
+from ingest.batch import BatchError, check_batch, claimed_deployment
 from ingest.producer import Overloaded, Producer, Unavailable
 from ingest.provisioning import Provisioner
-from ingest.registry import RegistryView, RegistryWriter
+from ingest.registry import Deployment, RegistryView, RegistryWriter
 from meterstream.config import Settings
-from meterstream.service import healthz, metrics_page, start_site, stop_event
+from meterstream.service import ConnectionLimits, healthz, metrics_page, start_site, stop_event
 from meterstream.topics import Topics
 
 log = logging.getLogger("meterstream.receiver")
@@ -35,6 +46,42 @@ log = logging.getLogger("meterstream.receiver")
 CONVEX_LOGS = "/v1/convex/logs"
 AGENT_USAGE = "/v1/agent/usage"
 SHUTDOWN_SECONDS = 20.0
+ORIGIN = "origin"
+WEBHOOK_ORIGIN = b"webhook"
+AGENT_ORIGIN = b"agent"
+IDENTITY = ("", "identity")
+ADMIN_MAX_BODY = 1 << 20
+# HMAC key for bodies claiming a deployment that has no usable secret, so that every
+# refused body costs the same HMAC and the answer's timing tells no more than its text.
+_DECOY_SECRET = secrets.token_hex(32)
+UNAUTHENTICATED = ("the body is not signed with the webhook secret of a registered "
+                   "deployment that accepts it")
+
+
+def webhook_verdict(deployment: Deployment | None, body: bytes, header: str | None,
+                    now_ms: int) -> str:
+    """Whether a webhook body may be stored for the deployment it claims.
+
+    "ok", "secret_changing" (answered 503: Convex may sign with a secret not stored
+    yet), or the cause of a refusal: unknown, removed, unsigned_refused,
+    signature_missing, signature_invalid. Every refusal is answered alike (401
+    unauthenticated); the cause is only logged. A deployment with a secret (or one
+    being set) needs the signature; one without a secret takes unsigned bodies only if
+    it opted in with allow_unsigned.
+    """
+    if deployment is None or deployment.removed_at:
+        signature.verify(body, header or "", _DECOY_SECRET)
+        return "unknown" if deployment is None else "removed"
+    if deployment.webhook_secret is None and not deployment.secret_changing(now_ms):
+        if deployment.allow_unsigned:
+            return "ok"
+        signature.verify(body, header or "", _DECOY_SECRET)
+        return "unsigned_refused"
+    if header is not None and deployment.signature_matches(body, header, now_ms):
+        return "ok"
+    if deployment.secret_changing(now_ms):
+        return "secret_changing"
+    return "signature_missing" if header is None else "signature_invalid"
 
 
 class Receiver:
@@ -47,15 +94,25 @@ class Receiver:
         self.writer = RegistryWriter(registry, producer.store, topics.deployments.name)
         self.admin = AdminApi(settings.admin_token, registry, self.writer,
                               Provisioner(settings, registry, self.writer))
+        # What one raw message may hold: the producer's largest request is
+        # max_body_bytes + 64 KiB (ingest/producer.py), which leaves room for key and headers.
+        self.message_budget = settings.max_body_bytes
 
     def app(self) -> web.Application:
+        """The public port: the two ingest doors and the probes, nothing else."""
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post(CONVEX_LOGS, self.convex_logs)
         app.router.add_post(AGENT_USAGE, self.agent_usage)
-        self.admin.add_routes(app)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", metrics_page)
+        return app
+
+    def admin_app(self) -> web.Application:
+        """The admin port: the registry's admin API."""
+        app = web.Application(client_max_size=ADMIN_MAX_BODY)
+        self.admin.add_routes(app)
+        app.router.add_get("/healthz", healthz)
         return app
 
     async def readyz(self, _: web.Request) -> web.Response:
@@ -64,15 +121,26 @@ class Receiver:
                                  status=200 if all(checks.values()) else 503)
 
     async def _body(self, request: web.Request, endpoint: str) -> bytes | web.Response:
+        """The raw body, at most max_body_bytes of it; a response when it is refused.
+
+        A Content-Encoding other than identity is refused (415) before a byte is read:
+        aiohttp would inflate it, and a few KB of gzip could then fill the size limit."""
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in IDENTITY:
+            return json_error(415, endpoint, "encoding",
+                              "Content-Encoding is not supported; send the body uncompressed")
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return json_error(413, endpoint, "too_large", f"body exceeds {limit} bytes")
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return json_error(413, endpoint, "too_large",
-                              f"body exceeds {self.settings.max_body_bytes} bytes")
+            return json_error(413, endpoint, "too_large", f"body exceeds {limit} bytes")
 
-    async def _store(self, endpoint: str, key: str, value: bytes) -> web.Response | None:
+    async def _store(self, endpoint: str, key: str, value: bytes,
+                     origin: bytes) -> web.Response | None:
         """Stores one record in the raw topic; a response when it could not be stored."""
-        headers = [("received_at", str(int(time.time() * 1000)).encode())]
+        headers = [("received_at", str(int(time.time() * 1000)).encode()), (ORIGIN, origin)]
         try:
             await self.producer.store(self.raw_topic, key.encode(), value, headers)
         except Overloaded as exc:
@@ -81,47 +149,34 @@ class Receiver:
             log.warning("kafka did not store a body", extra={"key": key, "error": str(exc)})
             return json_error(503, endpoint, "kafka_unavailable",
                               "the body could not be stored; retry")
+        metrics.MESSAGES_STORED.labels(endpoint).inc()
         return None
 
     async def convex_logs(self, request: web.Request) -> web.Response:
         body = await self._body(request, CONVEX_LOGS)
         if isinstance(body, web.Response):
             return body
-        try:
-            batch = inspect_batch(body)
-        except BatchError as exc:
-            return json_error(400, CONVEX_LOGS, "malformed", exc.message, where=exc.where)
-        if not batch.deployments:
+        name = claimed_deployment(body)
+        if name is None:
             return json_error(400, CONVEX_LOGS, "no_deployment",
                               "no event names its deployment (convex.deployment_name)")
-        if len(batch.deployments) > 1:
-            return json_error(403, CONVEX_LOGS, "several_deployments",
-                              "a batch must come from one deployment; this one names "
-                              f"{len(batch.deployments)}")
-        (name,) = batch.deployments
         if not self.registry.loaded:
             return json_error(503, CONVEX_LOGS, "registry_loading", "the registry is loading")
-        deployment = self.registry.get(name)
-        if deployment is None:
-            return json_error(403, CONVEX_LOGS, "unregistered",
-                              f"deployment {name!r} is not registered")
-        now = int(time.time() * 1000)
-        if deployment.removed_at:
-            return json_error(403, CONVEX_LOGS, "removed",
-                              f"deployment {name!r} was deprovisioned")
-        if deployment.webhook_secret is not None or deployment.secret_changing(now):
-            header = request.headers.get(signature.HEADER)
-            if header is None or not deployment.signature_matches(body, header, now):
-                if deployment.secret_changing(now):
-                    # Convex may already sign with the secret about to be stored.
-                    return json_error(503, CONVEX_LOGS, "secret_changing",
-                                      "the deployment's webhook secret is being changed; retry")
-                if header is None:
-                    return json_error(401, CONVEX_LOGS, "signature_missing",
-                                      f"{signature.HEADER} is missing")
-                return json_error(401, CONVEX_LOGS, "signature_invalid",
-                                  f"{signature.HEADER} does not match the body")
-        failure = await self._store(CONVEX_LOGS, name, body)
+        verdict = webhook_verdict(self.registry.get(name), body,
+                                  request.headers.get(signature.HEADER),
+                                  int(time.time() * 1000))
+        if verdict == "secret_changing":
+            return json_error(503, CONVEX_LOGS, "secret_changing",
+                              "the deployment's webhook secret is being changed; retry")
+        if verdict != "ok":
+            log.info("webhook body refused", extra={"deployment": name, "cause": verdict})
+            return json_error(401, CONVEX_LOGS, "unauthenticated", UNAUTHENTICATED)
+        metrics.BODIES_PARSED.labels(CONVEX_LOGS).inc()
+        try:
+            batch = check_batch(body, name, self.settings.max_records_per_request)
+        except BatchError as exc:
+            return json_error(exc.status, CONVEX_LOGS, exc.reason, exc.message, where=exc.where)
+        failure = await self._store(CONVEX_LOGS, name, body, WEBHOOK_ORIGIN)
         if failure is not None:
             return failure
         metrics.REQUESTS.labels(CONVEX_LOGS, "200", "accepted").inc()
@@ -135,38 +190,58 @@ class Receiver:
         if token is None:
             return json_error(401, AGENT_USAGE, "unauthenticated",
                               "send Authorization: Bearer <the deployment's ingest token>")
+        if not self.registry.loaded:
+            return json_error(503, AGENT_USAGE, "registry_loading", "the registry is loading")
+        # Before a byte of the body is read: an unknown token costs one hash.
+        deployment = self.registry.by_token(token)
+        if deployment is None or deployment.removed_at:
+            return json_error(401, AGENT_USAGE, "unauthenticated",
+                              "not the ingest token of a registered deployment")
+        name = deployment.name
         body = await self._body(request, AGENT_USAGE)
         if isinstance(body, web.Response):
             return body
+        metrics.BODIES_PARSED.labels(AGENT_USAGE).inc()
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return json_error(400, AGENT_USAGE, "malformed", f"malformed JSON: {exc.msg}",
                               where=f"line {exc.lineno} column {exc.colno}")
+        limit = self.settings.max_records_per_request
+        if isinstance(parsed, list) and len(parsed) > limit:
+            return json_error(413, AGENT_USAGE, "too_many_records",
+                              f"{len(parsed)} records in one request; at most {limit}")
         try:
-            records = agent_usage.normalise_all(parsed, int(time.time() * 1000))
+            records = agent_usage.normalise_all(parsed, int(time.time() * 1000), name,
+                                                self.settings.max_problems)
         except agent_usage.InvalidRecords as exc:
             return json_error(400, AGENT_USAGE, "invalid", "invalid usage records",
-                              problems=exc.problems)
-        if not self.registry.loaded:
-            return json_error(503, AGENT_USAGE, "registry_loading", "the registry is loading")
-        by_deployment: dict[str, list[dict[str, object]]] = {}
-        for record in records:
-            by_deployment.setdefault(str(record["deployment"]), []).append(record)
-        for name in by_deployment:
-            deployment = self.registry.get(name)
-            if deployment is None or not deployment.accepts_token(token):
-                return json_error(403, AGENT_USAGE, "forbidden",
-                                  f"the token is not the ingest token of {name!r}")
-        # One message per deployment, keyed like its log-stream bodies.
-        for name, group in by_deployment.items():
-            failure = await self._store(AGENT_USAGE, name, orjson.dumps(group))
+                              problems=exc.problems, problem_count=exc.total)
+        foreign = next((r["deployment"] for r in records if r["deployment"] != name), None)
+        if foreign is not None:
+            return json_error(403, AGENT_USAGE, "forbidden",
+                              "a record names another deployment than the token's")
+        try:
+            messages = agent_usage.split_records(records, self.message_budget)
+        except agent_usage.RecordTooLarge as exc:
+            return json_error(413, AGENT_USAGE, "record_too_large", str(exc))
+        # Several messages when the records outgrow one: a failure part-way answers 503
+        # and the retry stores the same records again, which the worker drops by their
+        # (deployment, id) (processors/raw_processor.py), so none is counted twice.
+        for message in messages:
+            failure = await self._store(AGENT_USAGE, name, message, AGENT_ORIGIN)
             if failure is not None:
                 return failure
         metrics.REQUESTS.labels(AGENT_USAGE, "200", "accepted").inc()
         metrics.EVENTS_ACCEPTED.labels(agent_usage.TOPIC).inc(len(records))
         metrics.BYTES_ACCEPTED.labels(AGENT_USAGE).inc(len(body))
         return web.json_response({"accepted": len(records)})
+
+
+def limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(header=settings.header_timeout, body=settings.body_timeout,
+                            keepalive=settings.keepalive_timeout,
+                            max_connections=settings.max_connections)
 
 
 async def serve(settings: Settings) -> None:
@@ -178,16 +253,21 @@ async def serve(settings: Settings) -> None:
     registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
     producer.start()
     registry.start(after=producer.connected)
-    runner = await start_site(Receiver(settings, producer, registry, topics).app(),
-                              settings.bind_host, settings.receiver_port)
+    receiver = Receiver(settings, producer, registry, topics)
+    runner = await start_site(receiver.app(), settings.bind_host, settings.receiver_port,
+                              limits(settings))
+    admin_runner = await start_site(receiver.admin_app(), settings.admin_host,
+                                    settings.admin_port, limits(settings))
     log.info("receiver listening", extra={
         "url": f"http://{settings.bind_host}:{settings.receiver_port}{CONVEX_LOGS}",
+        "admin_url": f"http://{settings.admin_host}:{settings.admin_port}",
         "topic": topics.raw.name, "admin_api": bool(settings.admin_token)})
     try:
         await stop.wait()
         log.info("receiver stopping: finishing in-flight requests")
         # Stops accepting, then waits for the handlers still running.
         await runner.cleanup()
+        await admin_runner.cleanup()
     finally:
         await registry.stop()
         try:

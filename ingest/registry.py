@@ -32,7 +32,7 @@ log = logging.getLogger("meterstream.registry")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 OWNER_FIELDS = ("team", "project", "plan")
-FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels")
+FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels", "allow_unsigned")
 MIN_SECRET_LENGTH = 16
 
 
@@ -72,6 +72,9 @@ class Deployment:
     quotas: list[dict[str, Any]] = field(default_factory=list)
     """`Quota.to_json()` of each quota (processors/quotas.py), validated when stored; set
     only through `PUT /v1/deployments/{name}/quotas`, kept by every other update."""
+    allow_unsigned: bool = False
+    """Opted in to unsigned webhook bodies; matters only while it has no webhook secret
+    (a deployment with a secret always needs the signature)."""
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: everything but the secrets."""
@@ -87,6 +90,7 @@ class Deployment:
             "previous_secret_until": self.previous_secret_until or None,
             "removed_at": self.removed_at or None,
             "quotas": self.quotas,
+            "allow_unsigned": self.allow_unsigned,
             "updated_at": self.updated_at,
         }
 
@@ -139,6 +143,8 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
         value = changes.get(key)
         if value is not None and not (isinstance(value, str) and 0 < len(value) <= 200):
             problems[key] = "must be a string of 1 to 200 characters, or null"
+    if "allow_unsigned" in changes and not isinstance(changes["allow_unsigned"], bool):
+        problems["allow_unsigned"] = "must be true or false"
     labels = changes.get("labels")
     if labels is not None and not (
             isinstance(labels, dict)
@@ -159,6 +165,8 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
         values["ingest_token_sha256"] = None if token is None else token_digest(token)
     if "labels" in changes:
         values["labels"] = changes["labels"] or {}
+    if "allow_unsigned" in changes:
+        values["allow_unsigned"] = changes["allow_unsigned"]
     values["updated_at"] = int(time.time() * 1000)
     return Deployment(**values)
 
@@ -170,6 +178,8 @@ class RegistryView:
         self.bootstrap = bootstrap
         self.topic = topic
         self._deployments: dict[str, Deployment] = {}
+        self._by_token: dict[str, str] = {}
+        """sha256(ingest token) -> the deployment it belongs to."""
         self._loaded = asyncio.Event()
         self._position = 0
         self._advanced = asyncio.Condition()
@@ -184,6 +194,20 @@ class RegistryView:
 
     def get(self, name: str) -> Deployment | None:
         return self._deployments.get(name)
+
+    def by_token(self, token: str) -> Deployment | None:
+        """The deployment whose ingest token this is, in one hash lookup: the token is
+        hashed and its digest looked up, so no record is compared with the token itself."""
+        digest = token_digest(token)
+        deployment = self._deployments.get(self._by_token.get(digest, ""))
+        if deployment is None or deployment.ingest_token_sha256 is None:
+            return None
+        return deployment if hmac.compare_digest(deployment.ingest_token_sha256, digest) else None
+
+    def token_owner(self, token: str) -> str | None:
+        """The name of the deployment that has this ingest token, if any."""
+        deployment = self.by_token(token)
+        return None if deployment is None else deployment.name
 
     def all(self) -> list[Deployment]:
         return [self._deployments[name] for name in sorted(self._deployments)]
@@ -246,13 +270,26 @@ class RegistryView:
             return
         name = key.decode()
         if value is None:
+            self._index(name, None)
             self._deployments.pop(name, None)
             return
         try:
-            self._deployments[name] = Deployment.from_json(value)
+            record = Deployment.from_json(value)
         except (orjson.JSONDecodeError, TypeError) as exc:
             log.error("unreadable registry record skipped",
                       extra={"deployment": name, "error": str(exc)})
+            return
+        self._index(name, record)
+        self._deployments[name] = record
+
+    def _index(self, name: str, record: Deployment | None) -> None:
+        """Keeps `_by_token` in step: the old record's digest out, the new one's in."""
+        old = self._deployments.get(name)
+        if old is not None and old.ingest_token_sha256 is not None \
+                and self._by_token.get(old.ingest_token_sha256) == name:
+            del self._by_token[old.ingest_token_sha256]
+        if record is not None and record.ingest_token_sha256 is not None:
+            self._by_token[record.ingest_token_sha256] = name
 
 
 class RegistryWriter:

@@ -58,9 +58,29 @@ VARIABLES: tuple[Variable, ...] = (
              "(Convex retries them) instead of growing memory."),
     Variable("METERSTREAM_ADMIN_TOKEN", "",
              "Bearer token of the admin API (/v1/deployments); empty disables the admin API."),
+    Variable("METERSTREAM_ADMIN_HOST", "127.0.0.1",
+             "Address the receiver's admin API (/v1/deployments) listens on, apart from the "
+             "public webhook port; loopback by default."),
+    Variable("METERSTREAM_ADMIN_PORT", "8688", "Port of the receiver's admin API."),
     Variable("METERSTREAM_ADMIN_URL", "",
              "Where `meterstream deployments` reaches the admin API; empty means "
-             "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT>."),
+             "http://<METERSTREAM_ADMIN_HOST>:<METERSTREAM_ADMIN_PORT>."),
+    Variable("METERSTREAM_MAX_RECORDS_PER_REQUEST", "1000",
+             "Most webhook events or agent usage records one request may carry (Convex sends "
+             "at most 128); more get 413."),
+    Variable("METERSTREAM_MAX_PROBLEMS", "20",
+             "Most problems a 400 answer lists; the answer also gives their total count."),
+    Variable("METERSTREAM_HEADER_TIMEOUT", "10",
+             "Seconds a client has, from its request's first byte, to send the whole request "
+             "line and headers; a slower one is cut off."),
+    Variable("METERSTREAM_BODY_TIMEOUT", "30",
+             "Seconds a client has, after its headers, to send the whole body; a slower one "
+             "is cut off."),
+    Variable("METERSTREAM_KEEPALIVE_TIMEOUT", "15",
+             "Seconds an idle keep-alive connection is kept open between requests."),
+    Variable("METERSTREAM_MAX_CONNECTIONS", "1024",
+             "Open connections the receiver's public port holds at once; beyond it a new "
+             "connection gets 503 and is closed."),
     Variable("METERSTREAM_PUBLIC_URL", "",
              "This meterstream's receiver as Convex reaches it, e.g. https://metering.example.com; "
              "provisioning points log streams at <it>/v1/convex/logs. Empty means "
@@ -172,6 +192,14 @@ class Settings:
     log_level: str
     price_book: Path | None = None
     """None: the price book shipped with meterstream."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8688
+    max_records_per_request: int = 1000
+    max_problems: int = 20
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 15.0
+    max_connections: int = 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -210,7 +238,8 @@ class Settings:
                                      env.get("METERSTREAM_ADMIN_TOKEN", "").strip()),
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
                                  env.get("METERSTREAM_ADMIN_URL", "").strip(),
-                                 raw("METERSTREAM_RECEIVER_PORT")),
+                                 raw("METERSTREAM_ADMIN_PORT"),
+                                 _loopback(raw("METERSTREAM_ADMIN_HOST"))),
             public_url=_admin_url("METERSTREAM_PUBLIC_URL",
                                   env.get("METERSTREAM_PUBLIC_URL", "").strip(),
                                   raw("METERSTREAM_RECEIVER_PORT")),
@@ -246,6 +275,21 @@ class Settings:
                               ("debug", "info", "warning", "error")),
             price_book=_file("METERSTREAM_PRICE_BOOK",
                              env.get("METERSTREAM_PRICE_BOOK", "").strip()),
+            admin_host=_host("METERSTREAM_ADMIN_HOST", raw("METERSTREAM_ADMIN_HOST")),
+            admin_port=_port("METERSTREAM_ADMIN_PORT", raw("METERSTREAM_ADMIN_PORT")),
+            max_records_per_request=_number("METERSTREAM_MAX_RECORDS_PER_REQUEST",
+                                            raw("METERSTREAM_MAX_RECORDS_PER_REQUEST"),
+                                            int, 1, 1_000_000),
+            max_problems=_number("METERSTREAM_MAX_PROBLEMS", raw("METERSTREAM_MAX_PROBLEMS"),
+                                 int, 1, 10_000),
+            header_timeout=_number("METERSTREAM_HEADER_TIMEOUT",
+                                   raw("METERSTREAM_HEADER_TIMEOUT"), float, 0.05, 3600.0),
+            body_timeout=_number("METERSTREAM_BODY_TIMEOUT", raw("METERSTREAM_BODY_TIMEOUT"),
+                                 float, 0.05, 3600.0),
+            keepalive_timeout=_number("METERSTREAM_KEEPALIVE_TIMEOUT",
+                                      raw("METERSTREAM_KEEPALIVE_TIMEOUT"), float, 0.05, 3600.0),
+            max_connections=_number("METERSTREAM_MAX_CONNECTIONS",
+                                    raw("METERSTREAM_MAX_CONNECTIONS"), int, 1, 1_000_000),
         )
 
     def __post_init__(self) -> None:
@@ -341,10 +385,17 @@ def _admin_token(name: str, value: str) -> str:
     return value
 
 
-def _admin_url(name: str, value: str, receiver_port: str) -> str:
+def _admin_url(name: str, value: str, port: str, host: str = "127.0.0.1") -> str:
     if not value:
-        return f"http://127.0.0.1:{receiver_port}"
+        return f"http://{host}:{port}"
     return _http_url(name, value)
+
+
+def _loopback(host: str) -> str:
+    """The address a local client dials for a server listening on `host`."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _http_url(name: str, value: str) -> str:

@@ -36,6 +36,9 @@ def add_parser(commands: Any) -> None:
     put.add_argument("--plan")
     put.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                      help="a label; repeat for several (replaces all labels)")
+    put.add_argument("--allow-unsigned", action=argparse.BooleanOptionalAction, default=None,
+                     help="take unsigned webhook bodies while the deployment has no webhook "
+                          "secret (off unless given; --no-allow-unsigned turns it off)")
     delete = actions.add_parser("delete", help="remove a deployment from the registry")
     delete.add_argument("name")
     actions.add_parser("quotas", help="a deployment's quotas").add_argument("name")
@@ -91,6 +94,8 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
                        ("team", args.team), ("project", args.project), ("plan", args.plan)):
         if value is not None:
             body[key] = value
+    if getattr(args, "allow_unsigned", None) is not None:
+        body["allow_unsigned"] = args.allow_unsigned
     if args.label:
         pairs = [label.partition("=") for label in args.label]
         if any(not key or not sep for key, sep, _ in pairs):

@@ -1,12 +1,50 @@
-"""What every long-running service shares: stop on SIGTERM/SIGINT, and an HTTP server."""
+"""What every long-running service shares: stop on SIGTERM/SIGINT, and an HTTP server
+whose connections are bounded in number and in time.
+
+aiohttp bounds a body's size but not how long a client may take to send its
+headers or its body, so a client trickling one byte a second holds a
+connection (and the buffer behind it) for as long as it likes. `start_site`
+with `ConnectionLimits` wraps each of aiohttp's per-connection protocols in a
+`_Guard` that watches the connection through three phases and closes it when
+one overruns:
+
+    idle     no request under way (after connecting, after a response): at most
+             `keepalive` seconds until the next request's first byte
+    headers  from that first byte until aiohttp hands the parsed request to the
+             application: at most `header` seconds
+    body     from then until the body has been received in full: at most `body`
+             seconds; once it is in, the handler's own time is not limited here
+
+Connections beyond `max_connections` are answered 503 and closed at once,
+before aiohttp sees a byte of them. Each cut is counted in
+`meterstream_http_connections_cut_total{reason}`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+CONNECTIONS_CUT = Counter(
+    "meterstream_http_connections_cut_total",
+    "Connections an HTTP server closed because a limit bit: header_timeout, body_timeout, "
+    "idle_timeout, too_many_connections.",
+    ["reason"],
+)
+CONNECTIONS_OPEN = Gauge("meterstream_http_connections_open",
+                         "Connections open on this process's guarded HTTP servers.")
+
+TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 22\r\n\r\n"
+            b"too many connections\r\n")
+TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
+             b"Connection: close\r\nContent-Length: 18\r\n\r\nrequest too slow\r\n")
 
 
 def stop_event() -> asyncio.Event:
@@ -28,9 +66,193 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Starts serving `app` on host:port; `await runner.cleanup()` stops it gracefully."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Bounds on one server's connections (seconds, count)."""
+
+    header: float = 10.0
+    body: float = 30.0
+    keepalive: float = 15.0
+    max_connections: int = 1024
+
+
+class _Guard(asyncio.Protocol):
+    """One connection: delegates everything to aiohttp's protocol and keeps a deadline.
+
+    Exactly one timer is pending while the connection is open: the deadline of
+    the phase it is in (see the module docstring). A request entering the
+    application moves it to `body`; its handler returning moves it to `idle`; a
+    byte arriving while `idle` moves it to `headers`. The timer firing closes
+    the connection unless the phase has no limit left (body fully received).
+    """
+
+    def __init__(self, watchdog: _Watchdog) -> None:
+        self.watchdog = watchdog
+        self.inner: Any = None
+        self.transport: asyncio.Transport | None = None
+        self.phase = "idle"
+        self.timer: asyncio.TimerHandle | None = None
+        self.request: web.BaseRequest | None = None
+        self.refused = False
+
+    # asyncio.Protocol, delegated
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        watchdog = self.watchdog
+        if watchdog.open >= watchdog.limits.max_connections:
+            self.refused = True
+            CONNECTIONS_CUT.labels("too_many_connections").inc()
+            transport.write(TOO_MANY)
+            transport.close()
+            return
+        watchdog.open += 1
+        CONNECTIONS_OPEN.inc()
+        self.inner = watchdog.server()
+        watchdog.guards[self.inner] = self
+        self.inner.connection_made(transport)
+        self._enter("idle")
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.phase == "idle":
+            self._enter("headers")
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.refused:
+            return None
+        return bool(self.inner.eof_received())
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        if self.refused:
+            return
+        self.watchdog.open -= 1
+        CONNECTIONS_OPEN.dec()
+        self.watchdog.guards.pop(self.inner, None)
+        self.request = None
+        self.inner.connection_lost(exc)
+
+    # phases
+
+    def request_started(self, request: web.BaseRequest) -> None:
+        self.request = request
+        self._enter("body")
+
+    def request_finished(self) -> None:
+        self.request = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._enter("idle")
+
+    def _enter(self, phase: str) -> None:
+        self._cancel()
+        self.phase = phase
+        limits = self.watchdog.limits
+        seconds = {"idle": limits.keepalive, "headers": limits.header, "body": limits.body}[phase]
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.phase == "body":
+            request = self.request
+            if request is None or request.content.is_eof():
+                return  # the body is in; the handler's time is its own business
+            CONNECTIONS_CUT.labels("body_timeout").inc()
+            transport.abort()
+            return
+        if self.phase == "headers":
+            CONNECTIONS_CUT.labels("header_timeout").inc()
+            transport.write(TIMED_OUT)
+            transport.close()
+            return
+        CONNECTIONS_CUT.labels("idle_timeout").inc()
+        transport.close()
+
+
+class _Watchdog:
+    """The protocol factory handed to the event loop instead of aiohttp's own."""
+
+    def __init__(self, server: Callable[[], Any], limits: ConnectionLimits) -> None:
+        self.server = server
+        self.limits = limits
+        self.open = 0
+        self.guards: dict[Any, _Guard] = {}
+
+    def __call__(self) -> _Guard:
+        return _Guard(self)
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        guard = self.guards.get(request.protocol)
+        if guard is None:
+            return await handler(request)
+        guard.request_started(request)
+        try:
+            return await handler(request)
+        finally:
+            guard.request_finished()
+
+
+class _GuardedSite(web.BaseSite):
+    """A TCP site whose connections pass through a `_Watchdog`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int,
+                 watchdog: _Watchdog) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._watchdog = watchdog
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._watchdog, self._host, self._port,
+                                                reuse_address=True)
+
+
+async def start_site(app: web.Application, host: str, port: int,
+                     limits: ConnectionLimits | None = None) -> web.AppRunner:
+    """Starts serving `app` on host:port; `await runner.cleanup()` stops it gracefully.
+
+    With `limits`, every connection is bounded as the module docstring says."""
+    if limits is None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        return runner
+    watchdog = _Watchdog(lambda: None, limits)
+    app.middlewares.insert(0, watchdog.middleware)
+    # aiohttp's own keep-alive timer, as a second line behind the watchdog's.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=limits.keepalive)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    server = runner.server
+    assert server is not None
+    watchdog.server = server
+    await _GuardedSite(runner, host, port, watchdog).start()
     return runner

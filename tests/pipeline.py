@@ -39,8 +39,10 @@ class Pipeline:
         return self.env["METERSTREAM_NAMESPACE"]
 
     def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.env['METERSTREAM_RECEIVER_PORT']}{path}"
+                headers: dict[str, str] | None = None,
+                port_variable: str = "METERSTREAM_RECEIVER_PORT") -> tuple[int, bytes]:
+        """A request to the public port (or to the port of `port_variable`)."""
+        url = f"http://127.0.0.1:{self.env[port_variable]}{path}"
         request = urllib.request.Request(url, data=body, method=method, headers={
             "Content-Type": "application/json", **(headers or {})})
         try:
@@ -57,12 +59,23 @@ class Pipeline:
 
     def admin(self, method: str, path: str, body: dict | None = None,
               token: str = ADMIN_TOKEN) -> tuple[int, dict]:
+        """A request to the admin API, on its own port."""
         status, answer = self.request(method, path,
                                       None if body is None else json.dumps(body).encode(),
-                                      {"Authorization": f"Bearer {token}"})
+                                      {"Authorization": f"Bearer {token}"},
+                                      port_variable="METERSTREAM_ADMIN_PORT")
         return status, json.loads(answer or b"null")
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['METERSTREAM_ADMIN_PORT']}"
+
     def register(self, name: str, **fields: object) -> dict:
+        """PUTs the deployment's record. One registered without a webhook secret is opted in
+        to unsigned bodies (as the tests' unsigned posts need) unless `allow_unsigned` is
+        given."""
+        if "webhook_secret" not in fields:
+            fields.setdefault("allow_unsigned", True)
         status, answer = self.admin("PUT", f"/v1/deployments/{name}", dict(fields))
         assert status == 200, answer
         return answer
@@ -89,6 +102,7 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
         "METERSTREAM_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
         "METERSTREAM_DATA_DIR": str(workdir / "ms"),
         "METERSTREAM_RECEIVER_PORT": str(free_port()),
+        "METERSTREAM_ADMIN_PORT": str(free_port()),
         "METERSTREAM_WORKER_PORT": str(free_port()),
         "METERSTREAM_SINK_PORT": str(free_port()),
         "METERSTREAM_SINK_BATCH_SECONDS": "0.2",

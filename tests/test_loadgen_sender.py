@@ -93,7 +93,8 @@ def _load(stand_in: StandIn, **options: Any) -> LoadResult:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
             settings = Settings.from_env({"METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
-                                          "METERSTREAM_RECEIVER_PORT": str(port)})
+                                          "METERSTREAM_RECEIVER_PORT": str(port),
+                                          "METERSTREAM_ADMIN_PORT": str(port)})
             return await run_load(LoadOptions(**{
                 "deployments": 4, "users": 3, "seed": 9, "connections": 4,
                 "backoff": 0.01, **options}), settings, stand_in.stop)

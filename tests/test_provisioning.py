@@ -55,7 +55,7 @@ def _events(name: str) -> list[dict]:
 
 def _cli(pipeline: Pipeline, *args: str, check: bool = True):
     env = {"METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
-           "METERSTREAM_RECEIVER_PORT": pipeline.env["METERSTREAM_RECEIVER_PORT"],
+           "METERSTREAM_ADMIN_PORT": pipeline.env["METERSTREAM_ADMIN_PORT"],
            "DEPLOY_KEY": DEPLOY_KEY}
     return meterstream(["deployments", *args, "--deploy-key-env", "DEPLOY_KEY"], env,
                        check=check)

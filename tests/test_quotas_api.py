@@ -376,7 +376,7 @@ def test_a_running_replica_and_a_fresh_view_see_the_quotas(
 
 def _cli_env(receiver: Pipeline) -> dict[str, str]:
     return {"METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
-            "METERSTREAM_RECEIVER_PORT": receiver.env["METERSTREAM_RECEIVER_PORT"]}
+            "METERSTREAM_ADMIN_PORT": receiver.env["METERSTREAM_ADMIN_PORT"]}
 
 
 @KAFKA

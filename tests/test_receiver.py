@@ -183,7 +183,7 @@ def test_a_second_replica_shares_the_registry(receiver: Pipeline, kafka_bootstra
 
 def test_the_cli_mirrors_the_admin_api(receiver: Pipeline) -> None:
     env = {"METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
-           "METERSTREAM_RECEIVER_PORT": receiver.env["METERSTREAM_RECEIVER_PORT"],
+           "METERSTREAM_ADMIN_PORT": receiver.env["METERSTREAM_ADMIN_PORT"],
            "CLI_SECRET": "cli-secret-0123456789abc"}
     put = meterstream(["deployments", "put", "from-cli-1", "--webhook-secret-env", "CLI_SECRET",
                        "--team", "cli", "--label", "a=b"], env)
