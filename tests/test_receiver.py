@@ -59,40 +59,42 @@ def test_the_reference_verification_request_is_accepted(receiver: Pipeline) -> N
     assert (status, orjson.loads(answer)) == (200, {"accepted": 1})
 
 
-@pytest.mark.parametrize(("signature", "reason"), [
-    (None, "signature_missing"),
-    ("sha256=" + "0" * 64, "signature_invalid"),
-    ("feffd8e3e74f50cc21677bf9ab0b9be0002490101f5beed48c275c104a796ea5", "signature_invalid"),
+@pytest.mark.parametrize("signature", [
+    None, "sha256=" + "0" * 64,
+    "feffd8e3e74f50cc21677bf9ab0b9be0002490101f5beed48c275c104a796ea5",
 ])
-def test_a_missing_or_wrong_signature_is_401(receiver: Pipeline, signature: str | None,
-                                             reason: str) -> None:
+def test_a_missing_or_wrong_signature_is_401(receiver: Pipeline, signature: str | None) -> None:
     headers = {"x-webhook-signature": signature} if signature else {}
     status, answer = receiver.post(orjson.dumps(_events()), headers=headers)
-    assert (status, _reason(answer)) == (401, reason)
+    assert (status, _reason(answer)) == (401, "unauthenticated")
 
 
 def test_the_signature_of_another_body_is_401(receiver: Pipeline) -> None:
     status, answer = receiver.post(orjson.dumps(_events()),
                                    headers={"x-webhook-signature": VECTOR["header"]})
-    assert (status, _reason(answer)) == (401, "signature_invalid")
+    assert (status, _reason(answer)) == (401, "unauthenticated")
 
 
-def test_unregistered_and_mixed_deployments_are_403(receiver: Pipeline) -> None:
+def test_unregistered_is_401_and_mixed_deployments_are_403(receiver: Pipeline) -> None:
     status, answer = receiver.post(orjson.dumps(_events("stranger-42")), SECRET)
-    assert (status, _reason(answer)) == (403, "unregistered")
+    assert (status, _reason(answer)) == (401, "unauthenticated")
     mixed = _events() + _events("legacy-unsigned-1")
     status, answer = receiver.post(orjson.dumps(mixed), SECRET)
     assert (status, _reason(answer)) == (403, "several_deployments")
 
 
-def test_a_deployment_without_secret_takes_unsigned_batches(receiver: Pipeline) -> None:
+def test_a_deployment_without_secret_that_opted_in_takes_unsigned_batches(
+        receiver: Pipeline) -> None:
+    assert receiver.admin("GET", "/v1/deployments/legacy-unsigned-1")[1]["allow_unsigned"]
     status, _ = receiver.post(orjson.dumps(_events("legacy-unsigned-1")))
     assert status == 200
 
 
 @pytest.mark.parametrize(("body", "status", "reason"), [
-    (b'[{"topic": "console", ', 400, "malformed"),
-    (b"", 400, "malformed"),
+    (b'[{"topic": "console", "convex": {"deployment_name": "legacy-unsigned-1"}, ', 400,
+     "malformed"),
+    (b'{"convex": {"deployment_name": "legacy-unsigned-1"}}\n[', 400, "malformed"),
+    (b"", 400, "no_deployment"),
     (b'[{"topic": "console"}]', 400, "no_deployment"),
     (b"[" + b" " * MAX_BODY + b"]", 413, "too_large"),
 ])
@@ -120,9 +122,16 @@ def test_refusals_are_counted_by_reason(receiver: Pipeline) -> None:
                           rb'reason="' + reason.encode() + rb'",status="\d+"\} (\S+)', page)
         return float(match.group(1)) if match else 0.0
 
-    before = count("signature_invalid")
+    before = count("unauthenticated")
     receiver.post(orjson.dumps(_events()), headers={"x-webhook-signature": "sha256=00"})
-    assert count("signature_invalid") == before + 1
+    assert count("unauthenticated") == before + 1
+
+
+def test_the_public_port_does_not_serve_the_admin_api(receiver: Pipeline) -> None:
+    status, _ = receiver.request("GET", "/v1/deployments",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert status == 404
+    assert receiver.admin("GET", "/v1/deployments")[0] == 200
 
 
 def test_admin_api_needs_the_token(receiver: Pipeline) -> None:
@@ -164,7 +173,7 @@ def test_put_changes_only_what_it_names_and_delete_refuses_later_batches(
     assert receiver.post(orjson.dumps(_events("short-lived-7")), secret)[0] == 200
     assert receiver.admin("DELETE", "/v1/deployments/short-lived-7")[0] == 200
     status, answer = receiver.post(orjson.dumps(_events("short-lived-7")), secret)
-    assert (status, _reason(answer)) == (403, "unregistered")
+    assert (status, _reason(answer)) == (401, "unauthenticated")
     assert receiver.admin("DELETE", "/v1/deployments/short-lived-7")[0] == 404
 
 
@@ -205,7 +214,7 @@ def _usage(receiver: Pipeline, body: object, token: str | None = INGEST_TOKEN
 
 def test_agent_usage_needs_the_deployments_ingest_token(receiver: Pipeline) -> None:
     assert _usage(receiver, AI_SDK, token=None)[0] == 401
-    assert _usage(receiver, AI_SDK, token="not-the-token-at-all")[0] == 403
+    assert _usage(receiver, AI_SDK, token="not-the-token-at-all")[0] == 401
     other = {**AI_SDK, "deployment": "legacy-unsigned-1"}
     assert _usage(receiver, [AI_SDK, other])[0] == 403
 
