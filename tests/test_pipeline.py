@@ -97,9 +97,11 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
             accepted.append(orjson.loads(answer)["accepted"])
         assert accepted == [5, 5, 5, 5, 5, 5, 5, 3]
 
-        status, answer = pipeline.post(b'[{"topic": "function_execution",', secret)
+        # Signed, so it is parsed (a body is parsed only after its signature verified).
+        status, answer = pipeline.post(b'[{"convex": {"deployment_name": "happy-otter-123"}, '
+                                       b'"topic": "function_execution",', secret)
         assert status == 400
-        assert orjson.loads(answer)["where"] == "line 1 column 33"
+        assert orjson.loads(answer)["where"] == "line 1 column 83"
 
         landed = functions * 4 + [functions[2]]
         expected_rows, expected_totals = len(landed), _totals(landed)
