@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ingest.agent_usage import InvalidRecords, normalise_all
+from ingest.agent_usage import InvalidRecords, RecordTooLarge, normalise_all, split_records
 
 NOW = 1_755_820_900_000
 
@@ -81,3 +85,40 @@ def test_every_bad_field_is_listed() -> None:
 def test_an_empty_array_is_refused() -> None:
     with pytest.raises(InvalidRecords):
         normalise_all([], NOW)
+
+
+def test_a_record_without_deployment_takes_the_tokens() -> None:
+    unnamed = {k: v for k, v in AI_SDK.items() if k != "deployment"}
+    (record,) = normalise_all(unnamed, NOW, "token-owner-1")
+    assert record["deployment"] == "token-owner-1"
+    (named,) = normalise_all(AI_SDK, NOW, "token-owner-1")
+    assert named["deployment"] == "happy-otter-123"  # kept: the receiver refuses it (403)
+    with pytest.raises(InvalidRecords):
+        normalise_all(unnamed, NOW)
+
+
+def test_the_problems_listed_are_bounded_and_counted() -> None:
+    with pytest.raises(InvalidRecords) as error:
+        normalise_all([1] * 500 + [{**AI_SDK, "model": ""}], NOW, max_problems=7)
+    assert (len(error.value.problems), error.value.total) == (7, 501)
+    assert [p["index"] for p in error.value.problems] == list(range(7))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=40),
+       budget=st.integers(320, 2000))
+def test_split_records_keeps_every_record_in_order_within_the_budget(
+        sizes: list[int], budget: int) -> None:
+    records = [{"id": str(i), "pad": "x" * size} for i, size in enumerate(sizes)]
+    chunks = split_records(records, budget)
+    assert all(len(chunk) <= budget for chunk in chunks)
+    assert [r for chunk in chunks for r in orjson.loads(chunk)] == records
+    # As few as fit: no two neighbours would have fitted together.
+    for left, right in itertools.pairwise(chunks):
+        assert len(left) + len(right) - 1 > budget
+
+
+def test_a_record_larger_than_the_budget_is_refused() -> None:
+    with pytest.raises(RecordTooLarge) as error:
+        split_records([{"id": "a"}, {"id": "b", "pad": "x" * 500}], 300)
+    assert error.value.index == 1
