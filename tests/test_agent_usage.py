@@ -106,7 +106,7 @@ def test_the_problems_listed_are_bounded_and_counted() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=40),
-       budget=st.integers(320, 2000))
+       budget=st.integers(330, 2000))
 def test_split_records_keeps_every_record_in_order_within_the_budget(
         sizes: list[int], budget: int) -> None:
     records = [{"id": str(i), "pad": "x" * size} for i, size in enumerate(sizes)]
