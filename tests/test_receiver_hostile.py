@@ -399,6 +399,11 @@ def test_a_client_trickling_its_body_is_cut_off(receiver: Pipeline, kafka_bootst
 
 @KAFKA
 def test_connections_beyond_the_limit_get_503(receiver: Pipeline) -> None:
+    # Earlier tests' connections are closed, but the server may not have seen it yet:
+    # wait until the only one open is the one asking (or it is refused: then not yet).
+    wait_for(lambda: _sample(receiver.request("GET", "/metrics")[1],
+                             "meterstream_http_connections_open") == 1,
+             timeout=30, what="the earlier connections to be closed")
     held = []
     try:
         # Each proven accepted by an answer on it, then left open (keep-alive).
