@@ -36,3 +36,8 @@ MESSAGES_STORED = Counter(
     "size is stored as several.",
     ["endpoint"],
 )
+PROBLEMS_TRUNCATED = Counter(
+    "meterstream_receiver_problems_truncated_total",
+    "400 answers that listed only the first METERSTREAM_MAX_PROBLEMS of their problems.",
+    ["endpoint"],
+)

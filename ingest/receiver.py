@@ -215,6 +215,8 @@ class Receiver:
             records = agent_usage.normalise_all(parsed, int(time.time() * 1000), name,
                                                 self.settings.max_problems)
         except agent_usage.InvalidRecords as exc:
+            if exc.total > len(exc.problems):
+                metrics.PROBLEMS_TRUNCATED.labels(AGENT_USAGE).inc()
             return json_error(400, AGENT_USAGE, "invalid", "invalid usage records",
                               problems=exc.problems, problem_count=exc.total)
         foreign = next((r["deployment"] for r in records if r["deployment"] != name), None)

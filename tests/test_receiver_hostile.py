@@ -327,8 +327,11 @@ def test_too_many_records_are_413_on_both_doors(receiver: Pipeline) -> None:
 
 @KAFKA
 def test_a_400_lists_the_first_problems_and_counts_them_all(receiver: Pipeline) -> None:
+    truncated = _sample(_metrics(receiver), "meterstream_receiver_problems_truncated_total")
     status, answer = _usage(receiver, orjson.dumps([1] * 1000))
     problems = orjson.loads(answer)
+    assert _sample(_metrics(receiver), "meterstream_receiver_problems_truncated_total") == \
+        truncated + 1
     assert status == 400
     assert (len(problems["problems"]), problems["problem_count"]) == (20, 1000)
     assert len(answer) < 4096
