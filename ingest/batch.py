@@ -6,8 +6,8 @@ the format is told from the body itself.
 
 The body is not parsed until its signature is verified: `claimed_deployment`
 finds the deployment whose secret to verify with by a bounded byte search,
-and `check_batch` then parses the authenticated body and checks that every
-event names that same deployment.
+and `check_batch` then parses the authenticated body and checks that no event
+names another deployment.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def claimed_deployment(body: bytes) -> str | None:
     Work is one bounded scan of the bytes. The result is only a claim: it says
     whose secret to verify the signature with. A crafted key such as
     `"x\\"deployment_name"` can make the scan find a name the parse would not,
-    which is why `check_batch` checks after parsing that every event names the
-    claimed deployment: a body can only ever be billed to the deployment whose
+    which is why `check_batch` checks after parsing that no event names another
+    deployment than the claimed one: a body can only ever be billed to the deployment whose
     secret signed it (or that opted in to unsigned bodies).
     """
     at = body.find(KEY)
@@ -133,9 +133,10 @@ def check_batch(body: bytes, deployment: str, max_events: int) -> BatchInfo:
     """Parses an authenticated body and checks that each event is one of `deployment`'s.
 
     Raises BatchError: malformed (400), more than `max_events` (413), an event that
-    names no deployment (400 no_deployment) or another one (403 several_deployments),
-    an `agent_usage` event (400 wrong_door: token usage comes only through
-    /v1/agent/usage, with the deployment's ingest token)."""
+    names another deployment (403 several_deployments), an `agent_usage` event (400
+    wrong_door: token usage comes only through /v1/agent/usage, with the deployment's
+    ingest token). So whatever the body holds, nothing in it is counted for a deployment
+    other than the one whose secret signed it (or that opted in to unsigned bodies)."""
     events = parse_events(body, max_events)
     topics: dict[str, int] = {}
     for index, event in enumerate(events):
@@ -149,10 +150,11 @@ def check_batch(body: bytes, deployment: str, max_events: int) -> BatchInfo:
         if topic == AGENT_USAGE:
             raise BatchError("agent_usage events are taken only from /v1/agent/usage",
                              f"event {index}", "wrong_door")
-        if not isinstance(name, str) or not name:
-            raise BatchError("every event must name its deployment (convex.deployment_name)",
-                             f"event {index}", "no_deployment")
-        if name != deployment:
+        # An event that names no deployment (or is no event at all) cannot bill anyone:
+        # it is stored with the others and the worker dead-letters it, so that one odd
+        # event does not make Convex drop the whole batch. One naming another deployment
+        # could bill it with a body it did not sign: the batch is refused.
+        if isinstance(name, str) and name and name != deployment:
             raise BatchError("a batch must come from one deployment", f"event {index}",
                              "several_deployments", 403)
         label = topic_label(topic)

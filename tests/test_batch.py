@@ -93,9 +93,6 @@ def test_check_batch_counts_known_topics_and_folds_the_rest_into_other() -> None
 @pytest.mark.parametrize(("events", "reason", "status"), [
     ([{"topic": "console", "convex": {"deployment_name": "d"}},
       {"topic": "console", "convex": {"deployment_name": "e"}}], "several_deployments", 403),
-    ([{"topic": "console", "convex": {"deployment_name": "d"}}, {"topic": "console"}],
-     "no_deployment", 400),
-    ([{"topic": "console", "convex": {"deployment_name": "d"}}, 7], "no_deployment", 400),
     ([{"topic": "agent_usage", "convex": {"deployment_name": "d"}}], "wrong_door", 400),
     ([{"topic": "console", "convex": {"deployment_name": "d"}}] * 4, "too_many_records", 413),
 ])
@@ -112,3 +109,9 @@ def test_jsonl_events_are_counted_before_they_are_parsed() -> None:
     with pytest.raises(BatchError) as error:
         parse_events(body, 3)
     assert error.value.reason == "too_many_records"
+
+
+def test_events_naming_no_deployment_pass_for_the_worker_to_dead_letter() -> None:
+    events = [{"topic": "console", "convex": {"deployment_name": "d"}}, {"topic": "console"},
+              7, {"convex": {"deployment_name": 5}}]
+    assert check_batch(orjson.dumps(events), "d", 10).events == 4
