@@ -19,6 +19,7 @@ import pytest
 
 from ingest.registry import Deployment, RegistryView, token_digest
 from ingest.signature import sign
+from meterstream.config import Settings
 from tests.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
 from tests.support import meterstream, read_topic, recent_events, wait_for
 from tests.test_agent_usage import AI_SDK
@@ -467,3 +468,15 @@ def test_the_token_index_follows_updates_and_deletes() -> None:
     assert view.by_token("token-two-0123456789") == moved
     view._apply(b"a", None)
     assert view.by_token("token-two-0123456789") is None
+
+
+def test_the_admin_url_follows_the_admin_listener() -> None:
+    assert Settings.from_env({}).admin_url == "http://127.0.0.1:8688"
+    assert Settings.from_env({"METERSTREAM_ADMIN_PORT": "9999"}).admin_url == \
+        "http://127.0.0.1:9999"
+    assert Settings.from_env({"METERSTREAM_ADMIN_HOST": "0.0.0.0"}).admin_url == \
+        "http://127.0.0.1:8688"
+    assert Settings.from_env({"METERSTREAM_ADMIN_HOST": "10.1.2.3"}).admin_url == \
+        "http://10.1.2.3:8688"
+    assert Settings.from_env({"METERSTREAM_ADMIN_URL": "http://admin.internal:1"}).admin_url \
+        == "http://admin.internal:1"
