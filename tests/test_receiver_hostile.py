@@ -78,9 +78,9 @@ def _metrics(receiver: Pipeline) -> bytes:
 def _sample(page: bytes, name: str, **labels: str) -> float:
     """One sample of the exposition; 0 when the series does not exist yet."""
     for line in page.decode().splitlines():
-        if not line.startswith(name + "{"):
+        if not line.startswith((name + "{", name + " ")):
             continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name):line.rindex("}")]))
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name):line.rfind("}") + 1]))
         if all(found.get(k) == v for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
