@@ -247,9 +247,9 @@ async def start_site(app: web.Application, host: str, port: int,
         return runner
     watchdog = _Watchdog(lambda: None, limits)
     app.middlewares.insert(0, watchdog.middleware)
-    # aiohttp's own keep-alive timer, as a second line behind the watchdog's.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=limits.keepalive)
+    # aiohttp's own keep-alive timer stays at its (long) default: the watchdog's fires
+    # first and counts the cut.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     server = runner.server
     assert server is not None

@@ -7,21 +7,24 @@ nothing refused ever reaching Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
 from ingest.registry import Deployment, RegistryView, token_digest
 from ingest.signature import sign
 from meterstream.config import Settings
+from meterstream.service import CONNECTIONS_CUT, ConnectionLimits, healthz, start_site
 from tests.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
-from tests.support import meterstream, read_topic, recent_events, wait_for
+from tests.support import free_port, meterstream, read_topic, recent_events, wait_for
 from tests.test_agent_usage import AI_SDK
 
 KAFKA = pytest.mark.kafka
@@ -480,3 +483,53 @@ def test_the_admin_url_follows_the_admin_listener() -> None:
         "http://10.1.2.3:8688"
     assert Settings.from_env({"METERSTREAM_ADMIN_URL": "http://admin.internal:1"}).admin_url \
         == "http://admin.internal:1"
+
+
+# --- the connection guard in-process (no broker) ------------------------------------------
+
+
+def _guarded(client: Callable[[int], Awaitable[None]]) -> None:
+    """Runs `client(port)` against a guarded server whose limits are all half a second."""
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        port = free_port()
+        runner = await start_site(app, "127.0.0.1", port, ConnectionLimits(
+            header=0.5, body=0.5, keepalive=0.5, max_connections=2))
+        try:
+            await client(port)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> None:
+    before = CONNECTIONS_CUT.labels("idle_timeout")._value.get()
+
+    async def client(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # Never a byte sent: closed by the server, nothing answered.
+        assert await reader.read() == b""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()  # the answer, then the close once idle
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+
+    _guarded(client)
+    assert CONNECTIONS_CUT.labels("idle_timeout")._value.get() == before + 2
+
+
+def test_a_connection_over_the_limit_is_answered_503_and_closed() -> None:
+    async def client(port: int) -> None:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in held:  # proven accepted before the third one connects
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200 ")
+        reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        assert (await reader.read()).startswith(b"HTTP/1.1 503 ")
+        for _, writer in held:
+            writer.close()
+
+    _guarded(client)
