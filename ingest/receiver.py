@@ -169,7 +169,10 @@ class Receiver:
             return json_error(503, CONVEX_LOGS, "secret_changing",
                               "the deployment's webhook secret is being changed; retry")
         if verdict != "ok":
-            log.info("webhook body refused", extra={"deployment": name, "cause": verdict})
+            # Why, for the operator; names nobody registered are anyone's to send, so
+            # they are logged only at debug level.
+            log.log(logging.DEBUG if verdict == "unknown" else logging.INFO,
+                    "webhook body refused", extra={"deployment": name, "cause": verdict})
             return json_error(401, CONVEX_LOGS, "unauthenticated", UNAUTHENTICATED)
         metrics.BODIES_PARSED.labels(CONVEX_LOGS).inc()
         try:
