@@ -105,6 +105,9 @@ class Producer:
             acks="all",
             enable_idempotence=True,
             linger_ms=1,
+            # A webhook body is stored as received (at most max_body_bytes); agent records
+            # are split into messages of at most max_body_bytes (agent_usage.split_records):
+            # the 64 KiB left over holds key, headers and the batch's framing.
             max_request_size=self.settings.max_body_bytes + 65536,
             request_timeout_ms=int(self.timeout * 1000),
         )
