@@ -72,8 +72,11 @@ def bound_user_alerts(alerts: list[dict[str, Any]], alerted: dict[str, set[str]]
         group, user = grouped
         before = alerted.get(group, set())
         mine = taken.setdefault(group, set())
-        if user in before or user in mine or len(before) + len(mine) < max_users:
-            mine.add(user)
+        if user in before or user in mine:
+            out.append(alert)
+            continue
+        if len(before) + len(mine) < max_users:
+            mine.add(user)  # a user with no alert yet
             out.append(alert)
             continue
         aggregate = folded.get((group, alert["threshold"]))

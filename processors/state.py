@@ -96,7 +96,8 @@ DEFAULT_MAX_VALUE_BYTES = 1 << 20
 
 
 class StateValueTooLarge(ValueError):
-    """A live-state value would exceed what the producer can write to the changelog."""
+    """A live-state value would exceed what the producer can write to the changelog (its
+    size, or a counter beyond the 64 bits Faust's JSON takes)."""
 
 
 Write = tuple[str, dict[str, Any], int, int | None]
@@ -134,7 +135,12 @@ class UsageState:
                             offset, expires, writes)
         self._users(deployment, usage, partition, offset, received_at, writes)
         for key, value, _, _ in writes:
-            size = len(key.encode()) + len(orjson.dumps(value))
+            try:
+                size = len(key.encode()) + len(orjson.dumps(value))
+            except TypeError as exc:  # Faust writes the changelog with orjson too
+                metrics.STATE_TOO_LARGE.inc()
+                raise StateValueTooLarge(f"live-state value {key[:200]!r} cannot be written "
+                                         f"to the changelog: {exc}") from None
             if size > self.max_value_bytes:
                 metrics.STATE_TOO_LARGE.inc()
                 raise StateValueTooLarge(
