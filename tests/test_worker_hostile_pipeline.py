@@ -58,7 +58,7 @@ def _hostile_body(batch: int, now: int) -> bytes:
     records = [{**AI_SDK, "id": f"b{batch}-{n}", "deployment": HOSTILE, "timestamp": now,
                 "userId": f"user-{n % 50}",
                 "model": f"{batch}-{n}-".ljust(500, "m"), "provider": "openai.chat",
-                "agentName": "a" * 300}
+                "agentName": "a" * 150}
                for n in range(5000)]
     return orjson.dumps(records)
 
