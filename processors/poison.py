@@ -14,10 +14,11 @@ skips them; its deduplication entries carry the same offset, so another attempt 
 not a duplicate of itself; forwarded records carry their raw offset, which the sink
 stores once; alerts are published once by id. A dead-lettered message keeps what
 its last attempt did (the letter's `stage`): up to "split" nothing was counted,
-from "state" its usage is in the live windows (quotas) and, from "forward", some
+from "state" its usage may be in the live windows (quotas) and, from "forward", some
 of its records may reach ClickHouse. The checks that refuse a message on purpose
-(processors/state.py StateValueTooLarge, raw_processor.ForwardTooLarge) run before
-"state", so a refused message is counted nowhere.
+run before anything is written (raw_processor.ForwardTooLarge before "state";
+processors/state.py StateValueTooLarge checks every value before the first write),
+so a message they refuse is counted nowhere.
 
 Kafka's own failures are not the message's fault: they are raised (the worker
 stops and processes the message again after its restart, as before), never

@@ -22,6 +22,7 @@ from processors.dedup import Deduplicator
 from processors.limits import RunawayDetector, due_quota_alerts
 from processors.poison import Poison, with_retries
 from processors.priced_models import default_price_book, priced_model_keys
+from processors.quota_report import quota_report
 from processors.quotas import Quota
 from processors.raw_processor import AGENT, WEBHOOK, ForwardTooLarge, RawProcessor
 from processors.split import split_body
@@ -106,6 +107,9 @@ def test_users_beyond_the_bound_are_counted_together() -> None:
     total = table[window_key("d", "day", DAY)]["m"]["tokens"]
     by_user = sum(table[user_key("d", u, "day", DAY)]["m"]["tokens"] for u in named(table))
     assert by_user + table[other_users_key("d", "day", DAY)]["m"]["tokens"] == total == 60
+    report = quota_report("d", (), live, NOW, "e")
+    assert report["periods"]["day"]["users"] == {"by_name": 3, "other_users_tokens": 20}
+    assert report["user"]["periods"]["day"]["tokens"] == 0  # e is not tracked by name
 
 
 class Recording(dict):  # type: ignore[type-arg]
