@@ -38,6 +38,8 @@ Bounded by construction. Tenants choose end user ids and model names, so:
       are taken in sorted order, the first ones up to `max_users` by name. The count
       before M and that order are the same on every attempt, so is the choice; the
       count is written first, so no user key exists whose creation the count misses.
+      (A user key from before "c" was kept counts as created before any message; the
+      windows open at such an upgrade may name up to `max_users` users more.)
 
   A value then holds a fixed set of metric names, at most (priced models + 1) x 7
   token kinds and a few offsets: its size is bounded whatever the input (a test
@@ -185,7 +187,8 @@ class UsageState:
                    for user in users}
         if count is not None and count["o"] > offset:
             named = [u for u in users if created[u] is not None and created[u] <= offset]
-            return named, [u for u in users if u not in set(named)]
+            taken = set(named)
+            return named, [u for u in users if u not in taken]
         before = 0 if count is None else count["b"] if count["o"] == offset else count["n"]
         known = [u for u in users if created[u] is not None and created[u] < offset]
         new = [u for u in users if created[u] is None or created[u] == offset]
