@@ -131,15 +131,18 @@ def replay(writes: list[tuple[str, Any]], base: dict[str, Any]) -> dict[str, Any
     return table
 
 
-@pytest.mark.parametrize("later", [False, True])
-def test_user_admission_is_exactly_once_after_any_partial_write(later: bool) -> None:
+@pytest.mark.parametrize(("max_users", "second", "third", "named_after"), [
+    (3, ["e", "c", "d", "a"], ["f", "b"], {"a", "b", "c"}),  # the 2nd message folds d, e
+    (5, ["e", "c", "a"], ["h", "g", "f", "b"], {"a", "b", "c", "e", "f"}),  # the 3rd g, h
+])
+def test_user_admission_is_exactly_once_after_any_partial_write(
+        max_users: int, second: list[str], third: list[str], named_after: set[str]) -> None:
     """Every prefix of a message's writes (what a crash can leave, processors/state.py),
-    optionally followed by a later message's complete writes, then the message again:
-    the same users by name, and every token counted once."""
-    first, second, third = (["a", "b"], ["e", "c", "d", "a"], ["f", "b"])
+    and after all of them every prefix of the next message's, then both processed again:
+    the same users by name, the same count, and every token counted once."""
     reference = Recording()
-    live = UsageState(reference, GRACE, max_users=3)
-    live.apply("d", users_message(first, 1), 0, 1, NOW)
+    live = UsageState(reference, GRACE, max_users=max_users)
+    live.apply("d", users_message(["a", "b"], 1), 0, 1, NOW)
     base = copy.deepcopy(dict(reference))
     reference.writes.clear()
     live.apply("d", users_message(second, 2), 0, 2, NOW)
@@ -148,16 +151,16 @@ def test_user_admission_is_exactly_once_after_any_partial_write(later: bool) -> 
     live.apply("d", users_message(third, 3), 0, 3, NOW)
     writes_3 = list(reference.writes)
     expected = dict(reference)
-    assert named(expected) == {"a", "b", "c"}
+    assert named(expected) == named_after
     assert len(writes_2) > 3
-    for cut in range(len(writes_2) + 1):
-        if later and cut < len(writes_2):
-            continue  # a later message's writes are stored only after all of this one's
-        crashed = replay(writes_2[:cut] + (writes_3 if later else []), base)
-        again = UsageState(crashed, GRACE, max_users=3)
-        again.apply("d", users_message(second, 2), 0, 2, NOW)  # processed again
-        again.apply("d", users_message(third, 3), 0, 3, NOW)
-        assert dict(crashed) == expected, cut
+    assert any(key.startswith("d|users|") for key, _ in writes_3) == (max_users == 5)
+    for cut_2 in range(len(writes_2) + 1):
+        for cut_3 in range(len(writes_3) + 1) if cut_2 == len(writes_2) else [0]:
+            crashed = replay(writes_2[:cut_2] + writes_3[:cut_3], base)
+            again = UsageState(crashed, GRACE, max_users=max_users)
+            again.apply("d", users_message(second, 2), 0, 2, NOW)  # processed again
+            again.apply("d", users_message(third, 3), 0, 3, NOW)
+            assert dict(crashed) == expected, (cut_2, cut_3)
 
 
 # State size -----------------------------------------------------------------------------
