@@ -138,7 +138,7 @@ class UsageState:
         self._users(deployment, usage, partition, offset, received_at, writes)
         for key, value, _, _ in writes:
             try:
-                size = len(key.encode()) + len(orjson.dumps(value))
+                size = len(orjson.dumps(key)) + len(orjson.dumps(value))  # as Faust sends them
             except TypeError as exc:  # Faust writes the changelog with orjson too
                 metrics.STATE_TOO_LARGE.inc()
                 raise StateValueTooLarge(f"live-state value {key[:200]!r} cannot be written "
