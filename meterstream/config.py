@@ -127,6 +127,19 @@ VARIABLES: tuple[Variable, ...] = (
              "token prices per provider and model. Empty means the one shipped in "
              "billing/default_price_book.toml."),
     Variable("METERSTREAM_LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("METERSTREAM_WORKER_MAX_ATTEMPTS", "3",
+             "Times the worker tries a raw message whose processing raises before it sends "
+             "the message to the dead-letter topic and goes on with the next."),
+    Variable("METERSTREAM_WORKER_MAX_USERS", "1000",
+             "End users per deployment and day (month) whose tokens the live state keeps by "
+             "name; the others are counted together (ClickHouse keeps every user)."),
+    Variable("METERSTREAM_WORKER_MAX_USER_ALERTS", "100",
+             "Users per deployment, per-user quota and period that get their own quota alert; "
+             "beyond them one `quota_users` alert per threshold gives their number."),
+    Variable("METERSTREAM_SINK_MAX_ATTEMPTS", "3",
+             "Times the sink tries to insert a batch ClickHouse refuses (not: cannot be "
+             "reached) before it stores the batch's messages one by one and sends those "
+             "refused to the dead-letter topic."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -200,6 +213,10 @@ class Settings:
     body_timeout: float = 30.0
     keepalive_timeout: float = 15.0
     max_connections: int = 1024
+    worker_max_attempts: int = 3
+    worker_max_users: int = 1000
+    worker_max_user_alerts: int = 100
+    sink_max_attempts: int = 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -290,6 +307,15 @@ class Settings:
                                       raw("METERSTREAM_KEEPALIVE_TIMEOUT"), float, 0.05, 3600.0),
             max_connections=_number("METERSTREAM_MAX_CONNECTIONS",
                                     raw("METERSTREAM_MAX_CONNECTIONS"), int, 1, 1_000_000),
+            worker_max_attempts=_number("METERSTREAM_WORKER_MAX_ATTEMPTS",
+                                        raw("METERSTREAM_WORKER_MAX_ATTEMPTS"), int, 1, 100),
+            worker_max_users=_number("METERSTREAM_WORKER_MAX_USERS",
+                                     raw("METERSTREAM_WORKER_MAX_USERS"), int, 1, 1_000_000),
+            worker_max_user_alerts=_number("METERSTREAM_WORKER_MAX_USER_ALERTS",
+                                           raw("METERSTREAM_WORKER_MAX_USER_ALERTS"), int, 1,
+                                           1_000_000),
+            sink_max_attempts=_number("METERSTREAM_SINK_MAX_ATTEMPTS",
+                                      raw("METERSTREAM_SINK_MAX_ATTEMPTS"), int, 1, 100),
         )
 
     def __post_init__(self) -> None:

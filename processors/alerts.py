@@ -16,6 +16,14 @@ those whose id is not on the topic yet:
 
 Publishing is awaited before the raw offset can be committed; Faust waits for the
 message in flight before it gives a partition away.
+
+Per-user quota alerts are bounded: once `max_user_alerts` users of a deployment,
+quota and period have had an alert (as the topic shows), the alerts due for further
+users are replaced by one `quota_users` alert per threshold, with the number of users
+folded into it. Which users get their own alert is decided in the order the alerts
+are due, against the users already on the topic, so processing a message again
+after a crash (which re-derives the same alerts due from the same state) decides
+the same; a `quota_users` alert, like any other, is published once by its id.
 """
 
 from __future__ import annotations
@@ -33,25 +41,89 @@ from processors import metrics
 log = logging.getLogger(__name__)
 
 Publish = Callable[[bytes, bytes], Awaitable[Any]]
+DEFAULT_MAX_USER_ALERTS = 100
+
+
+def user_alert_group(alert_id: str) -> tuple[str, str] | None:
+    """(deployment, quota and period, user) of a per-user quota alert's id, else None.
+    The id is quota|{deployment}|{metric}|{period}|{start}|{threshold}|user:{id}; only the
+    user id may hold a "|"."""
+    if not alert_id.startswith("quota|"):
+        return None
+    parts = alert_id.split("|", 6)
+    if len(parts) < 7 or not parts[6].startswith("user:"):
+        return None
+    return "|".join(parts[:5]), parts[6][len("user:"):]
+
+
+def bound_user_alerts(alerts: list[dict[str, Any]], alerted: dict[str, set[str]],
+                      max_users: int) -> list[dict[str, Any]]:
+    """`alerts` with the per-user ones beyond `max_users` users per group (deployment,
+    quota, period) replaced by one `quota_users` alert per group and threshold.
+    `alerted`: the users of each group that have an alert already (not changed)."""
+    out: list[dict[str, Any]] = []
+    taken: dict[str, set[str]] = {}
+    folded: dict[tuple[str, float], dict[str, Any]] = {}
+    for alert in alerts:
+        grouped = user_alert_group(alert["id"]) if "user" in alert else None
+        if grouped is None:
+            out.append(alert)
+            continue
+        group, user = grouped
+        before = alerted.get(group, set())
+        mine = taken.setdefault(group, set())
+        if user in before or user in mine:
+            out.append(alert)
+            continue
+        if len(before) + len(mine) < max_users:
+            mine.add(user)  # a user with no alert yet
+            out.append(alert)
+            continue
+        aggregate = folded.get((group, alert["threshold"]))
+        if aggregate is None:
+            aggregate = folded[(group, alert["threshold"])] = {
+                **{k: v for k, v in alert.items() if k not in ("user", "usage")},
+                "id": f"{group}|{alert['threshold']}|users", "kind": "quota_users",
+                "users": 0, "max_user_alerts": max_users}
+            out.append(aggregate)
+        aggregate["users"] += 1
+        metrics.USER_ALERTS_FOLDED.inc()
+    return out
 
 
 class AlertLog:
-    def __init__(self, bootstrap: str, topic: str, publish: Publish) -> None:
+    def __init__(self, bootstrap: str, topic: str, publish: Publish,
+                 max_user_alerts: int = DEFAULT_MAX_USER_ALERTS) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.publish_raw = publish
+        self.max_user_alerts = max_user_alerts
         self._published: dict[int, set[str]] = {}
+        self._alerted: dict[int, dict[str, set[str]]] = {}
+        """partition -> group (deployment, quota, period) -> users with an alert"""
 
     def forget_partitions(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._published.pop(partition, None)
+            self._alerted.pop(partition, None)
+
+    def _remember(self, partition: int, alert_id: str) -> None:
+        self._published[partition].add(alert_id)
+        grouped = user_alert_group(alert_id)
+        if grouped is not None:
+            self._alerted.setdefault(partition, {}).setdefault(grouped[0], set()).add(
+                grouped[1])
 
     async def ensure_loaded(self, partition: int, assigned: set[int]) -> None:
         """Reads what is on the alert partitions this worker holds, once per assignment:
         all of them in one pass, so a fresh worker pays one read, not one per partition."""
         if partition not in self._published:
             wanted = {p for p in assigned if p not in self._published} | {partition}
-            self._published.update(await self._read_ids(wanted))
+            for loaded, ids in (await self._read_ids(wanted)).items():
+                self._published[loaded] = set()
+                self._alerted[loaded] = {}
+                for alert_id in ids:
+                    self._remember(loaded, alert_id)
 
     async def _read_ids(self, partitions: set[int]) -> dict[int, set[str]]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
@@ -84,7 +156,8 @@ class AlertLog:
         """Publishes the alerts not yet on the topic and waits until Kafka stored them."""
         published = self._published[partition]
         sent = []
-        for alert in alerts:
+        for alert in bound_user_alerts(alerts, self._alerted.get(partition, {}),
+                                       self.max_user_alerts):
             if alert["id"] in published:
                 continue
             alert["at"] = int(time.time() * 1000)
@@ -92,6 +165,6 @@ class AlertLog:
                                                         orjson.dumps(alert))))
         for alert, future in sent:
             await future
-            published.add(alert["id"])
+            self._remember(partition, alert["id"])
             metrics.ALERTS.labels(alert["kind"]).inc()
             log.info("alert", extra={k: v for k, v in alert.items() if k != "at"})

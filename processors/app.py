@@ -8,6 +8,10 @@ alerts to `<ns>.alerts`. Working per body, not per event, spreads Faust's
 per-message cost over up to 128 events. The web server answers
 `GET /v1/quota/{deployment}`, routed to the worker that owns the deployment.
 
+A raw message whose processing raises is tried METERSTREAM_WORKER_MAX_ATTEMPTS times,
+then dead-lettered and acked (processors/poison.py), so no tenant's message can stop
+the worker. The `origin` header the receiver sets tells which door a body came in by.
+
 Concurrency stays at 1: with more, Faust can commit an offset past a message
 still in flight (faust#606), and a restart would lose it. The agent acks raw
 messages itself (a `noack` stream): only once Kafka stored everything forwarded
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -35,6 +40,8 @@ from processors.alerts import AlertLog
 from processors.dedup import Deduplicator
 from processors.deliveries import Deliveries
 from processors.limits import RunawayDetector
+from processors.poison import Poison, with_retries
+from processors.priced_models import priced_model_keys
 from processors.quota_report import quota_report
 from processors.quotas import quotas_from_record
 from processors.raw_processor import RawProcessor
@@ -45,8 +52,13 @@ from processors.state import UsageState
 TABLES = ("seen", "usage")
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faust.App:
+    """`priced`: the provider/model keys the live windows keep by name (None: read from
+    the price book, processors/priced_models.py)."""
+    if priced is None:
+        priced = priced_model_keys(settings.price_book)
     topics = Topics.of(settings)
+    max_request_size = settings.max_body_bytes + 65536
     app = faust.App(
         settings.namespace,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -67,7 +79,7 @@ def create_app(settings: Settings) -> faust.App:
         # Faust's default of 60 s makes every start and rebalance slow.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
-        producer_max_request_size=settings.max_body_bytes + 65536,
+        producer_max_request_size=max_request_size,
         consumer_max_fetch_size=16 * 1024 * 1024,
         broker_commit_interval=settings.worker_commit_interval,
         broker_commit_every=1_000_000,  # by time only
@@ -87,7 +99,9 @@ def create_app(settings: Settings) -> faust.App:
     usage_table = app.Table("usage", default=None, partitions=settings.partitions)
     assert tuple(app.tables) == TABLES
     grace_ms = int(settings.late_grace * 1000)
-    state = UsageState(usage_table, grace_ms)
+    # Room for the record's framing and headers under the producer's limit.
+    state = UsageState(usage_table, grace_ms, settings.worker_max_users,
+                       max_request_size - 4096)
     destinations = {**routed, "dead_letter": dead_letters}
 
     destination_names = {route: topic.get_topic_name()
@@ -102,7 +116,8 @@ def create_app(settings: Settings) -> faust.App:
     async def publish_alert(key: bytes, value: bytes) -> Any:
         return await alerts_topic.send(key=key, value=value)
 
-    alert_log = AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert)
+    alert_log = AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert,
+                         settings.worker_max_user_alerts)
     processor = RawProcessor(
         Deduplicator(seen, int(settings.dedup_retention * 1000)),
         state,
@@ -110,7 +125,8 @@ def create_app(settings: Settings) -> faust.App:
         RunawayDetector(state, settings.runaway_multiple, settings.runaway_min_calls),
         registry, send, grace_ms,
         lambda: {tp.partition for tp in app.consumer.assignment()
-                 if tp.topic == raw.get_topic_name()})
+                 if tp.topic == raw.get_topic_name()},
+        priced, max_request_size - 4096)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_: faust.App, revoked: set[Any], **__: Any) -> None:
@@ -148,9 +164,16 @@ def create_app(settings: Settings) -> faust.App:
                 # the loop: an agent that starts iterating late can miss its subscription.)
                 await registry.wait_loaded()
                 message = event.message
-                pending = await processor.process(event.key or b"", body, message.partition,
-                                                  message.offset, received_at(message),
-                                                  int(time.time() * 1000))
+                key = event.key or b""
+                try:
+                    pending = await with_retries(
+                        attempt(processor, key, body, message), settings.worker_max_attempts,
+                        {"raw_partition": message.partition, "raw_offset": message.offset,
+                         "key": key.decode(errors="replace"), "body_bytes": len(body)},
+                        lambda: processor.stage)
+                except Poison as poison:
+                    metrics.POISON.inc()
+                    pending = [await send("dead_letter", key, orjson.dumps(poison.letter))]
                 guard.processed(message.partition, message.offset)
                 await deliveries.add((event, pending is not None), pending or [])
         finally:
@@ -197,6 +220,23 @@ def received_at(message: Any) -> int:
         if name == "received_at":
             return int(value)
     return int(message.timestamp * 1000)
+
+
+def attempt(processor: RawProcessor, key: bytes, body: bytes,
+            message: Any) -> Callable[[], Awaitable[list[Awaitable[Any]] | None]]:
+    """One try at processing a raw message (the clock read at each try)."""
+    return lambda: processor.process(key, body, message.partition, message.offset,
+                                     received_at(message), int(time.time() * 1000),
+                                     origin(message))
+
+
+def origin(message: Any) -> bytes | None:
+    """The door the body came in by (the receiver's `origin` header); None from a receiver
+    that predates it."""
+    for name, value in message.headers or ():
+        if name == "origin":
+            return bytes(value)
+    return None
 
 
 def main(settings: Settings) -> None:

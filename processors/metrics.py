@@ -40,3 +40,37 @@ ALERT_WEBHOOK_SECONDS = Histogram(
 REWINDS = Counter("meterstream_worker_stream_rewinds_total",
                   "Raw partitions sought back after Faust dropped fetched records "
                   "(processors/stall_guard.py).")
+MODELS_FOLDED = Counter(
+    "meterstream_worker_models_folded_total",
+    "Agent usage records whose provider/model the price book does not price, counted in the "
+    "live windows under 'other' (ClickHouse keeps their names).",
+)
+USERS_FOLDED = Counter(
+    "meterstream_worker_users_folded_total",
+    "End users of a message beyond METERSTREAM_WORKER_MAX_USERS of their deployment window, "
+    "counted in the window's aggregate user bucket (once per user, window and message).",
+)
+STATE_TOO_LARGE = Counter(
+    "meterstream_worker_state_too_large_total",
+    "Messages refused because a live-state value would exceed the changelog's limit.",
+)
+USER_ALERTS_FOLDED = Counter(
+    "meterstream_worker_user_alerts_folded_total",
+    "Per-user quota alerts not published by user because METERSTREAM_WORKER_MAX_USER_ALERTS "
+    "users of the deployment, quota and period had one (an aggregate quota_users alert "
+    "tells instead).",
+)
+MESSAGE_FAILURES = Counter(
+    "meterstream_worker_message_failures_total",
+    "Attempts at processing a raw message that raised (retried up to "
+    "METERSTREAM_WORKER_MAX_ATTEMPTS times).",
+)
+POISON = Counter(
+    "meterstream_worker_poison_messages_total",
+    "Raw messages dead-lettered and skipped because every attempt at processing them raised.",
+)
+WRONG_ORIGIN = Counter(
+    "meterstream_worker_wrong_origin_total",
+    "Events dead-lettered because their type may not come through the door their message "
+    "came in by (agent_usage in a webhook body).",
+)

@@ -38,6 +38,10 @@ def quota_report(deployment: str, quotas: tuple[Quota, ...], state: UsageState,
         periods[granularity] = {
             "start": label(start),
             "usage": period_usage(state.window(deployment, granularity, start), storage),
+            # End users beyond the live state's bound are counted together (state.py).
+            "users": {"by_name": state.named_users(deployment, granularity, start),
+                      "other_users_tokens": metric_value("tokens", state.other_users_window(
+                          deployment, granularity, start), {})},
         }
     limits = []
     for quota in quotas:

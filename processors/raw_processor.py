@@ -1,12 +1,19 @@
 """What the worker does with one raw message (up to 128 events of one deployment).
 
-1. Drop it if its body was seen before (Convex's retries), and agent usage records
-   whose id was seen before.
+1. Drop it if its body was seen before (Convex's retries).
 2. Split it into normalised records by event type; events that cannot be understood,
-   that belong to another deployment than the message's key, or whose time is outside
-   the late-event grace around the message's receipt become dead letters.
-3. Add its usage to the live windows (exactly once per key, processors/state.py).
+   that came in by the wrong door (its `origin` header: agent usage only from the
+   agent endpoint, webhook events only from the webhook endpoint), that belong to
+   another deployment than the message's key, or whose time is outside the late-event
+   grace around the message's receipt become dead letters. Then drop agent usage
+   records whose id was seen before.
+3. Serialise what it forwards (refusing the message, before anything is written, if a
+   part is over the producer's limit), add its usage to the live windows (exactly once
+   per key, processors/state.py).
 4. Forward the records and dead letters, and publish the alerts now due.
+
+A message whose processing raises is retried and then dead-lettered by the caller
+(processors/poison.py); `stage` tells how far its last attempt got.
 
 `process` returns the pending deliveries of the forwarded records (None for a repeated
 body, which forwards nothing and counts as a duplicate, not as a body); the caller acks
@@ -36,11 +43,21 @@ from processors.usage import message_usage
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 """(route or "dead_letter", key, value) -> a future that completes when Kafka stored it"""
 
+WEBHOOK, AGENT = b"webhook", b"agent"
+"""Values of the `origin` header the receiver sets on raw messages."""
+AGENT_ROUTE = "agent_usage"
+
+
+class ForwardTooLarge(ValueError):
+    """What a message forwards to one topic is over the producer's limit."""
+
 
 class RawProcessor:
     def __init__(self, dedup: Deduplicator, state: UsageState, alerts: AlertLog,
                  runaway: RunawayDetector, registry: RegistryView, send: Send,
-                 grace_ms: int, assigned: Callable[[], set[int]]) -> None:
+                 grace_ms: int, assigned: Callable[[], set[int]],
+                 priced: frozenset[str] | None = None,
+                 max_forward_bytes: int = 1 << 30) -> None:
         self.dedup = dedup
         self.state = state
         self.alerts = alerts
@@ -49,6 +66,11 @@ class RawProcessor:
         self.send = send
         self.grace_ms = grace_ms
         self.assigned = assigned
+        self.priced = priced
+        """provider/model keys the live windows keep by name (processors/usage.py)"""
+        self.max_forward_bytes = max_forward_bytes
+        self.stage = "start"
+        """How far the current (or last) message got: start, split, state, forward, alerts."""
 
     def forget_partitions(self, partitions: set[int]) -> None:
         self.dedup.forget_partitions(partitions)
@@ -56,31 +78,48 @@ class RawProcessor:
         self.alerts.forget_partitions(partitions)
 
     async def process(self, key: bytes, body: bytes, partition: int, offset: int,
-                      received_at: int, now_ms: int) -> list[Awaitable[Any]] | None:
+                      received_at: int, now_ms: int,
+                      origin: bytes | None = None) -> list[Awaitable[Any]] | None:
+        """`origin`: the message's `origin` header (None: from a receiver older than it,
+        taken as before)."""
+        self.stage = "start"
         metrics.EXPIRED.inc(self.dedup.expire(partition, now_ms))
         metrics.WINDOWS_EXPIRED.inc(self.state.expiry.expire(partition, now_ms))
         await self.alerts.ensure_loaded(partition, self.assigned())
         if self.dedup.seen_before(Deduplicator.body_key(key, body), partition, offset, now_ms):
             metrics.DUPLICATES.labels("body").inc()
             return None
+        self.stage = "split"
         deployment = key.decode(errors="replace")
         batch = split_body(body, partition, offset)
-        self._drop_repeated_usage(batch, partition, offset, now_ms)
+        self._divert_wrong_door(batch, origin)
         self._divert_strays(batch, deployment, received_at)
-        usage = message_usage(batch.routed)
+        self._drop_repeated_usage(batch, partition, offset, now_ms)
+        usage = message_usage(batch.routed, self.priced)
+        metrics.MODELS_FOLDED.inc(usage.models_folded)
+        forwarded = [(route, orjson.dumps(records)) for route, records in batch.routed.items()]
+        for route, value in forwarded:
+            if len(value) + len(key) > self.max_forward_bytes:
+                raise ForwardTooLarge(f"the {len(batch.routed[route])} {route} records are "
+                                      f"{len(value)} bytes, over the producer's "
+                                      f"{self.max_forward_bytes}")
+        self.stage = "state"
         self.state.apply(deployment, usage, partition, offset, received_at)
         record = self.registry.get(deployment)
         quotas = quotas_from_record(record.quotas) if record is not None else ()
         due = due_quota_alerts(deployment, quotas, self.state, usage)
         due += self.runaway.due(deployment, usage, partition, offset)
 
+        self.stage = "forward"
         sent = []
-        for route, records in batch.routed.items():
-            sent.append(await self.send(route, key, orjson.dumps(records)))
-            metrics.EVENTS.labels(route).inc(len(records))
+        for route, value in forwarded:
+            sent.append(await self.send(route, key, value))
+            metrics.EVENTS.labels(route).inc(len(batch.routed[route]))
         for letter in batch.dead_letters:
             sent.append(await self.send("dead_letter", key, orjson.dumps(letter)))
+        self.stage = "alerts"
         await self.alerts.publish(partition, due)
+        self.stage = "done"
         metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
         return sent
 
@@ -97,6 +136,23 @@ class RawProcessor:
         metrics.DUPLICATES.labels("agent_usage_id").inc(len(records) - len(kept))
         if kept:
             batch.routed["agent_usage"] = kept
+
+    def _divert_wrong_door(self, batch: SplitBatch, origin: bytes | None) -> None:
+        """Agent usage only from the agent endpoint, webhook events only from the webhook
+        endpoint; a message without `origin` (an older receiver) is taken as before."""
+        if origin is None:
+            return
+        for route in list(batch.routed):
+            if (route == AGENT_ROUTE) == (origin == AGENT):
+                continue
+            reason = (f"{route} events may come only through "
+                      f"{'/v1/agent/usage' if route == AGENT_ROUTE else '/v1/convex/logs'}; "
+                      f"this one came with origin {origin.decode(errors='replace')!r}")
+            for record in batch.routed.pop(route):
+                batch.dead_letters.append(dead_letter(
+                    reason, record, record["raw_partition"], record["raw_offset"],
+                    record["event_index"]))
+                metrics.WRONG_ORIGIN.inc()
 
     def _divert_strays(self, batch: SplitBatch, deployment: str, received_at: int) -> None:
         """Moves records that must not count to the dead letters, with the reason."""

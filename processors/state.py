@@ -5,6 +5,8 @@ keyed by deployment and the table's changelog follows the message's partition):
 
     {deployment}|{granularity}|{window start}          metrics and tokens of a window
     {deployment}|user|{day|month}|{start}|{user id}    an end user's tokens
+    {deployment}|users|{day|month}|{start}             how many end users have their own key
+    {deployment}|other-users|{day|month}|{start}       the tokens of the end users beyond them
     {deployment}|storage                               the latest storage snapshot
 
 Each value remembers the raw offset that last changed it ("o"). Faust writes
@@ -12,6 +14,38 @@ table changes to the changelog before the raw offset is committed, and without
 transactions a crash can leave some of a message's changes written and others
 not. Reprocessing that message then skips each key that already holds it and
 applies it to the others: every key counts every message exactly once.
+
+What survives a crash is a prefix of the writes: all keys of a deployment are on
+its raw partition's changelog partition, Faust sends a table's changes in the order
+they are made (one producer buffer) and the producer keeps one batch in flight per
+partition. So when a key holds a later message's change, every change of the
+earlier messages was stored. (The storage snapshot's "d" below relies on it too.)
+
+Bounded by construction. Tenants choose end user ids and model names, so:
+
+- the token maps ("t") hold only priced models plus processors/usage.py OTHER_MODEL;
+- at most `max_users` end users per deployment and day (month) window get their own
+  key; the others are counted together under `other-users`. Which users get a key
+  must come out the same when a message is processed again after a crash, whatever
+  part of its first attempt was stored. The `users` key holds the count "n", and
+  "b", the count before the message that last changed it ("o"). For message M:
+
+    * if the count holds a later message's change, all of M's writes are stored
+      (prefix, above): M's named users are those whose key was created ("c") at or
+      before M; the others were folded by M;
+    * otherwise the count before M is "b" if M changed it already, else "n"; the
+      users M brings that have no key, or a key M itself created ("c" = M's offset),
+      are taken in sorted order, the first ones up to `max_users` by name. The count
+      before M and that order are the same on every attempt, so is the choice; the
+      count is written first, so no user key exists whose creation the count misses.
+      (A user key from before "c" was kept counts as created before any message; the
+      windows open at such an upgrade may name up to `max_users` users more.)
+
+  A value then holds a fixed set of metric names, at most (priced models + 1) x 7
+  token kinds and a few offsets: its size is bounded whatever the input (a test
+  checks the worst case against the producer's limit). `_put` also checks every
+  value before any key of the message is written, and refuses the message
+  (StateValueTooLarge) instead of letting the producer crash the worker.
 """
 
 from __future__ import annotations
@@ -20,6 +54,9 @@ from collections import defaultdict
 from fractions import Fraction
 from typing import Any
 
+import orjson
+
+from processors import metrics
 from processors.expiry import Expiry
 from processors.records import Record
 from processors.usage import (
@@ -48,19 +85,48 @@ def storage_key(deployment: str) -> str:
     return f"{deployment}|storage"
 
 
+def users_key(deployment: str, granularity: str, start: int) -> str:
+    return f"{deployment}|users|{granularity}|{start}"
+
+
+def other_users_key(deployment: str, granularity: str, start: int) -> str:
+    return f"{deployment}|other-users|{granularity}|{start}"
+
+
+DEFAULT_MAX_USERS = 1000
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+
+
+class StateValueTooLarge(ValueError):
+    """A live-state value would exceed what the producer can write to the changelog (its
+    size, or a counter beyond the 64 bits Faust's JSON takes)."""
+
+
+Write = tuple[str, dict[str, Any], int, int | None]
+"""(key, new value, partition, expires if the key is new else None)"""
+
+
 class UsageState:
-    def __init__(self, table: Any, grace_ms: int) -> None:
+    def __init__(self, table: Any, grace_ms: int, max_users: int = DEFAULT_MAX_USERS,
+                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> None:
         self.table = table
         self.grace_ms = grace_ms
+        self.max_users = max_users
+        self.max_value_bytes = max_value_bytes
+        """Largest key + JSON value written to the changelog (below the producer's limit)."""
         self.expiry = Expiry(table, lambda value: (value["x"], value["p"]))
 
     def apply(self, deployment: str, usage: MessageUsage, partition: int, offset: int,
               received_at: int) -> None:
-        """Adds one raw message's usage, unless a key already holds that message."""
+        """Adds one raw message's usage, unless a key already holds that message.
+
+        Every new value is computed and checked first, then written: a refused message
+        (StateValueTooLarge) writes nothing."""
+        writes: list[Write] = []
         windows = dict(usage.windows)
         if usage.snapshots:
             for (granularity, start), byte_ms in self._storage(
-                    deployment, usage.snapshots, partition, offset).items():
+                    deployment, usage.snapshots, partition, offset, writes).items():
                 delta = windows.setdefault((granularity, start), WindowDelta())
                 for category, amount in byte_ms.items():
                     delta.metrics[f"{category}_storage_byte_ms"] += amount
@@ -68,34 +134,103 @@ class UsageState:
             expires = expires_at(granularity, start, self.grace_ms)
             if expires > received_at:  # else the window has left the live state
                 self._merge(window_key(deployment, granularity, start), delta, partition,
-                            offset, expires)
+                            offset, expires, writes)
+        self._users(deployment, usage, partition, offset, received_at, writes)
+        for key, value, _, _ in writes:
+            try:
+                size = len(orjson.dumps(key)) + len(orjson.dumps(value))  # as Faust sends them
+            except TypeError as exc:  # Faust writes the changelog with orjson too
+                metrics.STATE_TOO_LARGE.inc()
+                raise StateValueTooLarge(f"live-state value {key[:200]!r} cannot be written "
+                                         f"to the changelog: {exc}") from None
+            if size > self.max_value_bytes:
+                metrics.STATE_TOO_LARGE.inc()
+                raise StateValueTooLarge(
+                    f"live-state value {key[:200]!r} would be {size} bytes, over the "
+                    f"{self.max_value_bytes} the changelog takes")
+        for key, value, key_partition, new_expires in writes:
+            if new_expires is not None:
+                self.expiry.remember(key, key_partition, new_expires)
+            self.table[key] = value
+
+    def _users(self, deployment: str, usage: MessageUsage, partition: int, offset: int,
+               received_at: int, writes: list[Write]) -> None:
+        """End users' tokens: by name for the first `max_users` of a deployment window,
+        the rest together (the module's docstring proves the choice is exactly-once)."""
+        groups: dict[tuple[str, int], dict[str, WindowDelta]] = defaultdict(dict)
         for (user, granularity, start), delta in usage.users.items():
+            groups[(granularity, start)][user] = delta
+        for (granularity, start), members in groups.items():
             expires = expires_at(granularity, start, self.grace_ms)
-            if expires > received_at:
-                self._merge(user_key(deployment, user, granularity, start), delta, partition,
-                            offset, expires)
+            if expires <= received_at:
+                continue
+            named, folded = self._admit(deployment, granularity, start, sorted(members),
+                                        partition, offset, expires, writes)
+            for user in named:
+                self._merge(user_key(deployment, user, granularity, start), members[user],
+                            partition, offset, expires, writes)
+            if folded:
+                metrics.USERS_FOLDED.inc(len(folded))
+                rest = WindowDelta()
+                for user in folded:
+                    rest.add(members[user])
+                self._merge(other_users_key(deployment, granularity, start), rest, partition,
+                            offset, expires, writes)
+
+    def _admit(self, deployment: str, granularity: str, start: int, users: list[str],
+               partition: int, offset: int, expires: int,
+               writes: list[Write]) -> tuple[list[str], list[str]]:
+        """(users counted by name, users folded) of one message in one window."""
+        count_key = users_key(deployment, granularity, start)
+        count = self.table.get(count_key)
+        created = {user: self._created(user_key(deployment, user, granularity, start))
+                   for user in users}
+        if count is not None and count["o"] > offset:
+            named = [u for u in users if created[u] is not None and created[u] <= offset]
+            taken = set(named)
+            return named, [u for u in users if u not in taken]
+        before = 0 if count is None else count["b"] if count["o"] == offset else count["n"]
+        known = [u for u in users if created[u] is not None and created[u] < offset]
+        new = [u for u in users if created[u] is None or created[u] == offset]
+        room = max(0, self.max_users - before)
+        admitted, folded = new[:room], new[room:]
+        if admitted:
+            writes.append((count_key, {"o": offset, "b": before, "n": before + len(admitted),
+                                       "x": expires, "p": partition},
+                           partition, expires if count is None else None))
+        return known + admitted, folded
+
+    def _created(self, key: str) -> int | None:
+        """The offset that created a user's key (-1 for keys from before "c" was kept)."""
+        value = self.table.get(key)
+        return None if value is None else value.get("c", -1)
 
     def _merge(self, key: str, delta: WindowDelta, partition: int, offset: int,
-               expires: int) -> None:
+               expires: int, writes: list[Write]) -> None:
         value = self.table.get(key)
         if value is not None and value["o"] >= offset:
             return
         if value is None:
-            value = {"o": offset, "x": expires, "p": partition, "m": {}, "t": {}}
-            self.expiry.remember(key, partition, expires)
-        metrics = value["m"]
+            value = {"o": offset, "c": offset, "x": expires, "p": partition, "m": {}, "t": {}}
+            new_expires: int | None = expires
+        else:
+            # A copy: nothing is changed in the table before the message is checked.
+            value = {**value, "m": dict(value["m"]),
+                     "t": {model: dict(kinds) for model, kinds in value["t"].items()}}
+            new_expires = None
+        counters = value["m"]
         for name, amount in delta.metrics.items():
-            metrics[name] = metrics.get(name, 0) + amount
+            counters[name] = counters.get(name, 0) + amount
         tokens = value["t"]
         for model, kinds in delta.tokens.items():
             mine = tokens.setdefault(model, {})
             for kind, amount in kinds.items():
                 mine[kind] = mine.get(kind, 0) + amount
         value["o"] = offset
-        self.table[key] = value
+        writes.append((key, value, partition, new_expires))
 
     def _storage(self, deployment: str, snapshots: list[Record], partition: int,
-                 offset: int) -> dict[tuple[str, int], dict[str, int]]:
+                 offset: int, writes: list[Write]) -> dict[tuple[str, int], dict[str, int]]:
         """Byte-milliseconds of storage per window between consecutive snapshots.
 
         Each snapshot's bytes count from its time until the next snapshot's. What a
@@ -120,10 +255,9 @@ class UsageState:
         if previous is None or previous is state:
             return {}
         expires = previous["ts"] + STORAGE_RETENTION_MS
-        if state is None:
-            self.expiry.remember(key, partition, expires)
-        self.table[key] = {"o": offset, "x": expires, "p": partition, "ts": previous["ts"],
-                           "bytes": previous["bytes"], "d": _pieces_to_json(pieces)}
+        writes.append((key, {"o": offset, "x": expires, "p": partition, "ts": previous["ts"],
+                             "bytes": previous["bytes"], "d": _pieces_to_json(pieces)},
+                       partition, expires if state is None else None))
         return pieces
 
     # Reading, for quotas and the quota API.
@@ -134,6 +268,13 @@ class UsageState:
     def user_window(self, deployment: str, user: str, granularity: str,
                     start: int) -> dict[str, Any]:
         return self.table.get(user_key(deployment, user, granularity, start)) or {}
+
+    def other_users_window(self, deployment: str, granularity: str,
+                           start: int) -> dict[str, Any]:
+        return self.table.get(other_users_key(deployment, granularity, start)) or {}
+
+    def named_users(self, deployment: str, granularity: str, start: int) -> int:
+        return (self.table.get(users_key(deployment, granularity, start)) or {}).get("n", 0)
 
     def latest_storage(self, deployment: str) -> dict[str, Any]:
         return self.table.get(storage_key(deployment)) or {}

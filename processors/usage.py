@@ -14,6 +14,12 @@ The mapping (reference section 5, Convex's `usage_limits/types.rs`):
     file_downloads          storage_api_bandwidth events
     tokens                  agent usage total_tokens, also per provider/model by kind
 
+Tenants choose the provider and model names of their agent usage, so the live
+windows keep tokens by name only for the models the price book prices; every other
+name is counted under OTHER_MODEL. A window's token map therefore has at most
+(priced models + 1) entries whatever the tenants send, and the forwarded records
+(and so ClickHouse and the invoices) keep the names as sent.
+
 Every counter is an integer, so sums are exact; units are converted only when
 shown or compared (as Fractions). Work is per raw message: events are summed per
 minute first and the minutes rolled up into hours, days and months, so a
@@ -76,6 +82,8 @@ class MessageUsage:
     """(end user, "day" | "month", window start) -> token delta"""
     snapshots: list[Record] = field(default_factory=list)
     """current_storage_usage records, in event-time order"""
+    models_folded: int = 0
+    """agent usage records whose model is counted under OTHER_MODEL"""
 
 
 def function_execution_metrics(record: Record, into: Counters) -> None:
@@ -112,19 +120,33 @@ METRICS_OF_ROUTE = {
 }
 
 
+OTHER_MODEL = "other"
+"""Where the live windows count the tokens of models the price book does not price."""
+
+
 def model_key(record: Record) -> str:
     return f"{record['provider'] or 'unknown'}/{record['model'] or 'unknown'}"
 
 
-def add_tokens(record: Record, delta: WindowDelta) -> None:
-    kinds = delta.tokens.setdefault(model_key(record), defaultdict(int))
+def bounded_model_key(record: Record, priced: frozenset[str] | None) -> str:
+    """The record's provider/model if it is priced (or `priced` is None), else OTHER_MODEL."""
+    key = model_key(record)
+    return key if priced is None or key in priced else OTHER_MODEL
+
+
+def add_tokens(record: Record, delta: WindowDelta, model: str) -> None:
+    kinds = delta.tokens.setdefault(model, defaultdict(int))
     for kind in TOKEN_KINDS:
         kinds[kind] += record[kind]
     delta.metrics["tokens"] += record["total_tokens"]
 
 
-def message_usage(routed: dict[str, list[Record]]) -> MessageUsage:
-    """Sums the records of one raw message per window (all of one deployment)."""
+def message_usage(routed: dict[str, list[Record]],
+                  priced: frozenset[str] | None = None) -> MessageUsage:
+    """Sums the records of one raw message per window (all of one deployment).
+
+    `priced`: the provider/model keys kept by name (the others fold into OTHER_MODEL);
+    None keeps every name (for tests and tools that count a known, small set)."""
     minutes: dict[int, WindowDelta] = {}
 
     def minute(timestamp: int) -> WindowDelta:
@@ -138,12 +160,16 @@ def message_usage(routed: dict[str, list[Record]]) -> MessageUsage:
         for record in routed.get(route, ()):
             derive(record, minute(record["timestamp"]).metrics)
     user_minutes: dict[tuple[str, int], WindowDelta] = {}
+    folded = 0
     for record in routed.get("agent_usage", ()):
-        add_tokens(record, minute(record["timestamp"]))
+        model = bounded_model_key(record, priced)
+        folded += model == OTHER_MODEL
+        add_tokens(record, minute(record["timestamp"]), model)
         start = record["timestamp"] - record["timestamp"] % 60_000
-        add_tokens(record, user_minutes.setdefault((record["user_id"], start), WindowDelta()))
+        add_tokens(record, user_minutes.setdefault((record["user_id"], start), WindowDelta()),
+                   model)
 
-    usage = MessageUsage()
+    usage = MessageUsage(models_folded=folded)
     for start, delta in minutes.items():
         for granularity in GRANULARITIES:
             key = (granularity, start if granularity == "minute"

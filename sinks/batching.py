@@ -56,6 +56,25 @@ class Columns:
     def origin(self, row: int) -> str:
         return ":".join(str(self.data[index][row]) for index in self._origin)
 
+    def messages(self, origin_fields: tuple[str, str]) -> list[tuple[int, int]]:
+        """[first, stop) row ranges of consecutive rows from one origin message (the
+        (partition, offset) named by `origin_fields`), in order."""
+        partitions, offsets = (self.data[self.names.index(name)] for name in origin_fields)
+        ranges: list[tuple[int, int]] = []
+        first = 0
+        for row in range(1, self.rows + 1):
+            if row == self.rows or (partitions[row], offsets[row]) != (
+                    partitions[first], offsets[first]):
+                ranges.append((first, row))
+                first = row
+        return ranges
+
+    def slice(self, first: int, stop: int) -> Columns:
+        part = Columns(self.names)
+        part.data = [column[first:stop] for column in self.data]
+        part.rows = stop - first
+        return part
+
 
 @dataclass
 class Batch:
@@ -67,6 +86,10 @@ class Batch:
     """Months inserted already (a batch whose later month failed is retried without them)."""
     checked: bool = False
     """Whether its rows went through the slow per-record check after a refused insert."""
+    refusals: int = 0
+    """Inserts ClickHouse refused for the data (sinks/service.py about_the_data)."""
+    by_message: dict[int, int] = field(default_factory=dict)
+    """Once stored message by message: per month, how many messages are done."""
 
     @property
     def rows(self) -> int:

@@ -34,3 +34,9 @@ COMMIT_FAILURES = Counter(
 )
 ASSIGNED = Gauge("meterstream_sink_assigned_partitions",
                  "Partitions of the sink's topics assigned to this sink.")
+POISON = Counter(
+    "meterstream_sink_poison_messages_total",
+    "Origin messages whose records ClickHouse refused for their data "
+    "METERSTREAM_SINK_MAX_ATTEMPTS times, sent to the dead-letter topic and skipped.",
+    ["table"],
+)

@@ -23,6 +23,17 @@ with exponential backoff (0.5 s doubling to 30 s) while the consumer keeps
 polling (so it stays in its group), and consumption resumes after it succeeds.
 A record that can never be stored (a field of the wrong type) goes to the
 dead-letter topic with the reason, and the rest of its batch is stored.
+
+A record the checks let through but ClickHouse refuses for its data (a constraint,
+a value it cannot convert: `about_the_data`) would block its table forever. After
+METERSTREAM_SINK_MAX_ATTEMPTS such refusals the batch is stored one origin message at
+a time, each its own atomic insert, in arrival order; the messages refused go to the
+dead-letter topic and are skipped, and the offsets are committed as usual. That stays
+exactly-once: the rows of one origin message are one insert, and per origin partition
+the inserts go in origin-offset order, so after a crash the high-water marks (the
+highest origin offset stored) skip exactly the messages stored. A refusal that is
+not about the data (ClickHouse away, the table missing, out of memory or space)
+keeps pausing and retrying, as above.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +51,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from billing import scheduler as invoice_schedule
 from meterstream.config import Settings
@@ -65,6 +78,24 @@ SHUTDOWN_SECONDS = 20.0
 # committed, so the partitions' next owner reads it again).
 REVOKE_FLUSH_SECONDS = 10.0
 MAX_POLL_MESSAGES = 500
+# ClickHouse error codes that say a row's data cannot be stored: a constraint, a value
+# it cannot parse, convert or fit. Any other code is about the server or the table.
+DATA_ERROR_CODES = frozenset({
+    6, 27, 38, 41, 53, 69, 70, 72, 117, 131, 190, 321, 349, 469,
+})
+_CODE = re.compile(r"\bCode: (\d+)\.")
+
+
+def about_the_data(exc: BaseException) -> bool:
+    """Whether an insert failed because of the rows it carried, so that retrying it can
+    never succeed: a ClickHouse error with a data error code, or an error building the
+    columns in Python (a value that does not fit its column type)."""
+    if isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, ClickHouseError):
+        match = _CODE.search(str(exc))
+        return match is not None and int(match.group(1)) in DATA_ERROR_CODES
+    return isinstance(exc, TypeError | ValueError | OverflowError | struct.error)
 # How long a starting sink waits for a `meterstream sql` that holds the embedded engine.
 ENGINE_WAIT_SECONDS = 30.0
 POLL_MS = 500
@@ -102,6 +133,7 @@ class Sink:
     def __init__(self, settings: Settings, client: Client, consumer: AIOKafkaConsumer,
                  producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         topics = Topics.of(settings)
+        self.max_attempts = settings.sink_max_attempts
         self.client = client
         self.consumer = consumer
         self.producer = producer
@@ -265,7 +297,10 @@ class Sink:
                 continue
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(table.writer.insert, columns, batch.token(month))
+                if batch.refusals >= self.max_attempts:
+                    await self._store_by_message(table, batch, month)
+                else:
+                    await asyncio.to_thread(table.writer.insert, columns, batch.token(month))
             except Exception as exc:
                 metrics.INSERT_FAILURES.labels(table.spec.table).inc()
                 log.warning("insert failed; partitions paused, retrying", extra={
@@ -276,6 +311,12 @@ class Sink:
                     batch.checked = True
                     if await self._remove_bad_records(table, batch):
                         return await self._store(table, batch)
+                if batch.refusals < self.max_attempts and about_the_data(exc):
+                    batch.refusals += 1
+                    if batch.refusals == self.max_attempts:
+                        log.warning("ClickHouse keeps refusing the batch's data; storing it "
+                                    "message by message", extra={"table": table.spec.table})
+                        return await self._store(table, batch)
                 return False
             batch.stored.add(month)
             metrics.INSERT_SECONDS.labels(table.spec.table).observe(
@@ -283,6 +324,28 @@ class Sink:
             metrics.INSERTS.labels(table.spec.table).inc()
             metrics.ROWS.labels(table.spec.table).inc(columns.rows)
         return True
+
+    async def _store_by_message(self, table: TableSink, batch: Batch, month: int) -> None:
+        """Stores one month of the batch one origin message at a time (each its own atomic
+        insert, in arrival order), dead-lettering the messages refused for their data.
+        Raises on any other failure; a retry goes on after the messages done."""
+        columns = batch.months[month]
+        ranges = columns.messages(table.spec.origin_fields)
+        for number in range(batch.by_message.get(month, 0), len(ranges)):
+            first, stop = ranges[number]
+            part = columns.slice(first, stop)
+            try:
+                await asyncio.to_thread(table.writer.insert, part,
+                                        f"{batch.token(month)}|rows:{first}-{stop}")
+            except Exception as exc:
+                if not about_the_data(exc):
+                    raise
+                metrics.POISON.labels(table.spec.table).inc()
+                reason = (f"ClickHouse refused this message's records {self.max_attempts} "
+                          f"times: {type(exc).__name__}: {str(exc)[:1000]}")
+                for record in part.records():
+                    await self._dead_letter(table, _letter(reason, record, {}))
+            batch.by_message[month] = number + 1
 
     async def _remove_bad_records(self, table: TableSink, batch: Batch) -> bool:
         """Moves the batch's records that cannot be stored to the dead letters; True if any."""
