@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        sys.exit(f"meterstream: configuration error: {exc}")
+        if len(exc.problems) == 1:
+            sys.exit(f"meterstream: configuration error: {exc}")
+        sys.exit("meterstream: configuration errors:\n"
+                 + "\n".join(f"  - {problem}" for problem in exc.problems))
     configure(args.command, settings.log_level)
     sys.exit(_run(args, settings))
 
