@@ -27,12 +27,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ingest.signature import verify
+from meterstream import secret_box
 
 log = logging.getLogger("meterstream.registry")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 OWNER_FIELDS = ("team", "project", "plan")
 FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels")
+SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")
+"""Sealed at rest with the process's key (meterstream/secret_box.py)."""
 MIN_SECRET_LENGTH = 16
 
 
@@ -105,13 +108,21 @@ class Deployment:
         return hmac.compare_digest(token_digest(token), self.ingest_token_sha256)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        """The stored record: the webhook secrets sealed under the installed key."""
+        values = asdict(self)
+        secret_box.seal_fields(self.name, values, SEALED_FIELDS)
+        return orjson.dumps(values)
 
     @classmethod
-    def from_json(cls, value: bytes) -> Deployment:
+    def from_json(cls, value: bytes, *, locked: bool = False) -> Deployment:
+        """The record, its secrets opened with the installed keyring; plain ones (older
+        versions) are taken as they are. Raises secret_box.UndecryptableSecret, or with
+        `locked` keeps the record with its unopenable secrets locked (nothing verifies)."""
         # Fields a newer version added are ignored, fields an older one lacked take defaults.
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in orjson.loads(value).items() if k in known})
+        values = {k: v for k, v in orjson.loads(value).items() if k in known}
+        secret_box.open_fields(str(values.get("name")), values, SEALED_FIELDS, locked=locked)
+        return cls(**values)
 
 
 def check_name(name: str) -> None:
@@ -249,7 +260,16 @@ class RegistryView:
             self._deployments.pop(name, None)
             return
         try:
-            self._deployments[name] = Deployment.from_json(value)
+            try:
+                record = Deployment.from_json(value)
+            except secret_box.UndecryptableSecret as exc:
+                secret_box.undecryptable(exc, loading=not self.loaded)
+                record = Deployment.from_json(value, locked=True)
+            # The sealed secrets are bound to the record's name: one stored under another
+            # deployment's key would carry that deployment's secret.
+            if record.name != name:
+                raise TypeError(f"the record is {record.name!r}'s")
+            self._deployments[name] = record
         except (orjson.JSONDecodeError, TypeError) as exc:
             log.error("unreadable registry record skipped",
                       extra={"deployment": name, "error": str(exc)})
