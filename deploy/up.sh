@@ -4,6 +4,7 @@
 # with the embedded ClickHouse engine. Ctrl-C stops the pipeline; the broker
 # keeps running (`.venv/bin/meterstream kafka stop` stops it).
 set -euo pipefail
+umask 077
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/bootstrap.sh
 if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
@@ -16,6 +17,11 @@ if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
   METERSTREAM_ADMIN_TOKEN=$(cat "$token_file")
   export METERSTREAM_ADMIN_TOKEN
   echo "up: admin API token in $token_file" >&2
+fi
+if [ -z "${METERSTREAM_SECRET_KEY:-}${METERSTREAM_SECRET_KEY_FILE:-}" ]; then
+  # `meterstream up` makes it there (0600) on first use; it seals the webhook secrets in
+  # the registry topic, so back it up with the data: without it they cannot be read.
+  echo "up: registry secret key in ${METERSTREAM_DATA_DIR:-.meterstream}/secret-key" >&2
 fi
 .venv/bin/meterstream kafka start
 exec .venv/bin/meterstream up

@@ -80,16 +80,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def close_data_dirs(settings: Settings) -> None:
-    """Makes the data directory (and the embedded ClickHouse's, wherever it is) private:
-    versions before the umask made them 0755, their files 0644. Files inside keep their
-    mode until rewritten; the directory's 0700 already keeps other users out of them."""
+    """Makes the data directory (and the embedded ClickHouse's, wherever it is) private.
+    Versions before the umask made them 0755 and their files 0644: a directory found open
+    to others has the group and other bits taken off everything under it, once."""
     for directory in (settings.data_dir, settings.clickhouse.chdb_path):
-        if directory is not None and directory.is_dir() and directory.stat().st_mode & 0o077:
-            try:
-                directory.chmod(0o700)
-            except PermissionError:
-                print(f"meterstream: warning: cannot make {directory} private (0700): "
-                      "not its owner", file=sys.stderr)
+        if directory is None or not directory.is_dir() or not directory.stat().st_mode & 0o077:
+            continue
+        try:
+            for path in (directory, *directory.rglob("*")):
+                if not path.is_symlink():
+                    path.chmod(path.stat().st_mode & 0o700)
+        except PermissionError:
+            print(f"meterstream: warning: cannot make {directory} private (0700): "
+                  "not its owner", file=sys.stderr)
+        except FileNotFoundError:
+            pass  # a file another process removed meanwhile
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
