@@ -183,6 +183,9 @@ class RegistryView:
         self._deployments: dict[str, Deployment] = {}
         self._loaded = asyncio.Event()
         self._position = 0
+        self._unopened: dict[str, secret_box.UndecryptableSecret] = {}
+        """While loading: records whose latest value no configured key opens (an earlier
+        value may be superseded by a later one sealed with a key we hold)."""
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
@@ -239,7 +242,7 @@ class RegistryView:
                         self._position = await consumer.position(tp)
                         self._advanced.notify_all()
                     if not self.loaded and self._position >= end:
-                        self._loaded.set()
+                        self._finish_loading()
                         log.info("registry loaded", extra={"deployments": len(self._deployments)})
             except asyncio.CancelledError:
                 raise
@@ -252,10 +255,19 @@ class RegistryView:
             finally:
                 await consumer.stop()
 
+    def _finish_loading(self) -> None:
+        """Loaded: a record whose latest value no key opens stops a receiver here
+        (secret_box.undecryptable); elsewhere it stays locked."""
+        for error in self._unopened.values():
+            secret_box.undecryptable(error, loading=True)
+        self._unopened.clear()
+        self._loaded.set()
+
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
         name = key.decode()
+        self._unopened.pop(name, None)
         if value is None:
             self._deployments.pop(name, None)
             return
@@ -263,7 +275,10 @@ class RegistryView:
             try:
                 record = Deployment.from_json(value)
             except secret_box.UndecryptableSecret as exc:
-                secret_box.undecryptable(exc, loading=not self.loaded)
+                if self.loaded:
+                    secret_box.undecryptable(exc, loading=False)
+                else:
+                    self._unopened[name] = exc  # judged once loaded, if still the latest
                 record = Deployment.from_json(value, locked=True)
             # The sealed secrets are bound to the record's name: one stored under another
             # deployment's key would carry that deployment's secret.

@@ -132,15 +132,34 @@ def test_the_registry_view_refuses_to_load_what_the_receiver_cannot_open() -> No
     stored = record().to_json()
     secret_box.install(Keyring(NEW), strict=True)
     view = RegistryView("127.0.0.1:1", "registry")
+    view._apply(b"happy-otter-123", stored)
     with pytest.raises(SystemExit) as caught:
-        view._apply(b"happy-otter-123", stored)
+        view._finish_loading()
     assert key_id(OLD) in str(caught.value.code)
+    assert not view.loaded
     # Once loaded, a record sealed with an unknown key is kept locked instead.
     view._loaded.set()
     view._apply(b"happy-otter-123", stored)
     locked = view.get("happy-otter-123")
     assert locked is not None
     assert not locked.signature_matches(BODY, sign(BODY, SECRET), now_ms=0)
+
+
+def test_only_the_latest_value_of_a_record_must_open() -> None:
+    """Until compaction, the topic still holds the values sealed with a key since retired."""
+    secret_box.install(Keyring(OLD))
+    retired = record().to_json()
+    secret_box.install(Keyring(NEW))
+    current = record().to_json()
+    secret_box.install(Keyring(NEW), strict=True)
+    view = RegistryView("127.0.0.1:1", "registry")
+    view._apply(b"happy-otter-123", retired)
+    view._apply(b"happy-otter-123", current)
+    view._apply(b"gone-deployment", retired.replace(b"happy-otter-123", b"gone-deployment"))
+    view._apply(b"gone-deployment", None)
+    view._finish_loading()
+    assert view.loaded
+    assert view.get("happy-otter-123") == record()
 
 
 def test_processes_that_verify_nothing_keep_the_record_locked() -> None:
