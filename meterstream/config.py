@@ -51,7 +51,8 @@ VARIABLES: tuple[Variable, ...] = (
              "KRaft controller port of the local broker (`meterstream kafka start` only)."),
     Variable("METERSTREAM_CLICKHOUSE", "chdb:///<data dir>/clickhouse",
              "chdb:///path selects the embedded ClickHouse engine at that path; "
-             "http(s)://user:password@host:port/database selects a ClickHouse server."),
+             "http(s)://user:password@host:port/database selects a ClickHouse server (https:// "
+             "unless loopback when it has a password). Or METERSTREAM_CLICKHOUSE_FILE."),
     Variable("METERSTREAM_DATA_DIR", "./.meterstream",
              "Local state: broker jars and data, the embedded ClickHouse data."),
     Variable("METERSTREAM_NAMESPACE", "meterstream",
@@ -143,7 +144,8 @@ VARIABLES: tuple[Variable, ...] = (
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
 SECRET_VARIABLES = ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_ALERT_WEBHOOK_SECRET",
-                    "METERSTREAM_SECRET_KEY", "METERSTREAM_SECRET_OLD_KEYS")
+                    "METERSTREAM_SECRET_KEY", "METERSTREAM_SECRET_OLD_KEYS",
+                    "METERSTREAM_CLICKHOUSE")
 """Each may be given as <NAME>_FILE instead: the value is that file's content (docker and
 systemd secrets), so that it appears in no process environment listing."""
 SECRET_KEY_BYTES = 32
