@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that write webhook secrets to the registry make the data directory's key when
 # none is configured; `up` makes it before its children start, so that they share it.
-_KEY_MAKERS = ("receiver", "up", "secrets")
+_KEY_MAKERS = ("receiver", "up", "secrets reencrypt")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from meterstream import secret_box
 
     try:
-        keyring = secret_box.load(settings, create=args.command in _KEY_MAKERS)
+        command = " ".join([args.command, *([args.action] if args.command == "secrets" else [])])
+        keyring = secret_box.load(settings, create=command in _KEY_MAKERS)
     except ConfigError as exc:
         sys.exit(f"meterstream: configuration error: {exc}")
     # The receiver verifies webhooks: a registry record it cannot open stops its start.

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from meterstream import secret_box
 from meterstream.config import SECRET_KEY_BYTES, ConfigError, Settings
@@ -62,8 +63,9 @@ def run(args: argparse.Namespace, settings: Settings, keyring: secret_box.Keyrin
                 print(f"records sealed with {kid}: {count}")
             return 0
         result = asyncio.run(reencrypt(settings.kafka_bootstrap, topic, keyring))
-    except (ConfigError, TimeoutError) as exc:
-        print(f"meterstream secrets: {exc}", file=sys.stderr)
+    except (ConfigError, TimeoutError, KafkaError, OSError) as exc:
+        print(f"meterstream secrets: {exc or type(exc).__name__} "
+              f"(Kafka at {settings.kafka_bootstrap})", file=sys.stderr)
         return 1
     if result.unreadable:
         for problem in result.unreadable:

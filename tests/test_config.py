@@ -166,3 +166,13 @@ def test_old_secret_keys_are_a_comma_separated_list(tmp_path: Path) -> None:
 def test_a_secret_key_must_be_32_bytes_of_base64(value: str) -> None:
     with pytest.raises(ConfigError, match="METERSTREAM_SECRET_KEY must be base64 of 32"):
         Settings.from_env({"METERSTREAM_SECRET_KEY": value})
+
+
+def test_the_command_lists_every_bad_variable() -> None:
+    result = meterstream(["receiver"], {"METERSTREAM_RECEIVER_PORT": "eighty",
+                                        "METERSTREAM_CONVEX_API_URL": "http://convex.example"},
+                         check=False)
+    assert result.returncode == 1
+    assert "configuration errors:" in result.stderr
+    assert "  - METERSTREAM_RECEIVER_PORT must be a int" in result.stderr
+    assert "  - METERSTREAM_CONVEX_API_URL must be an https:// URL" in result.stderr

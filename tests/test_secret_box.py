@@ -218,3 +218,17 @@ def test_a_damaged_key_file_is_refused(tmp_path: Path) -> None:
     path.write_text(base64.b64encode(NEW).decode())
     assert secret_box.load(settings(tmp_path)) == Keyring(NEW)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_secrets_command_without_kafka_or_key_says_so(tmp_path: Path) -> None:
+    from tests.support import free_port, meterstream
+
+    env = {"METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
+           "METERSTREAM_KAFKA": f"127.0.0.1:{free_port()}",
+           "METERSTREAM_SECRET_KEY": base64.b64encode(NEW).decode()}
+    down = meterstream(["secrets", "reencrypt"], env, check=False)
+    assert down.returncode == 1
+    assert f"(Kafka at {env['METERSTREAM_KAFKA']})" in down.stderr
+    generated = meterstream(["secrets", "generate-key"], env).stdout.strip()
+    assert len(base64.b64decode(generated)) == 32
+    assert generated != meterstream(["secrets", "generate-key"], env).stdout.strip()
