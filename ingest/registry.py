@@ -7,8 +7,9 @@ counts as loaded once it reached the end it saw at start, and then follows new
 records, so a change made through any replica is in force everywhere without
 a restart.
 
-Records carry the webhook secret itself (HMAC needs it) and only a SHA-256 of
-the ingest token. Neither appears in logs or in what `public()` returns.
+Records carry the webhook secret itself (HMAC needs it), sealed at rest with the
+process's key (meterstream/secret_box.py), and only a SHA-256 of the ingest token.
+Neither appears in logs or in what `public()` returns.
 """
 
 from __future__ import annotations
