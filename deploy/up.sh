@@ -4,9 +4,10 @@
 # with the embedded ClickHouse engine. Ctrl-C stops the pipeline; the broker
 # keeps running (`.venv/bin/meterstream kafka stop` stops it).
 set -euo pipefail
-umask 077
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/bootstrap.sh
+# The data directory, its keys and the broker's logs: for this user only.
+umask 077
 if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
   # A local admin token for the registry's admin API, made once and kept private.
   token_file="${METERSTREAM_DATA_DIR:-.meterstream}/admin-token"
