@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from ingest.registry import Deployment, RegistryView
 from ingest.signature import sign
@@ -137,9 +138,12 @@ def test_the_registry_view_refuses_to_load_what_the_receiver_cannot_open() -> No
         view._finish_loading()
     assert key_id(OLD) in str(caught.value.code)
     assert not view.loaded
-    # Once loaded, a record sealed with an unknown key is kept locked instead.
+    # Once loaded, a record sealed with an unknown key is kept locked instead, and counted.
     view._loaded.set()
+    before = REGISTRY.get_sample_value("meterstream_registry_undecryptable_secrets_total")
     view._apply(b"happy-otter-123", stored)
+    assert REGISTRY.get_sample_value(
+        "meterstream_registry_undecryptable_secrets_total") == (before or 0) + 1
     locked = view.get("happy-otter-123")
     assert locked is not None
     assert not locked.signature_matches(BODY, sign(BODY, SECRET), now_ms=0)
