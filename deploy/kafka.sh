@@ -11,6 +11,8 @@
 # DIR/data   KRaft metadata and topic logs, formatted once and reused
 # DIR/kafka.log, DIR/kafka.pid, DIR/server.properties
 set -euo pipefail
+# Topic logs hold webhook bodies and the registry: for this user only (the broker inherits it).
+umask 077
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 pom="$here/kafka/pom.xml"
@@ -35,6 +37,10 @@ done
 [ -n "$home" ] && [ -n "$port" ] && [ -n "$controller_port" ] || usage
 mkdir -p "$home"
 home=$(cd "$home" && pwd)
+# A home made by a version before the umask is 0755 with 0644 files: close it.
+if [ -n "$(find "$home" -maxdepth 0 -perm /077)" ]; then
+  chmod -R go-rwx "$home"
+fi
 libs="$home/libs" data="$home/data" pidfile="$home/kafka.pid" logfile="$home/kafka.log" props="$home/server.properties"
 
 require_java() {

@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/bootstrap.sh
+# The data directory, its keys and the broker's logs: for this user only.
+umask 077
 if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
   # A local admin token for the registry's admin API, made once and kept private.
   token_file="${METERSTREAM_DATA_DIR:-.meterstream}/admin-token"
@@ -16,6 +18,11 @@ if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
   METERSTREAM_ADMIN_TOKEN=$(cat "$token_file")
   export METERSTREAM_ADMIN_TOKEN
   echo "up: admin API token in $token_file" >&2
+fi
+if [ -z "${METERSTREAM_SECRET_KEY:-}${METERSTREAM_SECRET_KEY_FILE:-}" ]; then
+  # `meterstream up` makes it there (0600) on first use; it seals the webhook secrets in
+  # the registry topic, so back it up with the data: without it they cannot be read.
+  echo "up: registry secret key in ${METERSTREAM_DATA_DIR:-.meterstream}/secret-key" >&2
 fi
 .venv/bin/meterstream kafka start
 exec .venv/bin/meterstream up

@@ -7,8 +7,9 @@ counts as loaded once it reached the end it saw at start, and then follows new
 records, so a change made through any replica is in force everywhere without
 a restart.
 
-Records carry the webhook secret itself (HMAC needs it) and only a SHA-256 of
-the ingest token. Neither appears in logs or in what `public()` returns.
+Records carry the webhook secret itself (HMAC needs it), sealed at rest with the
+process's key (meterstream/secret_box.py), and only a SHA-256 of the ingest token.
+Neither appears in logs or in what `public()` returns.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ingest.signature import verify
+from meterstream import secret_box
 
 log = logging.getLogger("meterstream.registry")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 OWNER_FIELDS = ("team", "project", "plan")
 FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels", "allow_unsigned")
+SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")
+"""Sealed at rest with the process's key (meterstream/secret_box.py)."""
 MIN_SECRET_LENGTH = 16
 
 
@@ -109,13 +113,21 @@ class Deployment:
         return hmac.compare_digest(token_digest(token), self.ingest_token_sha256)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        """The stored record: the webhook secrets sealed under the installed key."""
+        values = asdict(self)
+        secret_box.seal_fields(self.name, values, SEALED_FIELDS)
+        return orjson.dumps(values)
 
     @classmethod
-    def from_json(cls, value: bytes) -> Deployment:
+    def from_json(cls, value: bytes, *, locked: bool = False) -> Deployment:
+        """The record, its secrets opened with the installed keyring; plain ones (older
+        versions) are taken as they are. Raises secret_box.UndecryptableSecret, or with
+        `locked` keeps the record with its unopenable secrets locked (nothing verifies)."""
         # Fields a newer version added are ignored, fields an older one lacked take defaults.
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in orjson.loads(value).items() if k in known})
+        values = {k: v for k, v in orjson.loads(value).items() if k in known}
+        secret_box.open_fields(str(values.get("name")), values, SEALED_FIELDS, locked=locked)
+        return cls(**values)
 
 
 def check_name(name: str) -> None:
@@ -182,6 +194,9 @@ class RegistryView:
         """sha256(ingest token) -> the deployment it belongs to."""
         self._loaded = asyncio.Event()
         self._position = 0
+        self._unopened: dict[str, secret_box.UndecryptableSecret] = {}
+        """While loading: records whose latest value no configured key opens (an earlier
+        value may be superseded by a later one sealed with a key we hold)."""
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
@@ -252,7 +267,7 @@ class RegistryView:
                         self._position = await consumer.position(tp)
                         self._advanced.notify_all()
                     if not self.loaded and self._position >= end:
-                        self._loaded.set()
+                        self._finish_loading()
                         log.info("registry loaded", extra={"deployments": len(self._deployments)})
             except asyncio.CancelledError:
                 raise
@@ -265,16 +280,36 @@ class RegistryView:
             finally:
                 await consumer.stop()
 
+    def _finish_loading(self) -> None:
+        """Loaded: a record whose latest value no key opens stops a receiver here
+        (secret_box.undecryptable); elsewhere it stays locked."""
+        for error in self._unopened.values():
+            secret_box.undecryptable(error, loading=True)
+        self._unopened.clear()
+        self._loaded.set()
+
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
         name = key.decode()
+        self._unopened.pop(name, None)
         if value is None:
             self._index(name, None)
             self._deployments.pop(name, None)
             return
         try:
-            record = Deployment.from_json(value)
+            try:
+                record = Deployment.from_json(value)
+            except secret_box.UndecryptableSecret as exc:
+                if self.loaded:
+                    secret_box.undecryptable(exc, loading=False)
+                else:
+                    self._unopened[name] = exc  # judged once loaded, if still the latest
+                record = Deployment.from_json(value, locked=True)
+            # The sealed secrets are bound to the record's name: one stored under another
+            # deployment's key would carry that deployment's secret.
+            if record.name != name:
+                raise TypeError(f"the record is {record.name!r}'s")
         except (orjson.JSONDecodeError, TypeError) as exc:
             log.error("unreadable registry record skipped",
                       extra={"deployment": name, "error": str(exc)})

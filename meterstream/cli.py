@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,20 +34,68 @@ def _parser() -> argparse.ArgumentParser:
     loadgen.add_parser(commands)
     sql = commands.add_parser("sql", help="run SQL on meterstream's ClickHouse; prints TSV")
     sql.add_argument("query", help="one statement, e.g. 'SELECT count() FROM function_executions'")
+    sql.add_argument("--write", action="store_true",
+                     help="allow statements that change data or schema (read-only otherwise)")
+    from meterstream import secrets_cli
+
+    secrets_cli.add_parser(commands)
     from billing import cli as billing_cli
 
     billing_cli.add_parsers(commands)
     return parser
 
 
+# Commands that write webhook secrets to the registry make the data directory's key when
+# none is configured; `up` makes it before its children start, so that they share it.
+_KEY_MAKERS = ("receiver", "up", "secrets reencrypt")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    # Everything meterstream writes (Kafka logs, chdb files, keys, sockets) is for this
+    # user only; the broker and every child process inherit the mask.
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        sys.exit(f"meterstream: configuration error: {exc}")
+        if len(exc.problems) == 1:
+            sys.exit(f"meterstream: configuration error: {exc}")
+        sys.exit("meterstream: configuration errors:\n"
+                 + "\n".join(f"  - {problem}" for problem in exc.problems))
     configure(args.command, settings.log_level)
+    close_data_dirs(settings)
+    from meterstream import secret_box
+
+    try:
+        command = " ".join([args.command, *([args.action] if args.command == "secrets" else [])])
+        keyring = secret_box.load(settings, create=command in _KEY_MAKERS)
+    except ConfigError as exc:
+        sys.exit(f"meterstream: configuration error: {exc}")
+    # The receiver verifies webhooks: a registry record it cannot open stops its start.
+    secret_box.install(keyring, strict=args.command == "receiver")
+    if args.command == "secrets":
+        from meterstream import secrets_cli
+
+        sys.exit(secrets_cli.run(args, settings, keyring))
     sys.exit(_run(args, settings))
+
+
+def close_data_dirs(settings: Settings) -> None:
+    """Makes the data directory (and the embedded ClickHouse's, wherever it is) private.
+    Versions before the umask made them 0755 and their files 0644: a directory found open
+    to others has the group and other bits taken off everything under it, once."""
+    for directory in (settings.data_dir, settings.clickhouse.chdb_path):
+        if directory is None or not directory.is_dir() or not directory.stat().st_mode & 0o077:
+            continue
+        try:
+            for path in (directory, *directory.rglob("*")):
+                if not path.is_symlink():
+                    path.chmod(path.stat().st_mode & 0o700)
+        except PermissionError:
+            print(f"meterstream: warning: cannot make {directory} private (0700): "
+                  "not its owner", file=sys.stderr)
+        except FileNotFoundError:
+            pass  # a file another process removed meanwhile
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,7 +125,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return supervisor.run()
     elif args.command == "sql":
-        return _sql(args.query, settings)
+        return _sql(args.query, settings, write=args.write)
     elif args.command == "deployments":
         from meterstream import deployments
 
@@ -92,12 +141,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _sql(query: str, settings: Settings) -> int:
+def _sql(query: str, settings: Settings, write: bool = False) -> int:
     from sinks.clickhouse import EngineBusy
     from sinks.query import QueryError, run_sql
 
     try:
-        output = run_sql(settings.clickhouse, query)
+        output = run_sql(settings.clickhouse, query, write=write)
     except (QueryError, EngineBusy) as exc:
         print(f"meterstream sql: {exc}", file=sys.stderr)
         return 1

@@ -6,9 +6,14 @@ environment. A bad value fails at start with a message naming the variable.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -16,9 +21,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "Settings"]
 
+_T = TypeVar("_T")
+
 
 class ConfigError(ValueError):
-    """A configuration variable has a value meterstream cannot use."""
+    """A configuration variable has a value meterstream cannot use.
+
+    From `Settings.from_env`, `problems` lists every bad variable found (the message
+    joins them), so one start reports them all."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,8 @@ VARIABLES: tuple[Variable, ...] = (
              "KRaft controller port of the local broker (`meterstream kafka start` only)."),
     Variable("METERSTREAM_CLICKHOUSE", "chdb:///<data dir>/clickhouse",
              "chdb:///path selects the embedded ClickHouse engine at that path; "
-             "http(s)://user:password@host:port/database selects a ClickHouse server."),
+             "http(s)://user:password@host:port/database selects a ClickHouse server (https:// "
+             "unless loopback when it has a password). Or METERSTREAM_CLICKHOUSE_FILE."),
     Variable("METERSTREAM_DATA_DIR", "./.meterstream",
              "Local state: broker jars and data, the embedded ClickHouse data."),
     Variable("METERSTREAM_NAMESPACE", "meterstream",
@@ -57,14 +72,15 @@ VARIABLES: tuple[Variable, ...] = (
              "Produces the receiver lets wait for Kafka at once; beyond it requests get 429 "
              "(Convex retries them) instead of growing memory."),
     Variable("METERSTREAM_ADMIN_TOKEN", "",
-             "Bearer token of the admin API (/v1/deployments); empty disables the admin API."),
+             "Bearer token of the admin API (/v1/deployments); empty disables the admin API. "
+             "Or METERSTREAM_ADMIN_TOKEN_FILE: a file holding it."),
     Variable("METERSTREAM_ADMIN_HOST", "127.0.0.1",
              "Address the receiver's admin API (/v1/deployments) listens on, apart from the "
              "public webhook port; loopback by default."),
     Variable("METERSTREAM_ADMIN_PORT", "8688", "Port of the receiver's admin API."),
     Variable("METERSTREAM_ADMIN_URL", "",
              "Where `meterstream deployments` reaches the admin API; empty means "
-             "http://<METERSTREAM_ADMIN_HOST>:<METERSTREAM_ADMIN_PORT>."),
+             "http://<METERSTREAM_ADMIN_HOST>:<METERSTREAM_ADMIN_PORT>. https:// unless loopback."),
     Variable("METERSTREAM_MAX_RECORDS_PER_REQUEST", "1000",
              "Most webhook events or agent usage records one request may carry (Convex sends "
              "at most 128); more get 413."),
@@ -84,10 +100,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_PUBLIC_URL", "",
              "This meterstream's receiver as Convex reaches it, e.g. https://metering.example.com; "
              "provisioning points log streams at <it>/v1/convex/logs. Empty means "
-             "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT> (local use only)."),
+             "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT> (local use only). https:// unless "
+             "loopback."),
     Variable("METERSTREAM_CONVEX_API_URL", "https://{deployment}.convex.cloud/api/v1",
              "The Convex deployment Platform API; {deployment} is replaced by the deployment "
-             "name. Set a plain URL for a self-hosted backend."),
+             "name. Set a plain URL for a self-hosted backend. https:// unless loopback (it "
+             "carries deploy keys)."),
     Variable("METERSTREAM_SECRET_OVERLAP", "600",
              "Seconds the old webhook secret is still accepted after a rotation."),
     Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
@@ -109,11 +127,13 @@ VARIABLES: tuple[Variable, ...] = (
              "Function calls in a minute below which no runaway alert is raised, whatever the "
              "baseline (so a quiet app waking up is not a runaway)."),
     Variable("METERSTREAM_ALERT_WEBHOOKS", "",
-             "Comma-separated URLs every alert is POSTed to, signed like Convex's webhooks "
-             "(x-webhook-signature: sha256=<hex>); empty sends alerts to Kafka only."),
+             "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
+             "body (x-webhook-timestamp, x-webhook-signature: see the README); https:// unless "
+             "loopback; empty sends alerts to Kafka only."),
     Variable("METERSTREAM_ALERT_WEBHOOK_SECRET", "",
-             "HMAC-SHA256 key of the alert webhooks' signature; required when "
-             "METERSTREAM_ALERT_WEBHOOKS is set."),
+             "HMAC-SHA256 key of the alert webhooks' signature, at least 32 characters; "
+             "required when METERSTREAM_ALERT_WEBHOOKS is set. Or "
+             "METERSTREAM_ALERT_WEBHOOK_SECRET_FILE: a file holding it."),
     Variable("METERSTREAM_ALERT_RETRY_SECONDS", "3600",
              "How long (s) an alert webhook is retried with exponential backoff before the "
              "alert goes to the dead-letter topic."),
@@ -140,8 +160,52 @@ VARIABLES: tuple[Variable, ...] = (
              "Times the sink tries to insert a batch ClickHouse refuses (not: cannot be "
              "reached) before it stores the batch's messages one by one and sends those "
              "refused to the dead-letter topic."),
+    Variable("METERSTREAM_SECRET_KEY", "",
+             "Key that encrypts webhook secrets in the registry topic (AES-256-GCM): base64 of "
+             "32 random bytes (`head -c 32 /dev/urandom | base64`). Empty means the key in "
+             "<data dir>/secret-key, generated (0600) by the first receiver that needs one. Or "
+             "METERSTREAM_SECRET_KEY_FILE: a file holding it."),
+    Variable("METERSTREAM_SECRET_OLD_KEYS", "",
+             "Comma-separated earlier METERSTREAM_SECRET_KEY values, still accepted for "
+             "decryption during a key rotation (`meterstream secrets reencrypt` rewrites every "
+             "record under the current key). Or METERSTREAM_SECRET_OLD_KEYS_FILE."),
+    Variable("METERSTREAM_INSECURE_HTTP_HOSTS", "",
+             "Comma-separated host names to which URLs carrying credentials may use http:// "
+             "although they are not loopback (a private network's service names, e.g. "
+             "`clickhouse` in docker-compose.yml); every other such URL must be https://."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+SECRET_VARIABLES = ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_ALERT_WEBHOOK_SECRET",
+                    "METERSTREAM_SECRET_KEY", "METERSTREAM_SECRET_OLD_KEYS",
+                    "METERSTREAM_CLICKHOUSE")
+"""Each may be given as <NAME>_FILE instead: the value is that file's content (docker and
+systemd secrets), so that it appears in no process environment listing."""
+SECRET_KEY_BYTES = 32
+MIN_ALERT_SECRET_LENGTH = 32
+
+# While Settings.from_env runs, validators add their problem here and return a stand-in
+# value instead of raising, so that one error lists every bad variable.
+_PROBLEMS: ContextVar[list[str] | None] = ContextVar("config_problems", default=None)
+
+
+def _problem(message: str, stand_in: _T) -> _T:
+    """Reports a bad value: raises, or records it while `from_env` collects problems."""
+    problems = _PROBLEMS.get()
+    if problems is None:
+        raise ConfigError(message)
+    problems.append(message)
+    return stand_in
+
+
+@contextmanager
+def _collecting() -> Iterator[list[str]]:
+    problems: list[str] = []
+    token = _PROBLEMS.set(problems)
+    try:
+        yield problems
+    finally:
+        _PROBLEMS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -217,10 +281,27 @@ class Settings:
     worker_max_users: int = 1000
     worker_max_user_alerts: int = 100
     sink_max_attempts: int = 3
+    secret_key: bytes | None = field(default=None, repr=False)
+    """METERSTREAM_SECRET_KEY; None: the data directory's key (meterstream/secret_box.py)."""
+    secret_old_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    insecure_http_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+        """The settings, or a ConfigError listing every bad variable at once."""
+        with _collecting() as problems:
+            try:
+                settings = cls._from_env(_with_secret_files(
+                    os.environ if environ is None else environ))
+            except ConfigError as exc:  # a check that does not collect
+                problems.append(str(exc))
+                settings = None
+        if problems or settings is None:
+            raise ConfigError("; ".join(problems), tuple(problems))
+        return settings
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str]) -> Settings:
 
         def raw(name: str) -> str:
             value = env.get(name, "").strip()
@@ -316,12 +397,56 @@ class Settings:
                                            1_000_000),
             sink_max_attempts=_number("METERSTREAM_SINK_MAX_ATTEMPTS",
                                       raw("METERSTREAM_SINK_MAX_ATTEMPTS"), int, 1, 100),
+            secret_key=_secret_key("METERSTREAM_SECRET_KEY",
+                                   env.get("METERSTREAM_SECRET_KEY", "").strip()),
+            secret_old_keys=tuple(
+                key for value in env.get("METERSTREAM_SECRET_OLD_KEYS", "").split(",")
+                if (key := _secret_key("METERSTREAM_SECRET_OLD_KEYS", value.strip()))),
+            insecure_http_hosts=tuple(
+                host.strip().lower()
+                for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
+                if host.strip()),
         )
 
     def __post_init__(self) -> None:
+        for message in self._combination_problems():
+            _problem(message, None)
+
+    def _combination_problems(self) -> list[str]:
+        """Problems of values that are each valid but unsafe or inconsistent together."""
+        problems = []
         if self.alert_webhooks and not self.alert_webhook_secret:
-            raise ConfigError("METERSTREAM_ALERT_WEBHOOK_SECRET must be set when "
-                              "METERSTREAM_ALERT_WEBHOOKS is")
+            problems.append("METERSTREAM_ALERT_WEBHOOK_SECRET must be set when "
+                            "METERSTREAM_ALERT_WEBHOOKS is")
+        if self.alert_webhook_secret and (
+                len(self.alert_webhook_secret) < MIN_ALERT_SECRET_LENGTH
+                or not self.alert_webhook_secret.isascii()
+                or not self.alert_webhook_secret.isprintable()):
+            problems.append(f"METERSTREAM_ALERT_WEBHOOK_SECRET must be printable ASCII of at "
+                            f"least {MIN_ALERT_SECRET_LENGTH} characters")
+        # A body replayed after its hash was forgotten but while its events still count as
+        # late would be counted twice.
+        if self.dedup_retention < self.late_grace:
+            problems.append(
+                f"METERSTREAM_DEDUP_RETENTION ({self.dedup_retention:g} s) must be at least "
+                f"METERSTREAM_LATE_GRACE ({self.late_grace:g} s), or a replayed body is "
+                "counted again")
+        # URLs that carry deploy keys, tokens, passwords or signed alerts.
+        allowed = self.insecure_http_hosts
+        credentialed: list[tuple[str, str]] = [
+            ("METERSTREAM_ADMIN_URL", self.admin_url),
+            ("METERSTREAM_PUBLIC_URL", self.public_url),
+            ("METERSTREAM_CONVEX_API_URL", self.convex_api_url),
+            *(("METERSTREAM_ALERT_WEBHOOKS", url) for url in self.alert_webhooks),
+        ]
+        if not self.clickhouse.embedded and urlsplit(self.clickhouse.url).password:
+            credentialed.append(("METERSTREAM_CLICKHOUSE", self.clickhouse.url))
+        for name, url in credentialed:
+            if not plain_http_allowed(url, allowed):
+                shown = self.clickhouse.display if url == self.clickhouse.url else url
+                problems.append(f"{name} must be an https:// URL (http:// only for loopback "
+                                f"or METERSTREAM_INSECURE_HTTP_HOSTS), got {shown!r}")
+        return problems
 
     @property
     def kafka_port(self) -> int:
@@ -340,6 +465,53 @@ class Settings:
         return self.data_dir / "kafka"
 
 
+def plain_http_allowed(url: str, insecure_hosts: tuple[str, ...] = ()) -> bool:
+    """True unless `url` is http:// to a host that is neither loopback (127.0.0.0/8, ::1,
+    localhost) nor named in `insecure_hosts`: credentials sent there travel in clear."""
+    parts = urlsplit(url.replace("{deployment}", "deployment"))
+    if parts.scheme != "http":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host in insecure_hosts:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` with each secret variable given as <NAME>_FILE replaced by the file's content
+    (without its trailing newline); setting both <NAME> and <NAME>_FILE is a problem."""
+    resolved: dict[str, str] = dict(env)
+    for name in SECRET_VARIABLES:
+        path = env.get(f"{name}_FILE", "").strip()
+        if not path:
+            continue
+        if env.get(name, "").strip():
+            _problem(f"set {name} or {name}_FILE, not both", None)
+            continue
+        try:
+            resolved[name] = Path(path).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _problem(f"{name}_FILE: cannot read {path!r}: "
+                     f"{exc.strerror if isinstance(exc, OSError) else exc}", None)
+    return resolved
+
+
+def _secret_key(name: str, value: str) -> bytes | None:
+    if not value:
+        return None
+    try:
+        key = base64.b64decode(value.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != SECRET_KEY_BYTES:
+        return _problem(f"{name} must be base64 of {SECRET_KEY_BYTES} random bytes "
+                        "(e.g. `head -c 32 /dev/urandom | base64`)", None)
+    return key
+
+
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
@@ -348,30 +520,33 @@ def _bootstrap(name: str, value: str) -> str:
     for server in servers:
         match = _HOSTPORT.match(server)
         if not match or not 0 < int(match.group(2)) < 65536:
-            raise ConfigError(f"{name} must be host:port[,host:port...], got {value!r}")
+            return _problem(f"{name} must be host:port[,host:port...], got {value!r}",
+                            "127.0.0.1:9092")
     return ",".join(servers)
 
 
 def _clickhouse(name: str, value: str) -> ClickHouseTarget:
+    stand_in = ClickHouseTarget(url="chdb:///invalid", chdb_path=Path("/invalid"))
     parts = urlsplit(value)
     if parts.scheme == "chdb":
         location = parts.netloc + parts.path
         if not location or location in ("memory", ":memory:"):
-            raise ConfigError(f"{name}: chdb:// needs a directory path, e.g. chdb:///var/lib/ms")
+            return _problem(f"{name}: chdb:// needs a directory path, e.g. chdb:///var/lib/ms",
+                            stand_in)
         path = Path(location).expanduser().resolve()
         return ClickHouseTarget(url=f"chdb://{path}", chdb_path=path)
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
-            raise ConfigError(f"{name}: a ClickHouse server URL needs a host, got {value!r}")
+            return _problem(f"{name}: a ClickHouse server URL needs a host, got {value!r}",
+                            stand_in)
         try:
             _ = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"{name}: bad port in the ClickHouse URL") from exc
+        except ValueError:
+            return _problem(f"{name}: bad port in the ClickHouse URL", stand_in)
         return ClickHouseTarget(url=value, chdb_path=None)
-    raise ConfigError(
+    return _problem(
         f"{name} must start with chdb:// (embedded engine) or http(s):// (server), "
-        f"got scheme {parts.scheme or 'none'!r}"
-    )
+        f"got scheme {parts.scheme or 'none'!r}", stand_in)
 
 
 Number = TypeVar("Number", int, float)
@@ -383,9 +558,9 @@ def _number(name: str, value: str, kind: Callable[[str], Number],
         number = kind(value)
     except ValueError:
         kind_name = getattr(kind, "__name__", "number")
-        raise ConfigError(f"{name} must be a {kind_name}, got {value!r}") from None
+        return _problem(f"{name} must be a {kind_name}, got {value!r}", low)
     if not low <= number <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value!r}")
+        return _problem(f"{name} must be between {low} and {high}, got {value!r}", low)
     return number
 
 
@@ -395,19 +570,20 @@ def _port(name: str, value: str) -> int:
 
 def _namespace(name: str, value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", value):
-        raise ConfigError(f"{name} may hold letters, digits, '.', '_' and '-', got {value!r}")
+        return _problem(f"{name} may hold letters, digits, '.', '_' and '-', got {value!r}",
+                        "meterstream")
     return value
 
 
 def _host(name: str, value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9.:-]+", value):
-        raise ConfigError(f"{name} must be a host name or address, got {value!r}")
+        return _problem(f"{name} must be a host name or address, got {value!r}", "127.0.0.1")
     return value
 
 
 def _admin_token(name: str, value: str) -> str:
     if value and (len(value) < 16 or not value.isascii() or not value.isprintable()):
-        raise ConfigError(f"{name} must be printable ASCII of at least 16 characters")
+        return _problem(f"{name} must be printable ASCII of at least 16 characters", "")
     return value
 
 
@@ -427,7 +603,7 @@ def _loopback(host: str) -> str:
 def _http_url(name: str, value: str) -> str:
     parts = urlsplit(value.replace("{deployment}", "deployment"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must be an http(s):// URL, got {value!r}")
+        return _problem(f"{name} must be an http(s):// URL, got {value!r}", "https://invalid")
     return value.rstrip("/")
 
 
@@ -440,11 +616,12 @@ def _file(name: str, value: str) -> Path | None:
         return None
     path = Path(value).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError(f"{name} must name a file, got {value!r}")
+        return _problem(f"{name} must name a file, got {value!r}", None)
     return path
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return _problem(f"{name} must be one of {', '.join(choices)}, got {value!r}",
+                        choices[0])
     return value

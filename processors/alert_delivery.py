@@ -1,8 +1,15 @@
 """Alert webhooks: every alert on `<ns>.alerts` is POSTed to each configured URL.
 
-A request carries the alert's exact JSON bytes, signed the way Convex signs its own
-webhooks (`x-webhook-signature: sha256=<hex HMAC-SHA256 of the body, keyed by the
-secret's ASCII bytes>`), and `x-meterstream-alert-id: <the alert's id>`. A URL is retried
+A request carries the alert's exact JSON bytes, `x-meterstream-alert-id: <the alert's
+id>`, and a signature over a timestamp and the body:
+
+    x-webhook-timestamp: <unix seconds when this attempt was sent>
+    x-webhook-signature: sha256=<hex HMAC-SHA256 keyed by the secret's ASCII bytes,
+                                 of "<timestamp>." followed by the body>
+
+so a receiver that refuses timestamps older than a few minutes (`verify`, the README's
+snippet) cannot be fed a captured request again later. Each attempt is signed anew, so a
+retry an hour later still carries a fresh timestamp. A URL is retried
 with exponential backoff on connection errors, timeouts, 408, 429 and 5xx until it
 answers 2xx or METERSTREAM_ALERT_RETRY_SECONDS have passed; any other answer is final.
 For each URL that did not take the alert, a dead letter with the reason is stored.
@@ -23,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import math
 import random
-from collections.abc import Awaitable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -44,6 +53,10 @@ from processors import metrics
 log = logging.getLogger(__name__)
 
 ALERT_ID_HEADER = "x-meterstream-alert-id"
+TIMESTAMP_HEADER = "x-webhook-timestamp"
+SIGNATURE_HEADER = signature.HEADER  # x-webhook-signature
+SIGNATURE_TOLERANCE = 300
+"""Seconds a receiver should accept a timestamp away from its clock (`verify`'s default)."""
 REQUEST_TIMEOUT = 10.0
 DELIVERED = "delivered"
 _RETRIED_STATUSES = frozenset({408, 429})
@@ -51,9 +64,21 @@ _RETRIED_STATUSES = frozenset({408, 429})
 _MAX_DOUBLINGS = 60
 
 
-def sign(secret: str, body: bytes) -> str:
-    """`sha256=<hex HMAC-SHA256(secret, body)>`, Convex's webhook signature."""
-    return signature.sign(body, secret)
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """`sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`."""
+    digest = hmac.new(secret.encode("ascii"), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={digest.hexdigest()}"
+
+
+def verify(secret: str, body: bytes, timestamp: str, signature_header: str, now: float,
+           tolerance: float = SIGNATURE_TOLERANCE) -> bool:
+    """What an alert receiver checks: the timestamp is an integer within `tolerance`
+    seconds of `now`, and the signature is that of the timestamp and the body."""
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    if abs(now - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, body, int(timestamp)), signature_header)
 
 
 def redact(url: str) -> str:
@@ -103,9 +128,11 @@ class AlertDelivery:
     """POSTs alerts to webhook URLs, signed, retrying each URL with backoff."""
 
     def __init__(self, urls: Iterable[str], secret: str, retry_seconds: float, *,
-                 first_backoff: float = 0.5, max_backoff: float = 60.0) -> None:
+                 first_backoff: float = 0.5, max_backoff: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.urls = tuple(dict.fromkeys(urls))
         self._secret = secret
+        self._clock = clock
         self.retry_seconds = retry_seconds
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
@@ -133,11 +160,7 @@ class AlertDelivery:
         """Delivers `alert` to every URL at once; returns url -> "delivered",
         "refused <status>" or "gave up after N attempts: <last error>"."""
         parsed = _Alert.of(alert)
-        headers = {
-            "Content-Type": "application/json",
-            signature.HEADER: sign(self._secret, alert),
-            ALERT_ID_HEADER: parsed.id,
-        }
+        headers = {"Content-Type": "application/json", ALERT_ID_HEADER: parsed.id}
         outcomes = await asyncio.gather(*(self._deliver_to(url, parsed, headers)
                                           for url in self.urls))
         return dict(zip(self.urls, outcomes, strict=True))
@@ -171,8 +194,11 @@ class AlertDelivery:
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> _Answer:
         if self._session is None:
             raise RuntimeError("AlertDelivery.start() must be awaited before deliver()")
+        timestamp = int(self._clock())
+        signed = {**headers, TIMESTAMP_HEADER: str(timestamp),
+                  SIGNATURE_HEADER: sign(self._secret, body, timestamp)}
         try:
-            async with self._session.post(url, data=body, headers=headers,
+            async with self._session.post(url, data=body, headers=signed,
                                           allow_redirects=False) as response:
                 status = response.status
                 retry_after = _seconds(response.headers.get("Retry-After"))

@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from processors.alert_delivery import AlertDelivery, handle_alert, sign
+from processors.alert_delivery import AlertDelivery, handle_alert, sign, verify
 from tests.support import free_port
 
 T = TypeVar("T")
 
-SECRET = "alert-secret-0123456789"
+SECRET = "alert-secret-0123456789-0123456789"
 ALERT = orjson.dumps({
     "id": "quota|happy-otter-123|function_calls|month|2026-11-01|0.8", "kind": "quota",
     "deployment": "happy-otter-123", "metric": "function_calls", "period": "2026-11-01",
@@ -76,11 +76,13 @@ def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def deliver_to(endpoints: list[Endpoint], retry_seconds: float = 5.0,
+                     clock: Callable[[], float] | None = None,
                      **backoff: float) -> tuple[list[str], dict[str, str]]:
     servers = [await serve(endpoint) for endpoint in endpoints]
     try:
         urls = [str(server.make_url("/hook")) for server in servers]
-        async with AlertDelivery(urls, SECRET, retry_seconds, **backoff) as delivery:
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        async with AlertDelivery(urls, SECRET, retry_seconds, **backoff, **extra) as delivery:
             return urls, await delivery.deliver(ALERT)
     finally:
         for server in servers:
@@ -91,21 +93,55 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_signature_is_hmac_sha256_of_the_body_keyed_by_the_secret() -> None:
-    expected = hmac.new(SECRET.encode("ascii"), ALERT, hashlib.sha256).hexdigest()
-    assert sign(SECRET, ALERT) == f"sha256={expected}"
+def test_signature_is_hmac_sha256_of_the_timestamp_and_the_body() -> None:
+    expected = hmac.new(SECRET.encode("ascii"), b"1795000000." + ALERT,
+                        hashlib.sha256).hexdigest()
+    assert sign(SECRET, ALERT, 1795000000) == f"sha256={expected}"
+    assert sign(SECRET, ALERT, 1795000001) != sign(SECRET, ALERT, 1795000000)
 
 
-def test_a_request_carries_the_exact_alert_signed_with_its_id() -> None:
+def test_a_request_carries_the_exact_alert_signed_with_a_timestamp_and_its_id() -> None:
     endpoint = Endpoint()
-    _, outcomes = run(lambda: deliver_to([endpoint]))
+    _, outcomes = run(lambda: deliver_to([endpoint], clock=lambda: 1795000000.75))
     assert list(outcomes.values()) == ["delivered"]
     (request,) = endpoint.requests
     assert request.body == ALERT
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["x-meterstream-alert-id"] == ALERT_ID
-    digest = hmac.new(SECRET.encode("ascii"), request.body, hashlib.sha256).hexdigest()
+    assert request.headers["x-webhook-timestamp"] == "1795000000"
+    digest = hmac.new(SECRET.encode("ascii"), b"1795000000." + request.body,
+                      hashlib.sha256).hexdigest()
     assert hmac.compare_digest(request.headers["x-webhook-signature"], f"sha256={digest}")
+
+
+def test_each_attempt_is_signed_at_its_own_time() -> None:
+    times = iter([1795000000.0, 1795000042.0])
+    endpoint = statuses(503)
+    _, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.01,
+                                         clock=lambda: next(times)))
+    assert list(outcomes.values()) == ["delivered"]
+    first, second = endpoint.requests
+    assert (first.headers["x-webhook-timestamp"], second.headers["x-webhook-timestamp"]) == (
+        "1795000000", "1795000042")
+    for request in (first, second):
+        assert verify(SECRET, request.body, request.headers["x-webhook-timestamp"],
+                      request.headers["x-webhook-signature"], now=1795000042)
+
+
+@pytest.mark.parametrize(("timestamp", "now", "body", "secret", "valid"), [
+    ("1795000000", 1795000000, ALERT, SECRET, True),
+    ("1795000000", 1795000300, ALERT, SECRET, True),
+    ("1795000000", 1795000301, ALERT, SECRET, False),  # replayed too late
+    ("1795000000", 1794999699, ALERT, SECRET, False),  # from the future
+    ("1795000000", 1795000000, ALERT + b" ", SECRET, False),
+    ("1795000000", 1795000000, ALERT, "another-secret-of-32-characters!!", False),
+    ("+1795000000", 1795000000, ALERT, SECRET, False),
+    ("", 1795000000, ALERT, SECRET, False),
+])
+def test_a_receiver_verifies_the_timestamp_and_the_signature(
+        timestamp: str, now: int, body: bytes, secret: str, valid: bool) -> None:
+    header = sign(SECRET, ALERT, 1795000000)
+    assert verify(secret, body, timestamp, header, now=now) is valid
 
 
 @pytest.mark.parametrize("status", [503, 500, 429, 408])

@@ -68,7 +68,7 @@ def test_check_compares_every_table_and_names_each_difference(tmp_path: Path) ->
     assert sum(overall.dead_lettered.values()) > 0
 
     name = sorted(expected.deployments)[0]
-    meterstream(["sql", "INSERT INTO file_downloads (deployment, timestamp, storage_id, "
+    meterstream(["sql", "--write", "INSERT INTO file_downloads (deployment, timestamp, storage_id, "
                  f"egress_bytes) SELECT '{name}', fromUnixTimestamp64Milli({NOW_MS}), "
                  "'extra', 1000"], env)
     failed = meterstream(check, env, check=False)

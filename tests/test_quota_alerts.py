@@ -23,7 +23,7 @@ from tests.pipeline import running_pipeline
 from tests.support import free_port, read_topic, recent_events, wait_for
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
-ALERT_SECRET = "alert-secret-0123456789abcdef"
+ALERT_SECRET = "alert-secret-0123456789abcdef-0123"
 
 
 class Hook:
@@ -121,6 +121,7 @@ def test_a_crossed_quota_alerts_once_to_kafka_and_the_signed_webhook(
     ids = [headers["x-meterstream-alert-id"] for headers, _ in received.received]
     assert sorted(ids) == sorted([expected_ids[0], *expected_ids])
     for headers, body in received.received:
-        digest = hmac.new(ALERT_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        signed = headers["x-webhook-timestamp"].encode() + b"." + body
+        digest = hmac.new(ALERT_SECRET.encode(), signed, hashlib.sha256).hexdigest()
         assert headers["x-webhook-signature"] == f"sha256={digest}"
         assert orjson.loads(body)["id"] == headers["x-meterstream-alert-id"]

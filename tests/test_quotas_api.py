@@ -360,8 +360,11 @@ def test_a_record_of_an_older_version_gets_quotas(receiver: Pipeline,
 def test_a_running_replica_and_a_fresh_view_see_the_quotas(
         receiver: Pipeline, kafka_bootstrap: str, tmp_path: Path) -> None:
     receiver.register("quota-app-8")
+    # Replicas share the key that seals the registry's webhook secrets.
+    key_file = str(Path(receiver.env["METERSTREAM_DATA_DIR"]) / "secret-key")
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver",
-                          extra_env={"METERSTREAM_NAMESPACE": receiver.namespace}) as replica:
+                          extra_env={"METERSTREAM_NAMESPACE": receiver.namespace,
+                                     "METERSTREAM_SECRET_KEY_FILE": key_file}) as replica:
         assert replica.admin("GET", _quotas_path("quota-app-8"))[1]["quotas"] == []
         _set(receiver, "quota-app-8", [MONTHLY_CALLS, TOKENS_PER_USER])
         wait_for(lambda: replica.admin("GET", _quotas_path("quota-app-8"))[1]["quotas"]

@@ -179,7 +179,10 @@ def test_put_changes_only_what_it_names_and_delete_refuses_later_batches(
 
 def test_a_second_replica_shares_the_registry(receiver: Pipeline, kafka_bootstrap: str,
                                               tmp_path: Path) -> None:
-    extra = {"METERSTREAM_NAMESPACE": receiver.namespace}
+    # Replicas share the key that seals the registry's webhook secrets.
+    extra = {"METERSTREAM_NAMESPACE": receiver.namespace,
+             "METERSTREAM_SECRET_KEY_FILE": str(Path(receiver.env["METERSTREAM_DATA_DIR"])
+                                                / "secret-key")}
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver",
                           extra_env=extra) as replica:
         assert replica.post(orjson.dumps(_events()), SECRET)[0] == 200

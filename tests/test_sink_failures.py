@@ -258,7 +258,7 @@ def test_a_refusing_table_pauses_its_partitions_and_loses_nothing(
         produce_split(kafka_bootstrap, namespace, bodies[:half], 4)
         wait_for(lambda: (stored_or_none(sql) or {}).get("file_downloads", (0, 0))[0] > 0,
                  timeout=60, what="file downloads stored")
-        sql("RENAME TABLE file_downloads TO file_downloads_away")
+        meterstream(["sql", "--write", "RENAME TABLE file_downloads TO file_downloads_away"], env)
         produce_split(kafka_bootstrap, namespace, bodies[half:], 4, alerts, first=half)
         _produce_bad_records(kafka_bootstrap, namespace)
         wait_for(lambda: sink_metric(port, "meterstream_sink_insert_failures_total",
@@ -273,7 +273,7 @@ def test_a_refusing_table_pauses_its_partitions_and_loses_nothing(
                              "FROM function_executions")
                  == f"{expected_functions[0]}\t{expected_functions[1]}\n",
                  timeout=60, what="every function execution stored meanwhile")
-        sql("RENAME TABLE file_downloads_away TO file_downloads")
+        meterstream(["sql", "--write", "RENAME TABLE file_downloads_away TO file_downloads"], env)
         wait_for(lambda: sink_metric(port, "meterstream_sink_paused",
                                      'table="file_downloads"') == 0,
                  timeout=60, what="file_downloads resumed")
