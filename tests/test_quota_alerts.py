@@ -22,6 +22,8 @@ from tests.load import function_load
 from tests.pipeline import running_pipeline
 from tests.support import free_port, read_topic, recent_events, wait_for
 
+pytestmark = pytest.mark.kafka
+
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 ALERT_SECRET = "alert-secret-0123456789abcdef"
 
