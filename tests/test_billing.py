@@ -273,6 +273,52 @@ def test_invoices_read_the_events_so_a_rollup_that_missed_rows_changes_nothing(
                      ("end_user", "eu-app", ""): ANONYMOUS}
 
 
+EDGE_APP = "edge-app"
+EDGE_REGISTRY = {EDGE_APP: Owner("acme", "edges", "starter")}
+
+
+@pytest.mark.parametrize(("last_ms", "first_ms"), [
+    ("2026-10-31T23:59:59.999", "2026-11-01T00:00:00.000"),
+    # A leap February: its 29th is in February, the next millisecond in March.
+    ("2028-02-29T23:59:59.999", "2028-03-01T00:00:00.000"),
+])
+def test_an_event_on_a_month_edge_is_invoiced_in_its_own_month(
+        client: Client, db: Database, book: PriceBook, last_ms: str, first_ms: str) -> None:
+    # The month's last millisecond reads 3 GiB, the next month's first 5 GiB (starter plan:
+    # 1 GB of database I/O included, then 0.22 per GB), and a tokens step at each.
+    before, after = Period.containing(ms(last_ms)), Period.containing(ms(first_ms))
+    assert after == before.next()
+    insert_function_executions(client, [
+        function_execution(EDGE_APP, ms(last_ms), database_io_read_bytes=3 * GIB),
+        function_execution(EDGE_APP, ms(first_ms), database_io_read_bytes=5 * GIB)])
+    for at, step, tokens in ((last_ms, "e1", 1_000_000), (first_ms, "e2", 2_000_000)):
+        insert_tokens(client, EDGE_APP, "edge-user", ms(at), "openai", "gpt-4o", step,
+                      input_tokens=tokens, non_cached_input_tokens=tokens,
+                      total_tokens=tokens)
+    for period in (before, after):
+        assert invoices.generate(db, period, book, EDGE_REGISTRY, progress=False).problems == []
+    found = {(i.period, i.subject): i for p in (before, after) for i in invoices.show(db, p)}
+    assert sorted(found) == sorted((p, s) for p in (before, after)
+                                   for s in ("deployment", "end_user"))
+
+    def line(invoice: invoices.Invoice, item: str) -> tuple[Decimal, Decimal]:
+        (found_line,) = [x for x in invoice.lines if x.item == item]
+        return found_line.usage, found_line.amount
+
+    # The last millisecond: 1 call, 3 GB, (3 - 1) x 0.22 = 0.44; 1,000,000 gpt-4o input
+    # tokens at 2.50 per million = 2.5.
+    assert line(found[(before, "deployment")], "function_calls")[0] == 1
+    assert line(found[(before, "deployment")], "database_io") == (Decimal(3), Decimal("0.44"))
+    assert found[(before, "deployment")].amount == Decimal("0.44")
+    assert found[(before, "end_user")].amount == Decimal("2.5")
+    # The first millisecond of the next month: 1 call, 5 GB, (5 - 1) x 0.22 = 0.88;
+    # 2,000,000 tokens = 5.
+    assert line(found[(after, "deployment")], "function_calls")[0] == 1
+    assert line(found[(after, "deployment")], "database_io") == (Decimal(5), Decimal("0.88"))
+    assert found[(after, "deployment")].amount == Decimal("0.88")
+    assert found[(after, "end_user")].amount == Decimal("5")
+
+
 def test_generating_again_never_duplicates_and_a_failed_invoice_gets_a_new_attempt(
         client: Client, db: Database, book: PriceBook) -> None:
     october_usage(client)
