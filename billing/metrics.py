@@ -15,3 +15,12 @@ LAST_RUN = Gauge("meterstream_billing_last_invoice_run_timestamp_seconds",
                  "When the last scheduled invoice run finished (Unix time).")
 NEXT_RUN = Gauge("meterstream_billing_next_invoice_run_timestamp_seconds",
                  "When the next scheduled invoice run is due (Unix time).")
+WAITING = Gauge("meterstream_billing_invoice_run_waiting",
+                "1 while the due invoice run waits, by what it waits for: grace (the period's "
+                "end + METERSTREAM_LATE_GRACE + METERSTREAM_PRODUCE_TIMEOUT), worker (its "
+                "group to commit the raw topic's offsets of then), sink (its group to commit "
+                "the record topics' offsets after that); record_ends and raw_ends briefly.",
+                ["stage"])
+LOOKS = Counter("meterstream_billing_invoice_run_looks_total",
+                "Looks at the pipeline's progress by the waiting invoice run, by the stage it "
+                "was at after the look.", ["stage"])

@@ -481,7 +481,9 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         await ensure_topics(settings.kafka_bootstrap, [
             topics.raw, topics.dead_letters, topics.alerts,
             *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
-        schedule = invoice_schedule.start(settings)  # invoices on day 2 (billing/scheduler.py)
+        # Invoices a month once its late grace passed and the worker and this sink caught
+        # up past it (billing/scheduler.py).
+        schedule = invoice_schedule.start(settings)
         try:
             await _consume(settings, insert_client, stop)
         finally:

@@ -1,4 +1,8 @@
-"""Alert webhooks against local aiohttp servers: signature, retries, backoff, dead letters."""
+"""Alert webhooks against local aiohttp servers: signature, retries, backoff, dead letters.
+
+The backoff schedule is read from a virtual clock (`VirtualTime`): the delivery's sleeps
+are recorded and advance that clock instead of waiting, so the assertions are on the
+delays the code chose, never on elapsed wall time."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
+from processors import alert_delivery
 from processors.alert_delivery import AlertDelivery, handle_alert, sign, verify
 from tests.support import free_port
 
@@ -32,9 +38,40 @@ ALERT_ID = "quota|happy-otter-123|function_calls|month|2026-11-01|0.8"
 
 @dataclass
 class Received:
-    at: float
     headers: dict[str, str]
     body: bytes
+
+
+class VirtualTime:
+    """Stands in for the `asyncio` module inside processors/alert_delivery.py: the running
+    loop's `time()` is a virtual clock, `sleep(d)` records d and moves the clock by d at
+    once (yielding to the loop, so the servers still answer); the rest is asyncio's."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> Any:
+        return types.SimpleNamespace(time=lambda: self.now)
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
+    """A virtual clock for the delivery, and no jitter (its full delay, x1.0), so that the
+    schedule is exact."""
+    virtual = VirtualTime()
+    monkeypatch.setattr(alert_delivery, "asyncio", virtual)
+    monkeypatch.setattr(alert_delivery, "random",
+                        types.SimpleNamespace(uniform=lambda _low, high: high))
+    return virtual
 
 
 @dataclass
@@ -47,16 +84,11 @@ class Endpoint:
     gate: Callable[[], Awaitable[bool]] | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(Received(asyncio.get_running_loop().time(),
-                                      dict(request.headers), await request.read()))
+        self.requests.append(Received(dict(request.headers), await request.read()))
         if self.gate is not None and not await self.gate():
             return web.Response(status=500)
         status, headers = self.script.pop(0) if self.script else (200, {})
         return web.Response(status=status, headers=headers)
-
-    @property
-    def gaps(self) -> list[float]:
-        return [b.at - a.at for a, b in zip(self.requests, self.requests[1:], strict=False)]
 
 
 def statuses(*codes: int) -> Endpoint:
@@ -145,7 +177,8 @@ def test_a_receiver_verifies_the_timestamp_and_the_signature(
 
 
 @pytest.mark.parametrize("status", [503, 500, 429, 408])
-def test_retryable_answers_are_retried_with_growing_delays(status: int) -> None:
+def test_retryable_answers_are_retried_with_growing_delays(status: int,
+                                                          clock: VirtualTime) -> None:
     before = {o: sample("meterstream_worker_alert_webhook_attempts_total", outcome=o)
               for o in ("ok", "retry")}
     delivered = sample("meterstream_worker_alert_webhook_deliveries_total", outcome="delivered")
@@ -154,10 +187,8 @@ def test_retryable_answers_are_retried_with_growing_delays(status: int) -> None:
     urls, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.05, max_backoff=1.0))
     assert outcomes == {urls[0]: "delivered"}
     assert len(endpoint.requests) == 3
-    first, second = endpoint.gaps
-    # 0.05 s then 0.1 s, each less up to 10% of jitter.
-    assert 0.045 <= first < second
-    assert second >= 0.09
+    # The first backoff, then twice it (no jitter here).
+    assert clock.sleeps == [0.05, 0.1]
     assert sample("meterstream_worker_alert_webhook_attempts_total",
                   outcome="retry") - before["retry"] == 2
     assert sample("meterstream_worker_alert_webhook_attempts_total",
@@ -165,6 +196,22 @@ def test_retryable_answers_are_retried_with_growing_delays(status: int) -> None:
     assert sample("meterstream_worker_alert_webhook_deliveries_total",
                   outcome="delivered") - delivered == 1
     assert sample("meterstream_worker_alert_webhook_delivery_seconds_count") - latencies == 1
+
+
+def test_jitter_takes_at_most_a_tenth_off_each_delay(clock: VirtualTime,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[tuple[float, float]] = []
+
+    def most_jitter(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return low
+
+    monkeypatch.setattr(alert_delivery, "random", types.SimpleNamespace(uniform=most_jitter))
+    endpoint = statuses(503, 503)
+    urls, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.05, max_backoff=1.0))
+    assert outcomes == {urls[0]: "delivered"}
+    assert drawn == [(0.9, 1.0)] * 2
+    assert clock.sleeps == pytest.approx([0.045, 0.09])
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 410, 302])
@@ -178,24 +225,23 @@ def test_other_answers_are_refused_without_retry(status: int) -> None:
                   outcome="refused") - refused == 1
 
 
-def test_a_dead_url_is_given_up_after_the_retry_time(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_dead_url_is_given_up_after_the_retry_time(caplog: pytest.LogCaptureFixture,
+                                                     clock: VirtualTime) -> None:
     caplog.set_level(logging.INFO, logger="processors.alert_delivery")
     port = free_port()
     url = f"http://user:pa55word@127.0.0.1:{port}/hook?token=t0ken"
 
-    async def scenario() -> tuple[dict[str, str], float]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def scenario() -> dict[str, str]:
         async with AlertDelivery([url], SECRET, 0.5, first_backoff=0.2) as delivery:
-            outcomes = await delivery.deliver(ALERT)
-        return outcomes, loop.time() - started
+            return await delivery.deliver(ALERT)
 
-    outcomes, elapsed = run(scenario)
-    # Attempts at 0 s and ~0.2 s; the next backoff (~0.4 s) passes the deadline, so the
-    # third and last attempt is at the deadline itself.
+    outcomes = run(scenario)
+    # Attempts at 0 s and 0.2 s; the next backoff (0.4 s) passes the deadline, so the
+    # third and last attempt is at the deadline itself, 0.3 s later.
     assert outcomes[url].startswith("gave up after 3 attempts: ClientConnectorError: ")
     assert f"127.0.0.1:{port}" in outcomes[url]
-    assert elapsed >= 0.5
+    assert clock.sleeps == pytest.approx([0.2, 0.3])
+    assert clock.now == pytest.approx(0.5)
     logged = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
     assert f"http://127.0.0.1:{port}/hook" in logged
     for secret in ("pa55word", "t0ken"):
@@ -232,16 +278,16 @@ def test_urls_are_delivered_to_concurrently() -> None:
     assert [len(e.requests) for e in endpoints] == [1, 1]
 
 
-@pytest.mark.parametrize(("max_backoff", "low", "high"), [(0.3, 0.3, 0.9), (5.0, 1.0, 2.0)])
-def test_retry_after_is_honoured_up_to_the_longest_backoff(max_backoff: float, low: float,
-                                                           high: float) -> None:
+@pytest.mark.parametrize(("max_backoff", "delay"), [(0.3, 0.3), (5.0, 1.0)])
+def test_retry_after_is_honoured_up_to_the_longest_backoff(max_backoff: float, delay: float,
+                                                           clock: VirtualTime) -> None:
     endpoint = Endpoint(script=[(503, {"Retry-After": "1"})])
     urls, outcomes = run(lambda: deliver_to([endpoint], first_backoff=0.01,
                                             max_backoff=max_backoff))
     assert outcomes == {urls[0]: "delivered"}
     assert len(endpoint.requests) == 2
-    (gap,) = endpoint.gaps
-    assert low <= gap < high
+    # Retry-After: 1 rather than the 0.01 s backoff, capped at the longest backoff.
+    assert clock.sleeps == [delay]
 
 
 @dataclass

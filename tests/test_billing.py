@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from clickhouse_connect.driver.client import Client
 
 from billing import invoices, pricebook, queries, rollups, scheduler
 from billing.database import Database
 from billing.invoices import InvoiceError
-from billing.metrics import NEXT_RUN
+from billing.metrics import LOOKS, NEXT_RUN, WAITING
 from billing.metrics import RUNS as REGISTRY_RUNS
 from billing.periods import Period
 from billing.pricebook import PriceBook
 from billing.registry import Owner
-from billing.scheduler import last_due, run_time
+from billing.scheduler import cut_off_ms, last_due, run_time
 from meterstream.config import ClickHouseTarget, Settings
+from meterstream.topics import Topics, ensure_topics
 from sinks import migrate
 from sinks.clickhouse import EngineLock, connect
 from tests.billing_data import (
@@ -51,6 +54,7 @@ REGISTRY = {
     # quiet-app has no record: the default plan (professional), no team.
 }
 MB_MS_PER_GB_HOUR = 1024 * 3_600_000
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +277,52 @@ def test_invoices_read_the_events_so_a_rollup_that_missed_rows_changes_nothing(
                      ("end_user", "eu-app", ""): ANONYMOUS}
 
 
+EDGE_APP = "edge-app"
+EDGE_REGISTRY = {EDGE_APP: Owner("acme", "edges", "starter")}
+
+
+@pytest.mark.parametrize(("last_ms", "first_ms"), [
+    ("2026-10-31T23:59:59.999", "2026-11-01T00:00:00.000"),
+    # A leap February: its 29th is in February, the next millisecond in March.
+    ("2028-02-29T23:59:59.999", "2028-03-01T00:00:00.000"),
+])
+def test_an_event_on_a_month_edge_is_invoiced_in_its_own_month(
+        client: Client, db: Database, book: PriceBook, last_ms: str, first_ms: str) -> None:
+    # The month's last millisecond reads 3 GiB, the next month's first 5 GiB (starter plan:
+    # 1 GB of database I/O included, then 0.22 per GB), and a tokens step at each.
+    before, after = Period.containing(ms(last_ms)), Period.containing(ms(first_ms))
+    assert after == before.next()
+    insert_function_executions(client, [
+        function_execution(EDGE_APP, ms(last_ms), database_io_read_bytes=3 * GIB),
+        function_execution(EDGE_APP, ms(first_ms), database_io_read_bytes=5 * GIB)])
+    for at, step, tokens in ((last_ms, "e1", 1_000_000), (first_ms, "e2", 2_000_000)):
+        insert_tokens(client, EDGE_APP, "edge-user", ms(at), "openai", "gpt-4o", step,
+                      input_tokens=tokens, non_cached_input_tokens=tokens,
+                      total_tokens=tokens)
+    for period in (before, after):
+        assert invoices.generate(db, period, book, EDGE_REGISTRY, progress=False).problems == []
+    found = {(i.period, i.subject): i for p in (before, after) for i in invoices.show(db, p)}
+    assert sorted(found) == sorted((p, s) for p in (before, after)
+                                   for s in ("deployment", "end_user"))
+
+    def line(invoice: invoices.Invoice, item: str) -> tuple[Decimal, Decimal]:
+        (found_line,) = [x for x in invoice.lines if x.item == item]
+        return found_line.usage, found_line.amount
+
+    # The last millisecond: 1 call, 3 GB, (3 - 1) x 0.22 = 0.44; 1,000,000 gpt-4o input
+    # tokens at 2.50 per million = 2.5.
+    assert line(found[(before, "deployment")], "function_calls")[0] == 1
+    assert line(found[(before, "deployment")], "database_io") == (Decimal(3), Decimal("0.44"))
+    assert found[(before, "deployment")].amount == Decimal("0.44")
+    assert found[(before, "end_user")].amount == Decimal("2.5")
+    # The first millisecond of the next month: 1 call, 5 GB, (5 - 1) x 0.22 = 0.88;
+    # 2,000,000 tokens = 5.
+    assert line(found[(after, "deployment")], "function_calls")[0] == 1
+    assert line(found[(after, "deployment")], "database_io") == (Decimal(5), Decimal("0.88"))
+    assert found[(after, "deployment")].amount == Decimal("0.88")
+    assert found[(after, "end_user")].amount == Decimal("5")
+
+
 def test_generating_again_never_duplicates_and_a_failed_invoice_gets_a_new_attempt(
         client: Client, db: Database, book: PriceBook) -> None:
     october_usage(client)
@@ -399,8 +449,9 @@ def test_the_schedule_invoices_the_month_before_once_due(
     runs_before = REGISTRY_RUNS.labels("problems")._value.get()
 
     async def scenario() -> list[invoices.Invoice]:
-        # A sink that starts a few seconds after the run time, and one a day before it.
-        schedule = scheduler.start(settings, clock=lambda: ms("2026-11-02T00:00:05") / 1000)
+        # A sink that starts a few seconds after the cut-off (day 2, 00:00:10: a day of
+        # grace and the 10 s produce timeout); no raw topic, so nothing to wait for.
+        schedule = scheduler.start(settings, clock=lambda: ms("2026-11-02T00:00:15") / 1000)
         try:
             for _ in range(600):  # 60 s
                 found = invoices.show(db, OCTOBER)
@@ -411,7 +462,7 @@ def test_the_schedule_invoices_the_month_before_once_due(
                 raise AssertionError("no invoices for October within 60 s")
         finally:
             await schedule.stop()
-        assert NEXT_RUN._value.get() == ms("2026-12-02T00:00:00") / 1000
+        assert NEXT_RUN._value.get() == ms("2026-12-02T00:00:10") / 1000
         return found
 
     found = asyncio.run(scenario())
@@ -423,12 +474,95 @@ def test_the_schedule_invoices_the_month_before_once_due(
     assert REGISTRY_RUNS.labels("problems")._value.get() == runs_before + 1
 
 
-def test_the_schedule_runs_on_day_two() -> None:
-    assert run_time(OCTOBER) == ms("2026-11-02T00:00:00")
-    assert run_time(Period(2026, 12)) == ms("2027-01-02T00:00:00")
-    assert last_due(ms("2026-11-01T23:59:59.999")) == Period(2026, 9)
-    assert last_due(ms("2026-11-02T00:00:00")) == OCTOBER
-    assert last_due(ms("2026-12-01T10:00:00")) == OCTOBER
+async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commits `offsets` for `group` as its member would (the group has no member here)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.kafka
+def test_the_schedule_waits_for_the_worker_and_the_sink_to_catch_up(
+        client: Client, db: Database, engine_path: Path, kafka_bootstrap: str) -> None:
+    """After October's cut-off the raw topic holds bodies the worker's group has not
+    committed: no run. The worker catches up, having forwarded records the sink's group
+    has not committed: still no run. The sink catches up: October is invoiced."""
+    october_usage(client)
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    publish_registry(kafka_bootstrap, namespace, {
+        name: {"team": owner.team, "project": owner.project, "plan": owner.plan or ""}
+        for name, owner in REGISTRY.items()})
+    settings = Settings.from_env({"METERSTREAM_KAFKA": kafka_bootstrap,
+                                  "METERSTREAM_NAMESPACE": namespace,
+                                  "METERSTREAM_PARTITIONS": "2",
+                                  "METERSTREAM_CLICKHOUSE": f"chdb://{engine_path}"})
+    topics = Topics.of(settings)
+    raw = topics.raw.name
+    records = topics.records("function_execution").name
+
+    def looks(stage: str) -> float:
+        return LOOKS.labels(stage)._value.get()
+
+    async def until(condition: Callable[[], T], what: str) -> T:
+        for _ in range(1200):  # 60 s
+            if found := condition():
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def wait_looks(stage: str, before: float) -> None:
+        # Three looks that found the group behind.
+        await until(lambda: looks(stage) >= before + 3, f"three looks at the {stage}")
+
+    async def scenario() -> list[invoices.Invoice]:
+        await ensure_topics(kafka_bootstrap, [topics.raw, topics.records("function_execution")])
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for partition in (0, 1, 1):  # bodies the worker has not processed yet
+                await producer.send_and_wait(raw, b"[]", key=b"eu-app", partition=partition)
+            worker_looks, sink_looks = looks("worker"), looks("sink")
+            schedule = scheduler.start(settings, clock=lambda: ms("2026-11-02T00:01:00") / 1000,
+                                       poll_seconds=0.1)
+            try:
+                await wait_looks("worker", worker_looks)
+                assert invoices.show(db, OCTOBER) == []
+                assert WAITING.labels("worker")._value.get() == 1
+                # The worker forwards records and commits the raw offsets it processed.
+                await producer.send_and_wait(records, b"[]", key=b"eu-app", partition=0)
+                await _commit(kafka_bootstrap, namespace,
+                              {TopicPartition(raw, 0): 1, TopicPartition(raw, 1): 2})
+                await wait_looks("sink", sink_looks)
+                assert invoices.show(db, OCTOBER) == []
+                assert WAITING.labels("sink")._value.get() == 1
+                await _commit(kafka_bootstrap, f"{namespace}-sink",
+                              {TopicPartition(records, 0): 1})
+                found = await until(lambda: invoices.show(db, OCTOBER), "October's invoices")
+            finally:
+                await schedule.stop()
+        finally:
+            await producer.stop()
+        assert WAITING.labels("sink")._value.get() == 0
+        return found
+
+    found = asyncio.run(scenario())
+    assert sorted((i.deployment, i.user_id, i.amount) for i in found
+                  if i.subject == "deployment") == [
+        ("eu-app", "", EU_APP), ("quiet-app", "", Decimal(0)), ("us-app", "", US_APP)]
+
+
+def test_the_schedule_runs_after_the_grace_and_the_produce_timeout() -> None:
+    wait = cut_off_ms(Settings.from_env({}))  # a day of grace + the 10 s produce timeout
+    assert run_time(OCTOBER, wait) == ms("2026-11-02T00:00:10")
+    assert run_time(Period(2026, 12), wait) == ms("2027-01-02T00:00:10")
+    assert last_due(ms("2026-11-02T00:00:09.999"), wait) == Period(2026, 9)
+    assert last_due(ms("2026-11-02T00:00:10"), wait) == OCTOBER
+    assert last_due(ms("2026-12-01T10:00:00"), wait) == OCTOBER
 
 
 def test_period_labels() -> None:

@@ -18,9 +18,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.clock import settled
 from tests.load import function_load
 from tests.pipeline import running_pipeline
 from tests.support import free_port, read_topic, recent_events, wait_for
+
+pytestmark = pytest.mark.kafka
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 ALERT_SECRET = "alert-secret-0123456789abcdef-0123"
@@ -70,12 +73,22 @@ def _day_calls(port: str, deployment: str, at_ms: int) -> int | None:
         return None
 
 
+LOAD_SPAN_MS = 5_000  # function_load stamps its events at at_ms + n % 5000
+
+
+def load_time(now_ms: int) -> int:
+    """Where the load's events are: one UTC day (the quota's period, read back at that
+    time) for all of them, at least 10 s in the past, whatever time of day `now_ms` is."""
+    return settled(now_ms, LOAD_SPAN_MS, "day", before_ms=10_000)
+
+
 def test_a_crossed_quota_alerts_once_to_kafka_and_the_signed_webhook(
         kafka_bootstrap: str, tmp_path: Path, hook: tuple[Hook, str]) -> None:
     received, url = hook
     deployment = "quota-otter-1"
-    now = int(time.time() * 1000)
-    load = function_load(deployment, bodies=4, events_per_body=25, at_ms=now - 10_000)
+    now = int(time.time() * 1000)  # read once: every time below derives from it
+    at = load_time(now)
+    load = function_load(deployment, bodies=4, events_per_body=25, at_ms=at)
     calls = load.totals["function_calls"]
     late = recent_events("function_execution")[:1]
     late[0]["convex"]["deployment_name"] = deployment
@@ -90,14 +103,14 @@ def test_a_crossed_quota_alerts_once_to_kafka_and_the_signed_webhook(
         for body in load.bodies[:3]:
             assert pipeline.post(body, SECRET)[0] == 200
         # 75 % of the limit: below both thresholds.
-        wait_for(lambda: _day_calls(port, deployment, now) == calls * 3 // 4, timeout=60,
+        wait_for(lambda: _day_calls(port, deployment, at) == calls * 3 // 4, timeout=60,
                  what="three bodies counted")
         assert read_topic(kafka_bootstrap, f"{pipeline.namespace}.alerts") == []
         assert pipeline.post(load.bodies[3], SECRET)[0] == 200
         assert pipeline.post(load.bodies[3], SECRET)[0] == 200  # a Convex retry
         assert pipeline.post(orjson.dumps(late), SECRET)[0] == 200
 
-        day = time.strftime("%Y-%m-%d", time.gmtime((now - 10_000) / 1000))
+        day = time.strftime("%Y-%m-%d", time.gmtime(at / 1000))
         expected_ids = [f"quota|{deployment}|function_calls|day|{day}|{t}" for t in (0.8, 1.0)]
         wait_for(lambda: len(received.received) >= 3, timeout=60,
                  what="two alerts delivered, one after a retry")
@@ -106,7 +119,7 @@ def test_a_crossed_quota_alerts_once_to_kafka_and_the_signed_webhook(
         assert [a["id"] for a in alerts] == expected_ids
         assert [(a["usage"], a["limit"], a["hard"]) for a in alerts] == [(calls, calls, True)] * 2
 
-        report = _quota(port, deployment, f"?at={now}")
+        report = _quota(port, deployment, f"?at={at}")
         assert report["periods"]["day"]["usage"]["function_calls"] == calls
         assert report["hard_limit_exceeded"] is True
         letters = wait_for(lambda: [orjson.loads(m.value) for m in read_topic(

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.clock import settled
 from tests.pipeline import Pipeline, running_pipeline
 from tests.sink_load import (
     MixedLoad,
@@ -163,15 +164,28 @@ def test_kill_9_of_the_worker_with_nothing_committed_keeps_clickhouse_exact(
         assert stored(receiver.sql) == load.expected
 
 
+# mixed_load stamps its events at at_ms + n % 5000 and agent records at at_ms + k (k < 3).
+LOAD_SPAN_MS = 5_000
+
+
+def direct_load_times(now_ms: int) -> tuple[int, int]:
+    """The recent and the old times of `_direct_load`: the recent events all in one UTC
+    month (so that two months are stored, whatever day it is), the old ones 40 days
+    before them, in another."""
+    at_ms = settled(now_ms, LOAD_SPAN_MS, "month")
+    return at_ms, at_ms - 40 * DAY_MS
+
+
 def _direct_load(now_ms: int) -> tuple[MixedLoad, list[tuple[bytes, bytes]], list[dict]]:
     """Two deployments' bodies (a third of the events 40 days older: another month) and
     agent usage, as raw (key, body) pairs to split straight into the record topics, and
     three alerts."""
     bodies: list[tuple[bytes, bytes]] = []
     expected = MixedLoad()
+    at_ms, old_at_ms = direct_load_times(now_ms)
     for deployment in ("direct-otter-1", "direct-otter-2"):
-        load = mixed_load(deployment, bodies=40, events_per_body=64, at_ms=now_ms - 60_000,
-                          agent_requests=5, old_at_ms=now_ms - 40 * DAY_MS)
+        load = mixed_load(deployment, bodies=40, events_per_body=64, at_ms=at_ms,
+                          agent_requests=5, old_at_ms=old_at_ms)
         bodies += [(deployment.encode(), body) for body in load.bodies]
         bodies += [(deployment.encode(), agent_raw_body(records, now_ms))
                    for records in load.agent]

@@ -18,10 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.load import Load, function_load
 from tests.pipeline import Pipeline, running_pipeline
 from tests.support import REPO, free_port, read_topic, wait_for
+
+pytestmark = pytest.mark.kafka
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 CHECKED = ("function_calls", "database_io_bytes", "data_egress_bytes", "file_downloads")
