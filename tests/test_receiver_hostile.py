@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ingest.registry import Deployment, RegistryView, token_digest
 from ingest.signature import sign
-from meterstream.config import Settings
+from meterstream.config import ConfigError, Settings
 from meterstream.service import CONNECTIONS_CUT, ConnectionLimits, healthz, start_site
 from tests.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
 from tests.support import free_port, meterstream, read_topic, recent_events, wait_for
@@ -479,10 +479,15 @@ def test_the_admin_url_follows_the_admin_listener() -> None:
         "http://127.0.0.1:9999"
     assert Settings.from_env({"METERSTREAM_ADMIN_HOST": "0.0.0.0"}).admin_url == \
         "http://127.0.0.1:8688"
-    assert Settings.from_env({"METERSTREAM_ADMIN_HOST": "10.1.2.3"}).admin_url == \
+    # Off loopback the admin token would cross the network in clear: plain http only for a
+    # host the operator names in METERSTREAM_INSECURE_HTTP_HOSTS, else an https:// URL.
+    with pytest.raises(ConfigError, match="METERSTREAM_ADMIN_URL"):
+        Settings.from_env({"METERSTREAM_ADMIN_HOST": "10.1.2.3"})
+    assert Settings.from_env({"METERSTREAM_ADMIN_HOST": "10.1.2.3",
+                              "METERSTREAM_INSECURE_HTTP_HOSTS": "10.1.2.3"}).admin_url == \
         "http://10.1.2.3:8688"
-    assert Settings.from_env({"METERSTREAM_ADMIN_URL": "http://admin.internal:1"}).admin_url \
-        == "http://admin.internal:1"
+    assert Settings.from_env({"METERSTREAM_ADMIN_URL": "https://admin.internal:1"}).admin_url \
+        == "https://admin.internal:1"
 
 
 # --- the connection guard in-process (no broker) ------------------------------------------

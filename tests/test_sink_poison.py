@@ -78,15 +78,16 @@ def test_a_message_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on
            "METERSTREAM_SINK_BATCH_SECONDS": "0.5", "METERSTREAM_SINK_MAX_ATTEMPTS": "3"}
     port = env["METERSTREAM_SINK_PORT"]
 
-    def sql(query: str) -> str:
-        return meterstream(["sql", query], env).stdout.strip()
+    def sql(query: str, write: bool = False) -> str:
+        return meterstream(["sql", *(["--write"] if write else []), query], env).stdout.strip()
 
     topic = f"{namespace}.storage_api_bandwidth"
     with _workers() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
         wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
                  timeout=60, what="the sink to start")
-        sql("ALTER TABLE file_downloads ADD CONSTRAINT no_poison CHECK storage_id != 'poison'")
+        sql("ALTER TABLE file_downloads ADD CONSTRAINT no_poison CHECK storage_id != 'poison'",
+            write=True)
         _produce(kafka_bootstrap, topic, [
             [_download(1, 10)],
             [_download(2, 1000, "poison"), _download(2, 2000, "kg", 1)],
