@@ -8,7 +8,6 @@ import copy
 import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 
 from tests.support import REPO, recent_events
+from tests.support import metric_sample as sink_metric  # noqa: F401 (its users import it from here)
 
 # What is summed per table beside the row count.
 SUMMED: dict[str, str] = {
@@ -130,21 +130,6 @@ def stored_or_none(sql: Callable[[str], str]) -> dict[str, tuple[int, int]] | No
         return stored(sql)
     except AssertionError:  # the tables do not exist yet, or the engine is changing hands
         return None
-
-
-def sink_metric(port: str, name: str, labels: str = "") -> float:
-    """A sample of the sink's /metrics (summed over the label sets matching `labels`);
-    -1 when the sink does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-            text = page.read().decode()
-    except OSError:
-        return -1.0
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def start_sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,3 +139,18 @@ def own_broker_env(workdir: Path) -> dict[str, str]:
         (workdir / "ms" / "kafka").mkdir(parents=True)
         (workdir / "ms" / "kafka" / "libs").symlink_to(libs)
     return env
+
+
+def metric_sample(port: str, name: str, labels: str = "") -> float:
+    """A sample of the /metrics of the service on `port` (summed over the label sets
+    matching `labels`); -1 when the service does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return -1.0
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

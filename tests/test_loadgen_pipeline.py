@@ -5,7 +5,6 @@ repeated bodies and late events in the load."""
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from meterstream.loadgen.expected import METRICS, TABLE_SUMS
 from processors.priced_models import priced_model_keys
 from processors.usage import OTHER_MODEL
 from tests.pipeline import Pipeline, running_pipeline
-from tests.support import meterstream, wait_for
+from tests.support import meterstream, metric_sample, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -29,8 +28,7 @@ def _worker(pipeline: Pipeline, path: str) -> bytes:
 
 
 def _worker_metric(pipeline: Pipeline, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", _worker(pipeline, "/metrics").decode(), re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric_sample(pipeline.env["METERSTREAM_WORKER_PORT"], name)
 
 
 def _months(totals: dict[str, Any]) -> list[int]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -15,7 +13,7 @@ import pytest
 
 from processors.records import USAGE_COUNTERS
 from tests.pipeline import Pipeline, running_pipeline
-from tests.support import read_topic, recent_events, wait_for
+from tests.support import metric_sample, read_topic, recent_events, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -63,14 +61,7 @@ def _shifted(events: list[dict], ms: int) -> list[dict]:
 
 
 def _worker_metric(pipeline: Pipeline, name: str, labels: str) -> float:
-    port = pipeline.env["METERSTREAM_WORKER_PORT"]
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-            text = page.read().decode()
-    except OSError:
-        return -1.0
-    match = re.search(rf"^{name}\{{{labels}\}} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric_sample(pipeline.env["METERSTREAM_WORKER_PORT"], name, labels)
 
 
 def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_path: Path) -> None:

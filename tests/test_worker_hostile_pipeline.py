@@ -5,7 +5,6 @@ message that makes processing fail is dead-lettered while its partition goes on.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from processors.usage import OTHER_MODEL
 from tests.pipeline import Pipeline, running_pipeline
-from tests.support import read_topic, recent_events, wait_for
+from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.test_agent_usage import AI_SDK
 from tests.test_pipeline import _stored_totals, _totals
 
@@ -33,14 +32,7 @@ ENV = {"METERSTREAM_MAX_RECORDS_PER_REQUEST": "100000"}
 
 
 def _metric(pipeline: Pipeline, name: str) -> float:
-    port = pipeline.env["METERSTREAM_WORKER_PORT"]
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-            text = page.read().decode()
-    except OSError:
-        return -1.0
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric_sample(pipeline.env["METERSTREAM_WORKER_PORT"], name)
 
 
 def _quota_report(pipeline: Pipeline, deployment: str) -> dict | None:
