@@ -435,17 +435,24 @@ def test_the_rollup_migration_backfills_once(client: Client) -> None:
         assert client.command("SELECT sum(steps) FROM user_tokens_monthly") == 5
 
 
-@pytest.mark.kafka
-def test_the_schedule_invoices_the_month_before_once_due(
-        client: Client, db: Database, engine_path: Path, kafka_bootstrap: str) -> None:
+def _october_pipeline(client: Client, engine_path: Path, kafka_bootstrap: str,
+                      extra: dict[str, str] | None = None) -> Settings:
+    """October's usage in the engine, the registry of its deployments on a namespace of
+    its own, and the settings of a sink over both."""
     october_usage(client)
     namespace = f"t{uuid.uuid4().hex[:10]}"
     publish_registry(kafka_bootstrap, namespace, {
         name: {"team": owner.team, "project": owner.project, "plan": owner.plan or ""}
         for name, owner in REGISTRY.items()})
-    settings = Settings.from_env({"METERSTREAM_KAFKA": kafka_bootstrap,
-                                  "METERSTREAM_NAMESPACE": namespace,
-                                  "METERSTREAM_CLICKHOUSE": f"chdb://{engine_path}"})
+    return Settings.from_env({"METERSTREAM_KAFKA": kafka_bootstrap,
+                              "METERSTREAM_NAMESPACE": namespace,
+                              "METERSTREAM_CLICKHOUSE": f"chdb://{engine_path}", **(extra or {})})
+
+
+@pytest.mark.kafka
+def test_the_schedule_invoices_the_month_before_once_due(
+        client: Client, db: Database, engine_path: Path, kafka_bootstrap: str) -> None:
+    settings = _october_pipeline(client, engine_path, kafka_bootstrap)
     runs_before = REGISTRY_RUNS.labels("problems")._value.get()
 
     async def scenario() -> list[invoices.Invoice]:
@@ -492,15 +499,9 @@ def test_the_schedule_waits_for_the_worker_and_the_sink_to_catch_up(
     """After October's cut-off the raw topic holds bodies the worker's group has not
     committed: no run. The worker catches up, having forwarded records the sink's group
     has not committed: still no run. The sink catches up: October is invoiced."""
-    october_usage(client)
-    namespace = f"t{uuid.uuid4().hex[:10]}"
-    publish_registry(kafka_bootstrap, namespace, {
-        name: {"team": owner.team, "project": owner.project, "plan": owner.plan or ""}
-        for name, owner in REGISTRY.items()})
-    settings = Settings.from_env({"METERSTREAM_KAFKA": kafka_bootstrap,
-                                  "METERSTREAM_NAMESPACE": namespace,
-                                  "METERSTREAM_PARTITIONS": "2",
-                                  "METERSTREAM_CLICKHOUSE": f"chdb://{engine_path}"})
+    settings = _october_pipeline(client, engine_path, kafka_bootstrap,
+                                 {"METERSTREAM_PARTITIONS": "2"})
+    namespace = settings.namespace
     topics = Topics.of(settings)
     raw = topics.raw.name
     records = topics.records("function_execution").name
