@@ -110,20 +110,23 @@ def _too_many(count: int, limit: int) -> BatchError:
                       "too_many_records", 413)
 
 
+def event_fields(event: object) -> tuple[object, object]:
+    """An event's `topic` and `convex.deployment_name`, as sent (None where absent)."""
+    if not isinstance(event, dict):
+        return None, None
+    convex = event.get("convex")
+    return event.get("topic"), convex.get("deployment_name") if isinstance(convex, dict) else None
+
+
 def inspect_batch(body: bytes) -> BatchInfo:
     """Counts the events per topic label and collects the deployment names they carry."""
     events = parse_events(body)
     deployments = set()
     topics: dict[str, int] = {}
     for event in events:
-        topic: object = None
-        if isinstance(event, dict):
-            topic = event.get("topic")
-            convex = event.get("convex")
-            if isinstance(convex, dict):
-                name = convex.get("deployment_name")
-                if isinstance(name, str) and name:
-                    deployments.add(name)
+        topic, name = event_fields(event)
+        if isinstance(name, str) and name:
+            deployments.add(name)
         label = topic_label(topic)
         topics[label] = topics.get(label, 0) + 1
     return BatchInfo(events=len(events), deployments=frozenset(deployments), topics=topics)
@@ -140,13 +143,7 @@ def check_batch(body: bytes, deployment: str, max_events: int) -> BatchInfo:
     events = parse_events(body, max_events)
     topics: dict[str, int] = {}
     for index, event in enumerate(events):
-        name = None
-        topic: object = None
-        if isinstance(event, dict):
-            topic = event.get("topic")
-            convex = event.get("convex")
-            if isinstance(convex, dict):
-                name = convex.get("deployment_name")
+        topic, name = event_fields(event)
         if topic == AGENT_USAGE:
             raise BatchError("agent_usage events are taken only from /v1/agent/usage",
                              f"event {index}", "wrong_door")
