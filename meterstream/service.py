@@ -101,13 +101,12 @@ class _Guard(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         watchdog = self.watchdog
-        if watchdog.open >= watchdog.limits.max_connections:
+        if len(watchdog.guards) >= watchdog.limits.max_connections:
             self.refused = True
             CONNECTIONS_CUT.labels("too_many_connections").inc()
             transport.write(TOO_MANY)
             transport.close()
             return
-        watchdog.open += 1
         CONNECTIONS_OPEN.inc()
         self.inner = watchdog.server()
         watchdog.guards[self.inner] = self
@@ -138,7 +137,6 @@ class _Guard(asyncio.Protocol):
         self._cancel()
         if self.refused:
             return
-        self.watchdog.open -= 1
         CONNECTIONS_OPEN.dec()
         self.watchdog.guards.pop(self.inner, None)
         self.request = None
@@ -194,8 +192,9 @@ class _Watchdog:
     def __init__(self, server: Callable[[], Any], limits: ConnectionLimits) -> None:
         self.server = server
         self.limits = limits
-        self.open = 0
         self.guards: dict[Any, _Guard] = {}
+        """aiohttp's protocol of each open connection -> its guard (their number is the
+        number of open connections)."""
 
     def __call__(self) -> _Guard:
         return _Guard(self)
