@@ -39,16 +39,19 @@ from ingest.provisioning import Provisioner
 from ingest.registry import Deployment, RegistryView, RegistryWriter
 from meterstream.config import Settings
 from meterstream.service import ConnectionLimits, healthz, metrics_page, start_site, stop_event
-from meterstream.topics import Topics
+from meterstream.topics import (
+    AGENT_ORIGIN,
+    ORIGIN_HEADER,
+    RECEIVED_AT_HEADER,
+    WEBHOOK_ORIGIN,
+    Topics,
+)
 
 log = logging.getLogger("meterstream.receiver")
 
 CONVEX_LOGS = "/v1/convex/logs"
 AGENT_USAGE = "/v1/agent/usage"
 SHUTDOWN_SECONDS = 20.0
-ORIGIN = "origin"
-WEBHOOK_ORIGIN = b"webhook"
-AGENT_ORIGIN = b"agent"
 IDENTITY = ("", "identity")
 ADMIN_MAX_BODY = 1 << 20
 # HMAC key for bodies claiming a deployment that has no usable secret, so that every
@@ -140,7 +143,8 @@ class Receiver:
     async def _store(self, endpoint: str, key: str, value: bytes,
                      origin: bytes) -> web.Response | None:
         """Stores one record in the raw topic; a response when it could not be stored."""
-        headers = [("received_at", str(int(time.time() * 1000)).encode()), (ORIGIN, origin)]
+        headers = [(RECEIVED_AT_HEADER, str(int(time.time() * 1000)).encode()),
+                   (ORIGIN_HEADER, origin)]
         try:
             await self.producer.store(self.raw_topic, key.encode(), value, headers)
         except Overloaded as exc:

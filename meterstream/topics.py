@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
+# Headers of raw messages: the receiver sets them (ingest/receiver.py), the worker reads
+# them (processors/app.py).
+RECEIVED_AT_HEADER = "received_at"
+"""When the receiver stored the body (ms, ASCII digits)."""
+ORIGIN_HEADER = "origin"
+"""The door the body came in by: WEBHOOK_ORIGIN or AGENT_ORIGIN."""
+WEBHOOK_ORIGIN = b"webhook"
+AGENT_ORIGIN = b"agent"
+
 
 @dataclass(frozen=True)
 class TopicSpec:

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ingest.registry import RegistryView
 from meterstream.config import Settings
 from meterstream.logs import logging_config
-from meterstream.topics import Topics, ensure_topics
+from meterstream.topics import ORIGIN_HEADER, RECEIVED_AT_HEADER, Topics, ensure_topics
 from processors import metrics
 from processors.alert_delivery import attach_alert_delivery
 from processors.alerts import AlertLog
@@ -213,13 +213,19 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
     return app
 
 
+def header(message: Any, wanted: str) -> bytes | None:
+    """The value of a raw message's header (meterstream/topics.py), None when absent."""
+    for name, value in message.headers or ():
+        if name == wanted:
+            return bytes(value)
+    return None
+
+
 def received_at(message: Any) -> int:
     """When the receiver acknowledged the body (ms): the reference time for late events,
     the same however late the worker processes it."""
-    for name, value in message.headers or ():
-        if name == "received_at":
-            return int(value)
-    return int(message.timestamp * 1000)
+    value = header(message, RECEIVED_AT_HEADER)
+    return int(value) if value is not None else int(message.timestamp * 1000)
 
 
 def attempt(processor: RawProcessor, key: bytes, body: bytes,
@@ -227,16 +233,8 @@ def attempt(processor: RawProcessor, key: bytes, body: bytes,
     """One try at processing a raw message (the clock read at each try)."""
     return lambda: processor.process(key, body, message.partition, message.offset,
                                      received_at(message), int(time.time() * 1000),
-                                     origin(message))
-
-
-def origin(message: Any) -> bytes | None:
-    """The door the body came in by (the receiver's `origin` header); None from a receiver
-    that predates it."""
-    for name, value in message.headers or ():
-        if name == "origin":
-            return bytes(value)
-    return None
+                                     # None from a receiver that predates the header
+                                     header(message, ORIGIN_HEADER))
 
 
 def main(settings: Settings) -> None:

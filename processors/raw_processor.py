@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from ingest.registry import RegistryView
+from meterstream.topics import AGENT_ORIGIN
 from processors import metrics
 from processors.alerts import AlertLog
 from processors.dedup import Deduplicator
@@ -43,8 +44,6 @@ from processors.usage import message_usage
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 """(route or "dead_letter", key, value) -> a future that completes when Kafka stored it"""
 
-WEBHOOK, AGENT = b"webhook", b"agent"
-"""Values of the `origin` header the receiver sets on raw messages."""
 AGENT_ROUTE = "agent_usage"
 
 
@@ -143,7 +142,7 @@ class RawProcessor:
         if origin is None:
             return
         for route in list(batch.routed):
-            if (route == AGENT_ROUTE) == (origin == AGENT):
+            if (route == AGENT_ROUTE) == (origin == AGENT_ORIGIN):
                 continue
             reason = (f"{route} events may come only through "
                       f"{'/v1/agent/usage' if route == AGENT_ROUTE else '/v1/convex/logs'}; "

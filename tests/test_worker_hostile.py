@@ -16,6 +16,8 @@ import pytest
 
 from ingest.registry import Deployment
 from meterstream.config import Settings
+from meterstream.topics import AGENT_ORIGIN as AGENT
+from meterstream.topics import WEBHOOK_ORIGIN as WEBHOOK
 from processors import metrics
 from processors.alerts import AlertLog, bound_user_alerts
 from processors.dedup import Deduplicator
@@ -24,7 +26,7 @@ from processors.poison import Poison, with_retries
 from processors.priced_models import default_price_book, priced_model_keys
 from processors.quota_report import quota_report
 from processors.quotas import Quota
-from processors.raw_processor import AGENT, WEBHOOK, ForwardTooLarge, RawProcessor
+from processors.raw_processor import ForwardTooLarge, RawProcessor
 from processors.split import split_body
 from processors.state import (
     StateValueTooLarge,
