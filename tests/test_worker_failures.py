@@ -30,7 +30,12 @@ SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 CHECKED = ("function_calls", "database_io_bytes", "data_egress_bytes", "file_downloads")
 
 
+_LOGS: list[Path] = []
+
+
 def _worker(env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    if log not in _LOGS:
+        _LOGS.append(log)
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "meterstream", "worker"], cwd=REPO,
                                 env={**os.environ, **env, "METERSTREAM_WORKER_PORT": str(port)},
@@ -40,8 +45,14 @@ def _worker(env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes
 @contextmanager
 def _workers() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
+    _LOGS.clear()
     try:
         yield started
+    except BaseException:
+        for log in _LOGS:  # what the workers did, for the failure report
+            lines = log.read_text(errors="replace").splitlines()
+            print(f"--- worker log ({log}) ---", *lines[-300:], sep="\n")
+        raise
     finally:
         for process in started:
             if process.poll() is None:
