@@ -30,8 +30,8 @@ from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.load import function_load
-from tests.pipeline import running_pipeline
+from tests.support.load import function_load
+from tests.support.pipeline import running_pipeline
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 

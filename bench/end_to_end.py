@@ -50,16 +50,16 @@ sys.path.insert(0, str(REPO))
 
 from bench.alert_latency import tail_alerts  # noqa: E402
 from bench.receiver import start_broker  # noqa: E402
-from ingest.signature import HEADER, sign  # noqa: E402
-from meterstream.config import Settings  # noqa: E402
+from meterstream.core.config import Settings  # noqa: E402
+from meterstream.core.query import run_sql  # noqa: E402
+from meterstream.core.signature import HEADER, sign  # noqa: E402
+from meterstream.core.topics import Topics  # noqa: E402
 from meterstream.loadgen.check import check as check_totals  # noqa: E402
 from meterstream.loadgen.expected import TABLE_SUMS  # noqa: E402
 from meterstream.loadgen.sender import LoadOptions, LoadResult, run_load  # noqa: E402
-from meterstream.topics import Topics  # noqa: E402
-from sinks.query import run_sql  # noqa: E402
-from tests.load import function_load  # noqa: E402
-from tests.pipeline import Pipeline, running_pipeline  # noqa: E402
 from tests.support import wait_for  # noqa: E402
+from tests.support.load import function_load  # noqa: E402
+from tests.support.pipeline import Pipeline, running_pipeline  # noqa: E402
 
 EVENTS_PER_BODY = 128
 PROBE_SECRET = "5e0d3c2b1a4f49e8a7b6c5d4e3f2a1b0"

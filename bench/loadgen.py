@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from ingest.signature import sign  # noqa: E402
+from meterstream.core.signature import sign  # noqa: E402
 from meterstream.loadgen.events import log_stream_body  # noqa: E402
 from meterstream.loadgen.traffic import LOGS, TrafficModel, TrafficOptions  # noqa: E402
-from tests.independent_totals import events_of  # noqa: E402
+from tests.support.independent_totals import events_of  # noqa: E402
 
 START_MS = 1_781_524_800_000
 

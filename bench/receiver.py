@@ -37,9 +37,9 @@ from aiokafka import AIOKafkaProducer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.signature import HEADER, sign  # noqa: E402
-from meterstream.config import Settings  # noqa: E402
-from meterstream.topics import Topics, ensure_topics  # noqa: E402
+from meterstream.core.config import Settings  # noqa: E402
+from meterstream.core.signature import HEADER, sign  # noqa: E402
+from meterstream.core.topics import Topics, ensure_topics  # noqa: E402
 from tests.support import free_port, receiver_ready, wait_for  # noqa: E402
 
 EVENTS_PER_BODY = 128
@@ -58,7 +58,8 @@ class Result:
 
 def bodies() -> list[tuple[str, str, bytes]]:
     """One signed 128-event body per deployment: (deployment, secret, body)."""
-    examples = json.loads((REPO / "tests" / "data" / "convex_examples.json").read_text())
+    data = REPO / "tests" / "support" / "data"
+    examples = json.loads((data / "convex_examples.json").read_text())
     events = examples["events"]
     out = []
     for d in range(DEPLOYMENTS):

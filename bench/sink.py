@@ -53,8 +53,8 @@ from bench.worker import (  # noqa: E402
     delete_namespace_topics,
     tail,
 )
-from meterstream.config import DEFAULTS, Settings  # noqa: E402
-from meterstream.topics import Topics, ensure_topics, partition_counts  # noqa: E402
+from meterstream.core.config import DEFAULTS, Settings  # noqa: E402
+from meterstream.core.topics import Topics, ensure_topics, partition_counts  # noqa: E402
 from tests.support import free_port, stop_process, wait_for  # noqa: E402
 
 POLL_SECONDS = 0.1
@@ -137,8 +137,8 @@ async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, 
     """(topic, partition, offset, value) of every message of the sink's topics."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from meterstream.core.tables import SPECS
     from sinks.service import topic_of
-    from sinks.tables import SPECS
 
     settings = Settings.from_env({**os.environ, "METERSTREAM_NAMESPACE": namespace})
     topics = [topic_of(Topics.of(settings), spec) for spec in SPECS]
@@ -173,10 +173,10 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
     """The bare path, in this process: decode, build Arrow tables, insert_arrow them."""
     import pyarrow as pa
 
-    from meterstream.config import ClickHouseTarget
-    from sinks import migrate
-    from sinks.clickhouse import connect
-    from sinks.tables import SPECS, month_of
+    from meterstream.core import migrate
+    from meterstream.core.clickhouse import connect
+    from meterstream.core.config import ClickHouseTarget
+    from meterstream.core.tables import SPECS, month_of
     from sinks.writer import TableWriter
 
     path = Path(workdir) / "arrow-clickhouse"

@@ -33,9 +33,9 @@ from billing.database import Database, datetime64
 from billing.money import text
 from billing.periods import Period
 from billing.rollups import COUNTERS
-from meterstream.config import ClickHouseTarget
-from sinks import migrate
-from sinks.clickhouse import EngineLock, connect
+from meterstream.core import migrate
+from meterstream.core.clickhouse import EngineLock, connect
+from meterstream.core.config import ClickHouseTarget
 
 MONTH_START = "2026-10-01 00:00:00"
 NOW_MS = 1792845000000  # 2026-10-24T12:30:00Z

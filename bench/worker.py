@@ -57,8 +57,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.receiver import cli, start_broker  # noqa: E402
 from bench.report import machine, put_section  # noqa: E402
-from meterstream.config import Settings  # noqa: E402
-from meterstream.topics import Topics, ensure_topics  # noqa: E402
+from meterstream.core.config import Settings  # noqa: E402
+from meterstream.core.topics import Topics, ensure_topics  # noqa: E402
 from tests.support import convex_examples, free_port, stop_process, wait_for  # noqa: E402
 
 EVENTS_PER_BODY = 128
@@ -106,7 +106,7 @@ class Result:
 
 class BodyBuilder:
     """Realistic raw bodies: a deployment's 128 events, shaped like the reference examples
-    (tests/data/convex_examples.json), with varied usage counters and, within a body,
+    (tests/support/data/convex_examples.json), with varied usage counters and, within a body,
     increasing distinct timestamps. Every function execution has its own request id, so
     no two bodies are byte-identical (the worker drops repeated bodies as duplicates)."""
 

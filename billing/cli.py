@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from meterstream.config import Settings
+from meterstream.core.config import Settings
 
 
 def add_parsers(commands: Any) -> None:
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from billing.database import Database
     from billing.invoices import InvoiceError
     from billing.queries import UsageQueryError
-    from sinks.clickhouse import EngineBusy
-    from sinks.query import QueryError, session
+    from meterstream.core.clickhouse import EngineBusy
+    from meterstream.core.query import QueryError, session
 
     command = args.command if args.command == "usage" else f"invoices {args.action}"
     try:

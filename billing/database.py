@@ -1,6 +1,6 @@
 """Billing's access to ClickHouse: rows as dicts, statements, and SQL literals.
 
-It works over any `sinks.query.Execute` (a server, the embedded engine opened
+It works over any `meterstream.core.query.Execute` (a server, the embedded engine opened
 here, or the socket of the sink that holds it), so `meterstream usage` and
 `meterstream invoices` run the same SQL wherever ClickHouse is.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from sinks.query import Execute, execute
+from meterstream.core.query import Execute, execute
 
 Row = dict[str, Any]
 

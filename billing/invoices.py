@@ -24,7 +24,7 @@ from billing.money import cents, due, text
 from billing.periods import Period, iso
 from billing.pricebook import PriceBook, PricingError
 from billing.registry import Owners, owner_of
-from meterstream.progress import bar
+from meterstream.core.progress import bar
 
 log = logging.getLogger("meterstream.billing")
 

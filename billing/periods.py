@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from processors.windows import DAY_MS, HOUR_MS, MINUTE_MS, window_end, window_start
+from meterstream.core.windows import DAY_MS, HOUR_MS, MINUTE_MS, window_end, window_start
 
 RESOLUTIONS: tuple[str, ...] = ("minute", "hour", "day", "month")
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})(?:-01)?$")

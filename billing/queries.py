@@ -24,7 +24,7 @@ from billing.pricebook import Plan, PriceBook, PricingError
 from billing.registry import Owners, owner_of
 from billing.resources import BYTE_MS_PER_GB_HOUR, Usage
 from billing.rollups import TokenUsage
-from processors.usage import GB, MB_MS_PER_GB_HOUR
+from meterstream.core.usage import GB, MB_MS_PER_GB_HOUR
 
 MAX_BUCKETS = 20_000
 DISPLAY_PLACES = 6

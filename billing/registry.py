@@ -1,7 +1,7 @@
 """The deployment registry as billing needs it: each deployment's team, project and plan.
 
 Billing reads the registry where it lives, the compacted `<ns>.deployments`
-topic (ingest/registry.py), so plans and teams are those in force everywhere,
+topic (meterstream/core/registry.py), so plans and teams are those in force everywhere,
 with no copy to keep in step. A deployment with usage but no record (deleted
 from the registry) is billed on the price book's default plan with no team.
 """
@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ingest.registry import Deployment, RegistryView
-from meterstream.config import Settings
-from meterstream.topics import Topics, ensure_topics
+from meterstream.core.config import Settings
+from meterstream.core.registry import Deployment, RegistryView
+from meterstream.core.topics import Topics, ensure_topics
 
 LOAD_SECONDS = 60.0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from billing.periods import Period
-from processors.usage import GB, MB_MS_PER_GB_HOUR
+from meterstream.core.usage import GB, MB_MS_PER_GB_HOUR
 
 BYTE_MS_PER_GB_HOUR = GB * 3_600_000
 

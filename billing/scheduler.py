@@ -14,7 +14,7 @@ pipeline to catch up past it (`Gate`):
 2. the worker's consumer group (the Faust app id, the namespace) has committed at least
    the raw targets on every raw partition. The worker commits a raw offset only once
    Kafka stored everything it forwarded from the messages before it
-   (processors/deliveries.py), so from then on the period's records are all in the
+   (processors/delivery_acks.py), so from then on the period's records are all in the
    record topics;
 3. the billed record topics' end offsets, read once after step 2 (the *record
    targets*), and the sink's group (`<ns>-sink`) has committed at least them: the sink
@@ -53,17 +53,17 @@ from billing.metrics import LAST_RUN, LOOKS, NEXT_RUN, RUN_SECONDS, RUNS, WAITIN
 from billing.periods import Period
 from billing.pricebook import PriceBook
 from billing.registry import owners
-from ingest.registry import RegistryView
-from meterstream.config import Settings
-from meterstream.topics import Topics, ensure_topics, partition_counts
-from sinks.clickhouse import connect
-from sinks.tables import (
+from meterstream.core.clickhouse import connect
+from meterstream.core.config import Settings
+from meterstream.core.registry import RegistryView
+from meterstream.core.tables import (
     AGENT_USAGE,
     FILE_DOWNLOADS,
     FUNCTION_EXECUTIONS,
     LOG_STREAM_EGRESS,
     STORAGE_SNAPSHOTS,
 )
+from meterstream.core.topics import Topics, ensure_topics, partition_counts
 
 log = logging.getLogger("meterstream.billing")
 

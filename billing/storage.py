@@ -14,9 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from billing.database import Database, datetime64, in_list
-from processors.state import STORAGE_RETENTION_MS
-from processors.usage import STORAGE_CATEGORIES
-from processors.windows import split_interval
+from meterstream.core.usage import STORAGE_CATEGORIES, STORAGE_RETENTION_MS
+from meterstream.core.windows import split_interval
 
 CATEGORIES = tuple(STORAGE_CATEGORIES)
 StorageByteMs = dict[str, int]

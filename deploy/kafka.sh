@@ -5,7 +5,7 @@
 #   deploy/kafka.sh start|stop|status --home DIR --port N --controller-port N [--heap SIZE]
 #
 # `meterstream kafka start|stop|status` calls this with values from the
-# project's configuration (meterstream/config.py holds the defaults).
+# project's configuration (meterstream/core/config.py holds the defaults).
 #
 # DIR/libs   broker jars, resolved once with Maven and reused
 # DIR/data   KRaft metadata and topic logs, formatted once and reused

@@ -1,10 +1,10 @@
-"""Rewrite the README's configuration table from meterstream.config.VARIABLES."""
+"""Rewrite the README's configuration table from meterstream.core.config.VARIABLES."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from meterstream.config import VARIABLES
+from meterstream.core.config import VARIABLES
 
 HEADER = "| Variable | Default | Meaning |"
 

@@ -9,7 +9,7 @@ on the public webhook port.
     DELETE /v1/deployments/{name}
 
     PUT    /v1/deployments/{name}/quotas   replace the quotas with {"quotas": [...]}
-                                    (processors/quotas.py); answers them normalised
+                                    (meterstream/core/quotas.py); answers them normalised
     GET    /v1/deployments/{name}/quotas
 
     POST   /v1/deployments/{name}/provision | rotate-secret | deprovision | sync
@@ -35,7 +35,8 @@ from ingest import metrics
 from ingest.convex_platform import ConvexApiError, ConvexUnavailable
 from ingest.producer import Overloaded, Unavailable
 from ingest.provisioning import Provisioner, ProvisioningError, StreamSettings
-from ingest.registry import (
+from meterstream.core.quotas import InvalidQuotas, parse_quotas
+from meterstream.core.registry import (
     Deployment,
     InvalidDeployment,
     RegistryView,
@@ -43,7 +44,6 @@ from ingest.registry import (
     check_name,
     updated,
 )
-from processors.quotas import InvalidQuotas, parse_quotas
 
 ADMIN = "/v1/deployments"
 LIFECYCLE = ("provision", "rotate-secret", "deprovision", "sync")

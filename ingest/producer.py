@@ -21,8 +21,8 @@ from aiokafka.errors import (
 )
 
 from ingest import metrics
-from meterstream.config import Settings
-from meterstream.topics import TopicSpec, ensure_topics
+from meterstream.core.config import Settings
+from meterstream.core.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger("meterstream.receiver.kafka")
 

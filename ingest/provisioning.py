@@ -33,8 +33,8 @@ from ingest.convex_platform import (
     LogStreamAlreadyExists,
     LogStreamDoesntExist,
 )
-from ingest.registry import Deployment, RegistryView, RegistryWriter, updated
-from meterstream.config import Settings
+from meterstream.core.config import Settings
+from meterstream.core.registry import Deployment, RegistryView, RegistryWriter, updated
 
 log = logging.getLogger("meterstream.provisioning")
 

@@ -31,15 +31,16 @@ import time
 import orjson
 from aiohttp import web
 
-from ingest import agent_usage, metrics, signature
+from ingest import agent_usage, metrics
 from ingest.admin import AdminApi, bearer, json_error
-from ingest.batch import BatchError, check_batch, claimed_deployment
 from ingest.producer import Overloaded, Producer, Unavailable
 from ingest.provisioning import Provisioner
-from ingest.registry import Deployment, RegistryView, RegistryWriter
-from meterstream.config import Settings
-from meterstream.service import ConnectionLimits, healthz, metrics_page, start_site, stop_event
-from meterstream.topics import (
+from meterstream.core import signature
+from meterstream.core.config import Settings
+from meterstream.core.log_stream import BatchError, check_batch, claimed_deployment
+from meterstream.core.registry import Deployment, RegistryView, RegistryWriter
+from meterstream.core.service import ConnectionLimits, healthz, metrics_page, start_site, stop_event
+from meterstream.core.topics import (
     AGENT_ORIGIN,
     ORIGIN_HEADER,
     RECEIVED_AT_HEADER,

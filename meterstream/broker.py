@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from meterstream.config import Settings
+from meterstream.core.config import Settings
 
 SCRIPT_NAME = "kafka.sh"
 

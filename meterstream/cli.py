@@ -7,8 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from meterstream.config import VARIABLES, ConfigError, Settings
-from meterstream.logs import configure
+from meterstream.core.config import VARIABLES, ConfigError, Settings
+from meterstream.core.logs import configure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  + "\n".join(f"  - {problem}" for problem in exc.problems))
     configure(args.command, settings.log_level)
     close_data_dirs(settings)
-    from meterstream import secret_box
+    from meterstream.core import secret_box
 
     try:
         command = " ".join([args.command, *([args.action] if args.command == "secrets" else [])])
@@ -142,8 +142,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sql(query: str, settings: Settings, write: bool = False) -> int:
-    from sinks.clickhouse import EngineBusy
-    from sinks.query import QueryError, run_sql
+    from meterstream.core.clickhouse import EngineBusy
+    from meterstream.core.query import QueryError, run_sql
 
     try:
         output = run_sql(settings.clickhouse, query, write=write)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.convex_platform import METERING_TOPICS
-from meterstream.config import Settings
+from meterstream.core.config import Settings
 
 
 def add_parser(commands: Any) -> None:

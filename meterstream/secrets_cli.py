@@ -27,11 +27,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from meterstream import secret_box
-from meterstream.config import SECRET_KEY_BYTES, ConfigError, Settings
-from meterstream.topics import Topics
+from meterstream.core import secret_box
+from meterstream.core.config import SECRET_KEY_BYTES, ConfigError, Settings
+from meterstream.core.topics import Topics
 
-SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")  # ingest/registry.py's
+SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")  # meterstream/core/registry.py's
 READ_TIMEOUT = 60.0
 ATTEMPTS = 5
 

@@ -15,7 +15,7 @@ the worker. The `origin` header the receiver sets tells which door a body came i
 Concurrency stays at 1: with more, Faust can commit an offset past a message
 still in flight (faust#606), and a restart would lose it. The agent acks raw
 messages itself (a `noack` stream): only once Kafka stored everything forwarded
-from a message (processors/deliveries.py), so its offset is committed only after
+from a message (processors/delivery_acks.py), so its offset is committed only after
 that is safe, while the agent already works on the next messages.
 """
 
@@ -30,20 +30,20 @@ import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.registry import RegistryView
-from meterstream.config import Settings
-from meterstream.logs import logging_config
-from meterstream.topics import ORIGIN_HEADER, RECEIVED_AT_HEADER, Topics, ensure_topics
+from meterstream.core.config import Settings
+from meterstream.core.logs import logging_config
+from meterstream.core.quotas import quotas_from_record
+from meterstream.core.registry import RegistryView
+from meterstream.core.topics import ORIGIN_HEADER, RECEIVED_AT_HEADER, Topics, ensure_topics
 from processors import metrics
-from processors.alert_delivery import attach_alert_delivery
-from processors.alerts import AlertLog
+from processors.alert_log import AlertLog
+from processors.alert_webhooks import attach_alert_delivery
 from processors.dedup import Deduplicator
-from processors.deliveries import Deliveries
-from processors.limits import RunawayDetector
+from processors.delivery_acks import Deliveries
+from processors.due_alerts import RunawayDetector
 from processors.poison import Poison, with_retries
 from processors.priced_models import priced_model_keys
-from processors.quota_report import quota_report
-from processors.quotas import quotas_from_record
+from processors.quota_status import quota_report
 from processors.raw_processor import RawProcessor
 from processors.split import ALL_ROUTES
 from processors.stall_guard import StallGuard
@@ -214,7 +214,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
 
 
 def header(message: Any, wanted: str) -> bytes | None:
-    """The value of a raw message's header (meterstream/topics.py), None when absent."""
+    """The value of a raw message's header (meterstream/core/topics.py), None when absent."""
     for name, value in message.headers or ():
         if name == wanted:
             return bytes(value)

@@ -1,6 +1,6 @@
 """The provider/model keys the price book prices, for the worker's live windows.
 
-The worker keeps tokens by model name only for these (processors/usage.py); every
+The worker keeps tokens by model name only for these (meterstream/core/usage.py); every
 other name folds into one bucket. The keys are read here from the price book's
 `[[models]]` tables with tomllib, not through billing.pricebook: billing builds on
 processors (it imports its windows and units), so an import the other way would be

@@ -17,9 +17,9 @@ A message whose processing raises is retried and then dead-lettered by the calle
 
 `process` returns the pending deliveries of the forwarded records (None for a repeated
 body, which forwards nothing and counts as a duplicate, not as a body); the caller acks
-the message only once they completed (processors/deliveries.py), so the message's
+the message only once they completed (processors/delivery_acks.py), so the message's
 offset is committed only after what came out of it is safe. Alerts are awaited
-here, before the next message is judged (processors/alerts.py).
+here, before the next message is judged (processors/alert_log.py).
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ from typing import Any
 
 import orjson
 
-from ingest.registry import RegistryView
-from meterstream.topics import AGENT_ORIGIN
+from meterstream.core.quotas import quotas_from_record
+from meterstream.core.records import Record
+from meterstream.core.registry import RegistryView
+from meterstream.core.topics import AGENT_ORIGIN
+from meterstream.core.usage import message_usage
 from processors import metrics
-from processors.alerts import AlertLog
+from processors.alert_log import AlertLog
 from processors.dedup import Deduplicator
-from processors.limits import RunawayDetector, due_quota_alerts
-from processors.quotas import quotas_from_record
-from processors.records import Record
+from processors.due_alerts import RunawayDetector, due_quota_alerts
 from processors.split import OTHER, SplitBatch, dead_letter, split_body
 from processors.state import UsageState
-from processors.usage import message_usage
 
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 """(route or "dead_letter", key, value) -> a future that completes when Kafka stored it"""
@@ -66,7 +66,7 @@ class RawProcessor:
         self.grace_ms = grace_ms
         self.assigned = assigned
         self.priced = priced
-        """provider/model keys the live windows keep by name (processors/usage.py)"""
+        """provider/model keys the live windows keep by name (meterstream/core/usage.py)"""
         self.max_forward_bytes = max_forward_bytes
         self.stage = "start"
         """How far the current (or last) message got: start, split, state, forward, alerts."""

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.batch import BatchError, parse_events
-from processors import records
-from processors.records import InvalidEvent, Record
+from meterstream.core import records
+from meterstream.core.log_stream import BatchError, parse_events
+from meterstream.core.records import InvalidEvent, Record
 
 Normaliser = Callable[[dict[str, Any], int, int, int], Record]
 

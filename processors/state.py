@@ -23,7 +23,7 @@ earlier messages was stored. (The storage snapshot's "d" below relies on it too.
 
 Bounded by construction. Tenants choose end user ids and model names, so:
 
-- the token maps ("t") hold only priced models plus processors/usage.py OTHER_MODEL;
+- the token maps ("t") hold only priced models plus meterstream/core/usage.py OTHER_MODEL;
 - at most `max_users` end users per deployment and day (month) window get their own
   key; the others are counted together under `other-users`. Which users get a key
   must come out the same when a message is processed again after a crash, whatever
@@ -56,21 +56,20 @@ from typing import Any
 
 import orjson
 
-from processors import metrics
-from processors.expiry import Expiry
-from processors.records import Record
-from processors.usage import (
+from meterstream.core.records import Record
+from meterstream.core.usage import (
     BYTE_MS_PER_GB_HOUR,
     MB_MS_PER_GB_HOUR,
+    STORAGE_RETENTION_MS,
     MessageUsage,
     WindowDelta,
     storage_bytes,
 )
-from processors.windows import DAY_MS, expires_at, split_interval
+from meterstream.core.windows import expires_at, split_interval
+from processors import metrics
+from processors.expiry import Expiry
 
 STORAGE_GRANULARITIES = ("hour", "day", "month")
-# A deployment that sent no snapshot for this long is forgotten by the live state.
-STORAGE_RETENTION_MS = 40 * DAY_MS
 
 
 def window_key(deployment: str, granularity: str, start: int) -> str:

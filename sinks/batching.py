@@ -18,7 +18,7 @@ from operator import itemgetter
 
 from aiokafka import TopicPartition
 
-from processors.records import Record
+from meterstream.core.records import Record
 
 ORIGIN_FIELDS = (("raw_partition", "raw_offset", "event_index"),
                  ("kafka_partition", "kafka_offset"))

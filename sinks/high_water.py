@@ -27,8 +27,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from processors.records import Record
-from sinks.tables import MAX_TIMESTAMP_MS, BadMessage, TableSpec, month_bounds, month_of
+from meterstream.core.records import Record
+from meterstream.core.tables import MAX_TIMESTAMP_MS, BadMessage, TableSpec, month_bounds, month_of
 
 Key = tuple[int, int]
 """(origin partition, YYYYMM month)"""

@@ -2,7 +2,7 @@
 
 One consumer (one group) reads `<ns>.function_execution`, `<ns>.current_storage_usage`,
 `<ns>.storage_api_bandwidth`, `<ns>.log_stream_egress`, `<ns>.agent_usage`, `<ns>.other`
-and `<ns>.alerts`, each into its table (sinks/tables.py). Per table:
+and `<ns>.alerts`, each into its table (meterstream/core/tables.py). Per table:
 
 - each message's records are admitted against the table's high-water marks
   (sinks/high_water.py): a record whose origin is stored or buffered already is
@@ -54,17 +54,18 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from billing import scheduler as invoice_schedule
-from meterstream.config import Settings
-from meterstream.service import healthz, metrics_page, start_site, stop_event
-from meterstream.topics import Topics, ensure_topics, partition_counts
-from processors.records import Record
-from sinks import metrics, migrate
+from meterstream.core import migrate
+from meterstream.core.clickhouse import EngineLock, connect
+from meterstream.core.config import Settings
+from meterstream.core.query import serve_queries
+from meterstream.core.records import Record
+from meterstream.core.service import healthz, metrics_page, start_site, stop_event
+from meterstream.core.tables import SPECS, BadMessage, TableSpec
+from meterstream.core.topics import Topics, ensure_topics, partition_counts
+from sinks import metrics
 from sinks.batching import Batch, BatchBuffer
-from sinks.clickhouse import EngineLock, connect
 from sinks.committer import Committer
 from sinks.high_water import Admitted, HighWater, PartitionMismatch
-from sinks.query import serve_queries
-from sinks.tables import SPECS, BadMessage, TableSpec
 from sinks.writer import TableWriter
 
 log = logging.getLogger("meterstream.sink")

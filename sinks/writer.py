@@ -14,8 +14,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from meterstream.core.tables import TableSpec
 from sinks.batching import Columns
-from sinks.tables import TableSpec
 
 ONE_BLOCK = 1 << 40
 INSERT_SETTINGS: dict[str, Any] = {

@@ -1,11 +1,11 @@
 """`meterstream loadgen check`: a run's expected totals against ClickHouse.
 
 For each deployment of the run it reads, per table, the row count and the sum of
-every counter column (sinks/migrations 0001 and 0002), derives the billing
+every counter column (meterstream/core/migrations 0001 and 0002), derives the billing
 metrics from those sums by the same definitions as expected.py, and compares
 every value. A billing metric is compared only when all the tables it is derived
 from are checked (`function_calls` needs function_executions and file_downloads).
-The queries go through `sinks.query.run_sql`, so they work while `meterstream up`
+The queries go through `meterstream.core.query.run_sql`, so they work while `meterstream up`
 holds the embedded engine.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meterstream.core.usage import STORAGE_CATEGORIES, TOKEN_KINDS
 from meterstream.loadgen.expected import (
     AGENT_USAGE,
     FILE_DOWNLOADS,
@@ -27,7 +28,6 @@ from meterstream.loadgen.expected import (
     DeploymentTotals,
     ExpectedTotals,
 )
-from processors.usage import STORAGE_CATEGORIES, TOKEN_KINDS
 
 Sql = Callable[[str], bytes]
 """runs one statement, returns ClickHouse's TabSeparated output"""

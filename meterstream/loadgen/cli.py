@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meterstream.config import Settings
+from meterstream.core.config import Settings
 
 if TYPE_CHECKING:
     from meterstream.loadgen.expected import ExpectedTotals
@@ -164,10 +164,10 @@ def check(expected: ExpectedTotals, tables: tuple[str, ...], wait: float,
           settings: Settings) -> int:
     """Compares until every value matches or `wait` seconds have passed; 0 when they match,
     1 on a mismatch, 2 when ClickHouse cannot be asked."""
+    from meterstream.core.clickhouse import EngineBusy
+    from meterstream.core.query import QueryError, run_sql
     from meterstream.loadgen import report
     from meterstream.loadgen.check import check as compare_with
-    from sinks.clickhouse import EngineBusy
-    from sinks.query import QueryError, run_sql
 
     deadline = time.monotonic() + wait
     while True:

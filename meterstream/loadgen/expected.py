@@ -31,8 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.records import AGENT_TOKENS, STORAGE_TOTALS, USAGE_COUNTERS
-from processors.usage import STORAGE_CATEGORIES, TOKEN_KINDS
+from meterstream.core.records import AGENT_TOKENS, STORAGE_TOTALS, USAGE_COUNTERS
+from meterstream.core.usage import STORAGE_CATEGORIES, TOKEN_KINDS
 
 FUNCTION_EXECUTIONS = "function_executions"
 FILE_DOWNLOADS = "file_downloads"
@@ -40,7 +40,7 @@ LOG_STREAM_EGRESS = "log_stream_egress"
 AGENT_USAGE = "agent_usage"
 STORAGE_SNAPSHOTS = "storage_snapshots"
 
-# The summed columns of each ClickHouse table (sinks/migrations 0001 and 0002);
+# The summed columns of each ClickHouse table (meterstream/core/migrations 0001 and 0002);
 # every table is also checked for its row count, "rows".
 TABLE_SUMS: dict[str, tuple[str, ...]] = {
     FUNCTION_EXECUTIONS: ("execution_time_ms", "user_execution_time_ms",

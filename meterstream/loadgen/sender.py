@@ -33,13 +33,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ingest.signature import HEADER, sign
-from meterstream.config import Settings
+from meterstream.core.config import Settings
+from meterstream.core.progress import bar
+from meterstream.core.signature import HEADER, sign
 from meterstream.loadgen.catalogue import Deployment
 from meterstream.loadgen.expected import DeploymentTotals, ExpectedTotals
 from meterstream.loadgen.register import register
 from meterstream.loadgen.traffic import LOGS, MAX_BATCH, Delivery, TrafficModel, TrafficOptions
-from meterstream.progress import bar
 
 CONVEX_LOGS = "/v1/convex/logs"
 AGENT_USAGE = "/v1/agent/usage"

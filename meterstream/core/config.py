@@ -1,0 +1,627 @@
+"""All of meterstream's configuration, read once from environment variables.
+
+Every service and command takes a :class:`Settings`; nothing else reads the
+environment. A bad value fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "Settings"]
+
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value meterstream cannot use.
+
+    From `Settings.from_env`, `problems` lists every bad variable found (the message
+    joins them), so one start reports them all."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    help: str
+
+
+# The documented table of variables; the README's configuration table mirrors it.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("METERSTREAM_KAFKA", "127.0.0.1:9092",
+             "Kafka bootstrap servers, host:port[,host:port...]. `meterstream kafka start` "
+             "runs a local broker on this address's port."),
+    Variable("METERSTREAM_KAFKA_CONTROLLER_PORT", "9093",
+             "KRaft controller port of the local broker (`meterstream kafka start` only)."),
+    Variable("METERSTREAM_CLICKHOUSE", "chdb:///<data dir>/clickhouse",
+             "chdb:///path selects the embedded ClickHouse engine at that path; "
+             "http(s)://user:password@host:port/database selects a ClickHouse server (https:// "
+             "unless loopback when it has a password). Or METERSTREAM_CLICKHOUSE_FILE."),
+    Variable("METERSTREAM_DATA_DIR", "./.meterstream",
+             "Local state: broker jars and data, the embedded ClickHouse data."),
+    Variable("METERSTREAM_NAMESPACE", "meterstream",
+             "Prefix of every Kafka topic, consumer group and Faust app id, so several "
+             "pipelines can share one Kafka cluster."),
+    Variable("METERSTREAM_PARTITIONS", "8",
+             "Partitions of the topics meterstream creates (raw and per event type)."),
+    Variable("METERSTREAM_BIND_HOST", "127.0.0.1",
+             "Address the receiver, worker and sink HTTP servers listen on; 0.0.0.0 to "
+             "accept Convex's webhooks from outside."),
+    Variable("METERSTREAM_RECEIVER_PORT", "8686", "Port of the webhook receiver."),
+    Variable("METERSTREAM_WORKER_PORT", "6066", "Port of the Faust worker's web server."),
+    Variable("METERSTREAM_SINK_PORT", "8687", "Port of the sink's /metrics and /healthz."),
+    Variable("METERSTREAM_MAX_BODY_BYTES", "8388608",
+             "Largest webhook body the receiver accepts (bytes); larger ones get 413."),
+    Variable("METERSTREAM_MAX_IN_FLIGHT", "256",
+             "Produces the receiver lets wait for Kafka at once; beyond it requests get 429 "
+             "(Convex retries them) instead of growing memory."),
+    Variable("METERSTREAM_ADMIN_TOKEN", "",
+             "Bearer token of the admin API (/v1/deployments); empty disables the admin API. "
+             "Or METERSTREAM_ADMIN_TOKEN_FILE: a file holding it."),
+    Variable("METERSTREAM_ADMIN_HOST", "127.0.0.1",
+             "Address the receiver's admin API (/v1/deployments) listens on, apart from the "
+             "public webhook port; loopback by default."),
+    Variable("METERSTREAM_ADMIN_PORT", "8688", "Port of the receiver's admin API."),
+    Variable("METERSTREAM_ADMIN_URL", "",
+             "Where `meterstream deployments` reaches the admin API; empty means "
+             "http://<METERSTREAM_ADMIN_HOST>:<METERSTREAM_ADMIN_PORT>. https:// unless loopback."),
+    Variable("METERSTREAM_MAX_RECORDS_PER_REQUEST", "1000",
+             "Most webhook events or agent usage records one request may carry (Convex sends "
+             "at most 128); more get 413."),
+    Variable("METERSTREAM_MAX_PROBLEMS", "20",
+             "Most problems a 400 answer lists; the answer also gives their total count."),
+    Variable("METERSTREAM_HEADER_TIMEOUT", "10",
+             "Seconds a client has, from its request's first byte, to send the whole request "
+             "line and headers; a slower one is cut off."),
+    Variable("METERSTREAM_BODY_TIMEOUT", "30",
+             "Seconds a client has, after its headers, to send the whole body; a slower one "
+             "is cut off."),
+    Variable("METERSTREAM_KEEPALIVE_TIMEOUT", "15",
+             "Seconds an idle keep-alive connection is kept open between requests."),
+    Variable("METERSTREAM_MAX_CONNECTIONS", "1024",
+             "Open connections the receiver's public port holds at once; beyond it a new "
+             "connection gets 503 and is closed."),
+    Variable("METERSTREAM_PUBLIC_URL", "",
+             "This meterstream's receiver as Convex reaches it, e.g. https://metering.example.com; "
+             "provisioning points log streams at <it>/v1/convex/logs. Empty means "
+             "http://127.0.0.1:<METERSTREAM_RECEIVER_PORT> (local use only). https:// unless "
+             "loopback."),
+    Variable("METERSTREAM_CONVEX_API_URL", "https://{deployment}.convex.cloud/api/v1",
+             "The Convex deployment Platform API; {deployment} is replaced by the deployment "
+             "name. Set a plain URL for a self-hosted backend. https:// unless loopback (it "
+             "carries deploy keys)."),
+    Variable("METERSTREAM_SECRET_OVERLAP", "600",
+             "Seconds the old webhook secret is still accepted after a rotation."),
+    Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
+             "Seconds the receiver waits for Kafka to acknowledge a body before it answers "
+             "503 so that Convex retries."),
+    Variable("METERSTREAM_DEDUP_RETENTION", "604800",
+             "Seconds a webhook body's hash and an agent usage record's id are remembered, "
+             "so that a repeat within that time is dropped (default 7 days)."),
+    Variable("METERSTREAM_WORKER_COMMIT_INTERVAL", "2.8",
+             "Seconds between the worker's offset commits; after a crash it processes again "
+             "what came in since the last commit (counted once: see the README)."),
+    Variable("METERSTREAM_LATE_GRACE", "86400",
+             "Seconds after its window that a late event still counts there; older events go "
+             "to the dead-letter topic (default 1 day)."),
+    Variable("METERSTREAM_RUNAWAY_MULTIPLE", "10",
+             "A deployment whose function calls in a minute exceed this multiple of its "
+             "trailing hourly average per minute raises a `runaway` alert."),
+    Variable("METERSTREAM_RUNAWAY_MIN_CALLS", "1000",
+             "Function calls in a minute below which no runaway alert is raised, whatever the "
+             "baseline (so a quiet app waking up is not a runaway)."),
+    Variable("METERSTREAM_ALERT_WEBHOOKS", "",
+             "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
+             "body (x-webhook-timestamp, x-webhook-signature: see the README); https:// unless "
+             "loopback; empty sends alerts to Kafka only."),
+    Variable("METERSTREAM_ALERT_WEBHOOK_SECRET", "",
+             "HMAC-SHA256 key of the alert webhooks' signature, at least 32 characters; "
+             "required when METERSTREAM_ALERT_WEBHOOKS is set. Or "
+             "METERSTREAM_ALERT_WEBHOOK_SECRET_FILE: a file holding it."),
+    Variable("METERSTREAM_ALERT_RETRY_SECONDS", "3600",
+             "How long (s) an alert webhook is retried with exponential backoff before the "
+             "alert goes to the dead-letter topic."),
+    Variable("METERSTREAM_SINK_BATCH_ROWS", "50000",
+             "Rows of one table that make the sink insert at once (at most 1000000, so that "
+             "each insert stays one atomic block)."),
+    Variable("METERSTREAM_SINK_BATCH_SECONDS", "1.0",
+             "Longest time (s) a row waits in the sink before it is inserted."),
+    Variable("METERSTREAM_PRICE_BOOK", "",
+             "The price book (TOML): plans' included amounts and prices, region multipliers, "
+             "token prices per provider and model. Empty means the one shipped in "
+             "billing/default_price_book.toml."),
+    Variable("METERSTREAM_LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("METERSTREAM_WORKER_MAX_ATTEMPTS", "3",
+             "Times the worker tries a raw message whose processing raises before it sends "
+             "the message to the dead-letter topic and goes on with the next."),
+    Variable("METERSTREAM_WORKER_MAX_USERS", "1000",
+             "End users per deployment and day (month) whose tokens the live state keeps by "
+             "name; the others are counted together (ClickHouse keeps every user)."),
+    Variable("METERSTREAM_WORKER_MAX_USER_ALERTS", "100",
+             "Users per deployment, per-user quota and period that get their own quota alert; "
+             "beyond them one `quota_users` alert per threshold gives their number."),
+    Variable("METERSTREAM_SINK_MAX_ATTEMPTS", "3",
+             "Times the sink tries to insert a batch ClickHouse refuses (not: cannot be "
+             "reached) before it stores the batch's messages one by one and sends those "
+             "refused to the dead-letter topic."),
+    Variable("METERSTREAM_SECRET_KEY", "",
+             "Key that encrypts webhook secrets in the registry topic (AES-256-GCM): base64 of "
+             "32 random bytes (`head -c 32 /dev/urandom | base64`). Empty means the key in "
+             "<data dir>/secret-key, generated (0600) by the first receiver that needs one. Or "
+             "METERSTREAM_SECRET_KEY_FILE: a file holding it."),
+    Variable("METERSTREAM_SECRET_OLD_KEYS", "",
+             "Comma-separated earlier METERSTREAM_SECRET_KEY values, still accepted for "
+             "decryption during a key rotation (`meterstream secrets reencrypt` rewrites every "
+             "record under the current key). Or METERSTREAM_SECRET_OLD_KEYS_FILE."),
+    Variable("METERSTREAM_INSECURE_HTTP_HOSTS", "",
+             "Comma-separated host names to which URLs carrying credentials may use http:// "
+             "although they are not loopback (a private network's service names, e.g. "
+             "`clickhouse` in docker-compose.yml); every other such URL must be https://."),
+)
+DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+SECRET_VARIABLES = ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_ALERT_WEBHOOK_SECRET",
+                    "METERSTREAM_SECRET_KEY", "METERSTREAM_SECRET_OLD_KEYS",
+                    "METERSTREAM_CLICKHOUSE")
+"""Each may be given as <NAME>_FILE instead: the value is that file's content (docker and
+systemd secrets), so that it appears in no process environment listing."""
+SECRET_KEY_BYTES = 32
+MIN_ALERT_SECRET_LENGTH = 32
+
+# While Settings.from_env runs, validators add their problem here and return a stand-in
+# value instead of raising, so that one error lists every bad variable.
+_PROBLEMS: ContextVar[list[str] | None] = ContextVar("config_problems", default=None)
+
+
+def _problem(message: str, stand_in: _T) -> _T:
+    """Reports a bad value: raises, or records it while `from_env` collects problems."""
+    problems = _PROBLEMS.get()
+    if problems is None:
+        raise ConfigError(message)
+    problems.append(message)
+    return stand_in
+
+
+@contextmanager
+def _collecting() -> Iterator[list[str]]:
+    problems: list[str] = []
+    token = _PROBLEMS.set(problems)
+    try:
+        yield problems
+    finally:
+        _PROBLEMS.reset(token)
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """Where the counters go: the embedded engine at a path, or a server URL."""
+
+    url: str = field(repr=False)
+    chdb_path: Path | None
+
+    @property
+    def embedded(self) -> bool:
+        return self.chdb_path is not None
+
+    @property
+    def display(self) -> str:
+        """The URL without its password, for logs and errors."""
+        if self.chdb_path is not None:
+            return f"chdb://{self.chdb_path}"
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        if parts.username:
+            netloc = f"{parts.username}:***@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def __repr__(self) -> str:
+        return f"ClickHouseTarget({self.display!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    kafka_controller_port: int
+    clickhouse: ClickHouseTarget
+    data_dir: Path
+    namespace: str
+    partitions: int
+    bind_host: str
+    receiver_port: int
+    worker_port: int
+    sink_port: int
+    max_body_bytes: int
+    max_in_flight: int
+    admin_token: str = field(repr=False)
+    admin_url: str
+    public_url: str
+    convex_api_url: str
+    secret_overlap: float
+    produce_timeout: float
+    dedup_retention: float
+    worker_commit_interval: float
+    late_grace: float
+    runaway_multiple: float
+    runaway_min_calls: int
+    alert_webhooks: tuple[str, ...]
+    alert_webhook_secret: str = field(repr=False)
+    alert_retry_seconds: float
+    sink_batch_rows: int
+    sink_batch_seconds: float
+    log_level: str
+    price_book: Path | None = None
+    """None: the price book shipped with meterstream."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8688
+    max_records_per_request: int = 1000
+    max_problems: int = 20
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 15.0
+    max_connections: int = 1024
+    worker_max_attempts: int = 3
+    worker_max_users: int = 1000
+    worker_max_user_alerts: int = 100
+    sink_max_attempts: int = 3
+    secret_key: bytes | None = field(default=None, repr=False)
+    """METERSTREAM_SECRET_KEY; None: the data directory's key (meterstream/core/secret_box.py)."""
+    secret_old_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    insecure_http_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings, or a ConfigError listing every bad variable at once."""
+        with _collecting() as problems:
+            try:
+                settings = cls._from_env(_with_secret_files(
+                    os.environ if environ is None else environ))
+            except ConfigError as exc:  # a check that does not collect
+                problems.append(str(exc))
+                settings = None
+        if problems or settings is None:
+            raise ConfigError("; ".join(problems), tuple(problems))
+        return settings
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str]) -> Settings:
+
+        def raw(name: str) -> str:
+            value = env.get(name, "").strip()
+            return value if value else DEFAULTS[name]
+
+        data_dir = Path(raw("METERSTREAM_DATA_DIR")).expanduser().resolve()
+        clickhouse_raw = env.get("METERSTREAM_CLICKHOUSE", "").strip()
+        clickhouse = (
+            _clickhouse("METERSTREAM_CLICKHOUSE", clickhouse_raw)
+            if clickhouse_raw
+            else ClickHouseTarget(url=f"chdb://{data_dir / 'clickhouse'}",
+                                  chdb_path=data_dir / "clickhouse")
+        )
+        return cls(
+            kafka_bootstrap=_bootstrap("METERSTREAM_KAFKA", raw("METERSTREAM_KAFKA")),
+            kafka_controller_port=_port("METERSTREAM_KAFKA_CONTROLLER_PORT",
+                                        raw("METERSTREAM_KAFKA_CONTROLLER_PORT")),
+            clickhouse=clickhouse,
+            data_dir=data_dir,
+            namespace=_namespace("METERSTREAM_NAMESPACE", raw("METERSTREAM_NAMESPACE")),
+            partitions=_number("METERSTREAM_PARTITIONS", raw("METERSTREAM_PARTITIONS"),
+                               int, 1, 1024),
+            bind_host=_host("METERSTREAM_BIND_HOST", raw("METERSTREAM_BIND_HOST")),
+            receiver_port=_port("METERSTREAM_RECEIVER_PORT", raw("METERSTREAM_RECEIVER_PORT")),
+            worker_port=_port("METERSTREAM_WORKER_PORT", raw("METERSTREAM_WORKER_PORT")),
+            sink_port=_port("METERSTREAM_SINK_PORT", raw("METERSTREAM_SINK_PORT")),
+            max_body_bytes=_number("METERSTREAM_MAX_BODY_BYTES", raw("METERSTREAM_MAX_BODY_BYTES"),
+                                   int, 1024, 1 << 30),
+            max_in_flight=_number("METERSTREAM_MAX_IN_FLIGHT", raw("METERSTREAM_MAX_IN_FLIGHT"),
+                                  int, 1, 100_000),
+            admin_token=_admin_token("METERSTREAM_ADMIN_TOKEN",
+                                     env.get("METERSTREAM_ADMIN_TOKEN", "").strip()),
+            admin_url=_admin_url("METERSTREAM_ADMIN_URL",
+                                 env.get("METERSTREAM_ADMIN_URL", "").strip(),
+                                 raw("METERSTREAM_ADMIN_PORT"),
+                                 _loopback(raw("METERSTREAM_ADMIN_HOST"))),
+            public_url=_admin_url("METERSTREAM_PUBLIC_URL",
+                                  env.get("METERSTREAM_PUBLIC_URL", "").strip(),
+                                  raw("METERSTREAM_RECEIVER_PORT")),
+            convex_api_url=_http_url("METERSTREAM_CONVEX_API_URL",
+                                     raw("METERSTREAM_CONVEX_API_URL")),
+            secret_overlap=_number("METERSTREAM_SECRET_OVERLAP", raw("METERSTREAM_SECRET_OVERLAP"),
+                                   float, 0.0, 7 * 24 * 3600.0),
+            produce_timeout=_number("METERSTREAM_PRODUCE_TIMEOUT",
+                                    raw("METERSTREAM_PRODUCE_TIMEOUT"), float, 0.1, 300),
+            dedup_retention=_number("METERSTREAM_DEDUP_RETENTION",
+                                    raw("METERSTREAM_DEDUP_RETENTION"), float, 1.0,
+                                    366 * 24 * 3600.0),
+            worker_commit_interval=_number("METERSTREAM_WORKER_COMMIT_INTERVAL",
+                                           raw("METERSTREAM_WORKER_COMMIT_INTERVAL"), float,
+                                           0.1, 3600.0),
+            late_grace=_number("METERSTREAM_LATE_GRACE", raw("METERSTREAM_LATE_GRACE"),
+                               float, 0.0, 31 * 24 * 3600.0),
+            runaway_multiple=_number("METERSTREAM_RUNAWAY_MULTIPLE",
+                                     raw("METERSTREAM_RUNAWAY_MULTIPLE"), float, 1.0, 1e6),
+            runaway_min_calls=_number("METERSTREAM_RUNAWAY_MIN_CALLS",
+                                      raw("METERSTREAM_RUNAWAY_MIN_CALLS"), int, 1, 10**12),
+            alert_webhooks=_urls("METERSTREAM_ALERT_WEBHOOKS",
+                                 env.get("METERSTREAM_ALERT_WEBHOOKS", "").strip()),
+            alert_webhook_secret=env.get("METERSTREAM_ALERT_WEBHOOK_SECRET", "").strip(),
+            alert_retry_seconds=_number("METERSTREAM_ALERT_RETRY_SECONDS",
+                                        raw("METERSTREAM_ALERT_RETRY_SECONDS"), float, 0.0,
+                                        7 * 24 * 3600.0),
+            sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
+                                    raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 1_000_000),
+            sink_batch_seconds=_number("METERSTREAM_SINK_BATCH_SECONDS",
+                                       raw("METERSTREAM_SINK_BATCH_SECONDS"), float, 0.01, 3600),
+            log_level=_choice("METERSTREAM_LOG_LEVEL", raw("METERSTREAM_LOG_LEVEL").lower(),
+                              ("debug", "info", "warning", "error")),
+            price_book=_file("METERSTREAM_PRICE_BOOK",
+                             env.get("METERSTREAM_PRICE_BOOK", "").strip()),
+            admin_host=_host("METERSTREAM_ADMIN_HOST", raw("METERSTREAM_ADMIN_HOST")),
+            admin_port=_port("METERSTREAM_ADMIN_PORT", raw("METERSTREAM_ADMIN_PORT")),
+            max_records_per_request=_number("METERSTREAM_MAX_RECORDS_PER_REQUEST",
+                                            raw("METERSTREAM_MAX_RECORDS_PER_REQUEST"),
+                                            int, 1, 1_000_000),
+            max_problems=_number("METERSTREAM_MAX_PROBLEMS", raw("METERSTREAM_MAX_PROBLEMS"),
+                                 int, 1, 10_000),
+            header_timeout=_number("METERSTREAM_HEADER_TIMEOUT",
+                                   raw("METERSTREAM_HEADER_TIMEOUT"), float, 0.05, 3600.0),
+            body_timeout=_number("METERSTREAM_BODY_TIMEOUT", raw("METERSTREAM_BODY_TIMEOUT"),
+                                 float, 0.05, 3600.0),
+            keepalive_timeout=_number("METERSTREAM_KEEPALIVE_TIMEOUT",
+                                      raw("METERSTREAM_KEEPALIVE_TIMEOUT"), float, 0.05, 3600.0),
+            max_connections=_number("METERSTREAM_MAX_CONNECTIONS",
+                                    raw("METERSTREAM_MAX_CONNECTIONS"), int, 1, 1_000_000),
+            worker_max_attempts=_number("METERSTREAM_WORKER_MAX_ATTEMPTS",
+                                        raw("METERSTREAM_WORKER_MAX_ATTEMPTS"), int, 1, 100),
+            worker_max_users=_number("METERSTREAM_WORKER_MAX_USERS",
+                                     raw("METERSTREAM_WORKER_MAX_USERS"), int, 1, 1_000_000),
+            worker_max_user_alerts=_number("METERSTREAM_WORKER_MAX_USER_ALERTS",
+                                           raw("METERSTREAM_WORKER_MAX_USER_ALERTS"), int, 1,
+                                           1_000_000),
+            sink_max_attempts=_number("METERSTREAM_SINK_MAX_ATTEMPTS",
+                                      raw("METERSTREAM_SINK_MAX_ATTEMPTS"), int, 1, 100),
+            secret_key=_secret_key("METERSTREAM_SECRET_KEY",
+                                   env.get("METERSTREAM_SECRET_KEY", "").strip()),
+            secret_old_keys=tuple(
+                key for value in env.get("METERSTREAM_SECRET_OLD_KEYS", "").split(",")
+                if (key := _secret_key("METERSTREAM_SECRET_OLD_KEYS", value.strip()))),
+            insecure_http_hosts=tuple(
+                host.strip().lower()
+                for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
+                if host.strip()),
+        )
+
+    def __post_init__(self) -> None:
+        for message in self._combination_problems():
+            _problem(message, None)
+
+    def _combination_problems(self) -> list[str]:
+        """Problems of values that are each valid but unsafe or inconsistent together."""
+        problems = []
+        if self.alert_webhooks and not self.alert_webhook_secret:
+            problems.append("METERSTREAM_ALERT_WEBHOOK_SECRET must be set when "
+                            "METERSTREAM_ALERT_WEBHOOKS is")
+        if self.alert_webhook_secret and (
+                len(self.alert_webhook_secret) < MIN_ALERT_SECRET_LENGTH
+                or not self.alert_webhook_secret.isascii()
+                or not self.alert_webhook_secret.isprintable()):
+            problems.append(f"METERSTREAM_ALERT_WEBHOOK_SECRET must be printable ASCII of at "
+                            f"least {MIN_ALERT_SECRET_LENGTH} characters")
+        # A body replayed after its hash was forgotten but while its events still count as
+        # late would be counted twice.
+        if self.dedup_retention < self.late_grace:
+            problems.append(
+                f"METERSTREAM_DEDUP_RETENTION ({self.dedup_retention:g} s) must be at least "
+                f"METERSTREAM_LATE_GRACE ({self.late_grace:g} s), or a replayed body is "
+                "counted again")
+        # URLs that carry deploy keys, tokens, passwords or signed alerts.
+        allowed = self.insecure_http_hosts
+        credentialed: list[tuple[str, str]] = [
+            ("METERSTREAM_ADMIN_URL", self.admin_url),
+            ("METERSTREAM_PUBLIC_URL", self.public_url),
+            ("METERSTREAM_CONVEX_API_URL", self.convex_api_url),
+            *(("METERSTREAM_ALERT_WEBHOOKS", url) for url in self.alert_webhooks),
+        ]
+        if not self.clickhouse.embedded and urlsplit(self.clickhouse.url).password:
+            credentialed.append(("METERSTREAM_CLICKHOUSE", self.clickhouse.url))
+        for name, url in credentialed:
+            if not plain_http_allowed(url, allowed):
+                shown = self.clickhouse.display if url == self.clickhouse.url else url
+                problems.append(f"{name} must be an https:// URL (http:// only for loopback "
+                                f"or METERSTREAM_INSECURE_HTTP_HOSTS), got {shown!r}")
+        return problems
+
+    @property
+    def kafka_port(self) -> int:
+        """Port of the local broker: that of the single loopback METERSTREAM_KAFKA address."""
+        servers = self.kafka_bootstrap.split(",")
+        host, _, port = servers[0].rpartition(":")
+        if len(servers) != 1 or host not in ("127.0.0.1", "localhost"):
+            raise ConfigError(
+                "METERSTREAM_KAFKA must be one 127.0.0.1:PORT address for a local broker "
+                f"started by meterstream, not {self.kafka_bootstrap!r}"
+            )
+        return int(port)
+
+    @property
+    def kafka_home(self) -> Path:
+        return self.data_dir / "kafka"
+
+
+def plain_http_allowed(url: str, insecure_hosts: tuple[str, ...] = ()) -> bool:
+    """True unless `url` is http:// to a host that is neither loopback (127.0.0.0/8, ::1,
+    localhost) nor named in `insecure_hosts`: credentials sent there travel in clear."""
+    parts = urlsplit(url.replace("{deployment}", "deployment"))
+    if parts.scheme != "http":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host in insecure_hosts:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` with each secret variable given as <NAME>_FILE replaced by the file's content
+    (without its trailing newline); setting both <NAME> and <NAME>_FILE is a problem."""
+    resolved: dict[str, str] = dict(env)
+    for name in SECRET_VARIABLES:
+        path = env.get(f"{name}_FILE", "").strip()
+        if not path:
+            continue
+        if env.get(name, "").strip():
+            _problem(f"set {name} or {name}_FILE, not both", None)
+            continue
+        try:
+            resolved[name] = Path(path).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _problem(f"{name}_FILE: cannot read {path!r}: "
+                     f"{exc.strerror if isinstance(exc, OSError) else exc}", None)
+    return resolved
+
+
+def _secret_key(name: str, value: str) -> bytes | None:
+    if not value:
+        return None
+    try:
+        key = base64.b64decode(value.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != SECRET_KEY_BYTES:
+        return _problem(f"{name} must be base64 of {SECRET_KEY_BYTES} random bytes "
+                        "(e.g. `head -c 32 /dev/urandom | base64`)", None)
+    return key
+
+
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def _bootstrap(name: str, value: str) -> str:
+    servers = [s.strip() for s in value.split(",")]
+    for server in servers:
+        match = _HOSTPORT.match(server)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            return _problem(f"{name} must be host:port[,host:port...], got {value!r}",
+                            "127.0.0.1:9092")
+    return ",".join(servers)
+
+
+def _clickhouse(name: str, value: str) -> ClickHouseTarget:
+    stand_in = ClickHouseTarget(url="chdb:///invalid", chdb_path=Path("/invalid"))
+    parts = urlsplit(value)
+    if parts.scheme == "chdb":
+        location = parts.netloc + parts.path
+        if not location or location in ("memory", ":memory:"):
+            return _problem(f"{name}: chdb:// needs a directory path, e.g. chdb:///var/lib/ms",
+                            stand_in)
+        path = Path(location).expanduser().resolve()
+        return ClickHouseTarget(url=f"chdb://{path}", chdb_path=path)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            return _problem(f"{name}: a ClickHouse server URL needs a host, got {value!r}",
+                            stand_in)
+        try:
+            _ = parts.port
+        except ValueError:
+            return _problem(f"{name}: bad port in the ClickHouse URL", stand_in)
+        return ClickHouseTarget(url=value, chdb_path=None)
+    return _problem(
+        f"{name} must start with chdb:// (embedded engine) or http(s):// (server), "
+        f"got scheme {parts.scheme or 'none'!r}", stand_in)
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _number(name: str, value: str, kind: Callable[[str], Number],
+            low: Number, high: Number) -> Number:
+    try:
+        number = kind(value)
+    except ValueError:
+        kind_name = getattr(kind, "__name__", "number")
+        return _problem(f"{name} must be a {kind_name}, got {value!r}", low)
+    if not low <= number <= high:
+        return _problem(f"{name} must be between {low} and {high}, got {value!r}", low)
+    return number
+
+
+def _port(name: str, value: str) -> int:
+    return _number(name, value, int, 1, 65535)
+
+
+def _namespace(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", value):
+        return _problem(f"{name} may hold letters, digits, '.', '_' and '-', got {value!r}",
+                        "meterstream")
+    return value
+
+
+def _host(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:-]+", value):
+        return _problem(f"{name} must be a host name or address, got {value!r}", "127.0.0.1")
+    return value
+
+
+def _admin_token(name: str, value: str) -> str:
+    if value and (len(value) < 16 or not value.isascii() or not value.isprintable()):
+        return _problem(f"{name} must be printable ASCII of at least 16 characters", "")
+    return value
+
+
+def _admin_url(name: str, value: str, port: str, host: str = "127.0.0.1") -> str:
+    if not value:
+        return f"http://{host}:{port}"
+    return _http_url(name, value)
+
+
+def _loopback(host: str) -> str:
+    """The address a local client dials for a server listening on `host`."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value.replace("{deployment}", "deployment"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return _problem(f"{name} must be an http(s):// URL, got {value!r}", "https://invalid")
+    return value.rstrip("/")
+
+
+def _urls(name: str, value: str) -> tuple[str, ...]:
+    return tuple(_http_url(name, url.strip()) for url in value.split(",") if url.strip())
+
+
+def _file(name: str, value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        return _problem(f"{name} must name a file, got {value!r}", None)
+    return path
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        return _problem(f"{name} must be one of {', '.join(choices)}, got {value!r}",
+                        choices[0])
+    return value

@@ -1,0 +1,114 @@
+"""A record message ClickHouse refuses for its data cannot stop the sink: after
+METERSTREAM_SINK_MAX_ATTEMPTS refusals it is dead-lettered and skipped, the rest of its
+batch and the next messages of its partition are stored exactly once. On the real broker
+and the embedded engine; a table that is away still pauses and loses nothing
+(tests/integration/test_sink_failures.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from sinks.batching import Columns
+from sinks.service import about_the_data
+from tests.integration.test_worker_failures import _workers
+from tests.support import free_port, meterstream, read_topic, wait_for
+from tests.support.sink_load import sink_metric, start_sink
+
+DEPLOYMENT = "direct-otter-1"
+
+
+def test_only_refusals_about_the_rows_count_as_the_messages_fault() -> None:
+    assert about_the_data(DatabaseError("Code: 469. DB::Exception: Constraint `p` is "
+                                        "violated at row 2. (VIOLATED_CONSTRAINT)"))
+    assert about_the_data(TypeError("'str' object cannot be interpreted as an integer"))
+    assert not about_the_data(DatabaseError("Code: 60. DB::Exception: Table default.x does "
+                                            "not exist. (UNKNOWN_TABLE)"))
+    assert not about_the_data(DatabaseError("Code: 241. (MEMORY_LIMIT_EXCEEDED)"))
+    assert not about_the_data(OperationalError("connection refused"))
+    assert not about_the_data(RuntimeError("anything else"))
+
+
+def test_a_batch_splits_into_its_origin_messages_in_order() -> None:
+    columns = Columns(("raw_partition", "raw_offset", "event_index", "x"))
+    columns.add([{"raw_partition": p, "raw_offset": o, "event_index": i, "x": n}
+                 for n, (p, o, i) in enumerate([(0, 1, 0), (0, 1, 1), (1, 1, 0), (0, 2, 0)])])
+    ranges = columns.messages(("raw_partition", "raw_offset"))
+    assert ranges == [(0, 2), (2, 3), (3, 4)]
+    assert columns.slice(0, 2).records() == columns.records()[:2]
+
+
+def _download(offset: int, egress: int, storage_id: str = "kg", index: int = 0) -> dict:
+    return {"deployment": DEPLOYMENT, "timestamp": int(time.time() * 1000),
+            "storage_id": storage_id, "egress_bytes": egress, "raw_partition": 0,
+            "raw_offset": offset, "event_index": index}
+
+
+def _produce(bootstrap: str, topic: str, messages: list[list[dict]]) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for records in messages:
+                await producer.send_and_wait(topic, orjson.dumps(records),
+                                             key=DEPLOYMENT.encode(), partition=0)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+@pytest.mark.kafka
+def test_a_message_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A CHECK constraint makes ClickHouse refuse the rows with storage_id 'poison' (checks
+    the sink itself does not know): the batch holding them is refused 3 times, then
+    stored message by message; the poison message's two records are dead letters and the
+    good ones before and after it, in the same batch and later, are stored once each."""
+    namespace = f"t{int(time.time() * 1000) % 10**9}"
+    env = {"METERSTREAM_KAFKA": kafka_bootstrap, "METERSTREAM_NAMESPACE": namespace,
+           "METERSTREAM_PARTITIONS": "4", "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
+           "METERSTREAM_SINK_PORT": str(free_port()),
+           "METERSTREAM_SINK_BATCH_SECONDS": "0.5", "METERSTREAM_SINK_MAX_ATTEMPTS": "3"}
+    port = env["METERSTREAM_SINK_PORT"]
+
+    def sql(query: str, write: bool = False) -> str:
+        return meterstream(["sql", *(["--write"] if write else []), query], env).stdout.strip()
+
+    topic = f"{namespace}.storage_api_bandwidth"
+    with _workers() as processes:
+        processes.append(start_sink(env, tmp_path / "sink.log"))
+        wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
+                 timeout=60, what="the sink to start")
+        sql("ALTER TABLE file_downloads ADD CONSTRAINT no_poison CHECK storage_id != 'poison'",
+            write=True)
+        _produce(kafka_bootstrap, topic, [
+            [_download(1, 10)],
+            [_download(2, 1000, "poison"), _download(2, 2000, "kg", 1)],
+            [_download(3, 100)],
+        ])
+        wait_for(lambda: sink_metric(port, "meterstream_sink_poison_messages_total",
+                                     'table="file_downloads"') == 1,
+                 timeout=60, what="the refused message dead-lettered")
+        _produce(kafka_bootstrap, topic, [[_download(4, 5)]])
+        wait_for(lambda: sql("SELECT count(), sum(egress_bytes) FROM file_downloads")
+                 == "3\t115", timeout=60, what="the good messages stored once each")
+        assert sink_metric(port, "meterstream_sink_paused", 'table="file_downloads"') == 0
+        assert sink_metric(port, "meterstream_sink_insert_failures_total",
+                           'table="file_downloads"') >= 3
+        wait_for(lambda: sink_metric(port, "meterstream_sink_dead_letters_total",
+                                     'table="file_downloads"') == 2,
+                 timeout=30, what="two dead letters")
+        assert sql("SELECT count() FROM file_downloads WHERE raw_offset = 2") == "0"
+    letters = [orjson.loads(m.value) for m in read_topic(kafka_bootstrap,
+                                                         f"{namespace}.deadletter")]
+    assert sorted((x["raw_offset"], x["event_index"]) for x in letters) == [(2, 0), (2, 1)]
+    assert all("VIOLATED_CONSTRAINT" in x["reason"] for x in letters)
+    assert all(x["reason"].startswith("sink: ClickHouse refused this message's records 3 times")
+               for x in letters)
