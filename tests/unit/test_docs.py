@@ -1,4 +1,4 @@
-"""The README and docker-compose.yml stay true to the code."""
+"""The README, docs/ and docker-compose.yml stay true to the code."""
 
 from __future__ import annotations
 
@@ -9,11 +9,22 @@ from pathlib import Path
 from meterstream.core.config import SECRET_VARIABLES, VARIABLES
 from tests.support import REPO
 
+README_MAX_LINES = 200
 
-def test_readme_configuration_table_lists_every_variable_with_its_default() -> None:
-    readme = (REPO / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(METERSTREAM_[A-Z_]+)` \| `([^`]*)` \|", readme, re.M))
-    assert rows == {v.name: v.default for v in VARIABLES}
+
+def _pages() -> dict[Path, str]:
+    """README.md and every page of docs/, by path."""
+    paths = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return {path: path.read_text() for path in paths}
+
+
+def test_configuration_table_lists_every_variable_with_its_default_and_meaning() -> None:
+    page = (REPO / "docs" / "configuration.md").read_text()
+    rows = {name: (default, meaning.replace("\\|", "|"))
+            for name, default, meaning in re.findall(
+                r"^\| `(METERSTREAM_[A-Z_]+)` \| `([^`]*)` \| (.*) \|$", page, re.M)}
+    assert rows == {v.name: (v.default.replace("\\|", "|"), v.help) for v in VARIABLES}, (
+        "run .venv/bin/python deploy/readme_config_table.py")
 
 
 def test_readme_commands_exist() -> None:
@@ -21,6 +32,141 @@ def test_readme_commands_exist() -> None:
     for script in ("deploy/up.sh", "deploy/test.sh"):
         assert f"```sh\n{script}\n```" in readme
         assert os.access(REPO / script, os.X_OK)
+
+
+def test_readme_is_short_and_links_every_page_of_docs() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    pages = sorted(path.name for path in (REPO / "docs").glob("*.md"))
+    assert pages
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)(?:#[\w-]*)?\)", readme))
+    assert [page for page in pages if page not in linked] == []
+
+
+def test_readme_commands_table_names_every_subcommand() -> None:
+    import argparse
+
+    from meterstream.cli import _parser
+
+    readme = (REPO / "README.md").read_text()
+    (commands,) = [action for action in _parser()._actions
+                   if isinstance(action, argparse._SubParsersAction)]
+    documented = set(re.findall(r"^\| `meterstream ([a-z-]+)", readme, re.M))
+    assert documented == set(commands.choices)
+
+
+# --- Paths and links -------------------------------------------------------------------
+
+FENCE = re.compile(r"^```[^\n]*\n.*?^```$", re.M | re.S)
+# A word of a code span or block that may name a file: what a path or a dotted module is made of.
+WORD = re.compile(r"[A-Za-z0-9_.][\w./-]*")
+# A path that names a file by its extension is checked even when its top folder is unknown,
+# so that a made-up folder is caught too.
+FILE = re.compile(r"^[a-z_][\w-]*(/[\w.-]+)+\.(py|sh|md|sql|toml|yml|yaml|json|txt|xml)$")
+PACKAGES = ("meterstream", "ingest", "processors", "sinks", "billing", "bench", "tests")
+MODULE = re.compile(rf"^(?:{'|'.join(PACKAGES)})(?:\.\w+)+$")
+
+
+def _top_level(root: Path) -> set[str]:
+    """Top-level names of the repository: hidden ones (.venv, .meterstream) are local state,
+    not the project's, except .ci."""
+    return {path.name for path in root.iterdir()
+            if not path.name.startswith(".") or path.name == ".ci"}
+
+
+def _code_words(text: str) -> list[str]:
+    """The words of every code block and every inline code span of a Markdown text."""
+    blocks = [match.group(0) for match in FENCE.finditer(text)]
+    spans = re.findall(r"`([^`]+)`", FENCE.sub("", text))  # a span may wrap a line
+    return [word.rstrip(".") for code in (*blocks, *spans) for word in WORD.findall(code)]
+
+
+def _module_exists(root: Path, dotted: str) -> bool:
+    """Whether `pkg.module[.name]` names a module of the repository (and, after the module,
+    a name that its source defines or imports)."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 1, -1):
+        base = root.joinpath(*parts[:end])
+        source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else (
+            base / "__init__.py")
+        if source.is_file():
+            rest = parts[end:]
+            return not rest or bool(re.search(rf"\b{re.escape(rest[0])}\b", source.read_text()))
+    return False
+
+
+def missing_paths(text: str, root: Path = REPO) -> list[str]:
+    """Repository paths and modules named as code in `text` that do not exist under `root`."""
+    top = _top_level(root)
+    missing = []
+    for word in _code_words(text):
+        if MODULE.match(word):
+            if not _module_exists(root, word):
+                missing.append(word)
+        elif ("/" in word and (word.split("/")[0] in top or FILE.match(word))
+              and not (root / word).exists()):
+            missing.append(word)
+    return sorted(set(missing))
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#+ (.*)$", FENCE.sub("", text), re.M):
+        slug = _slug(heading)
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def broken_links(text: str, page: Path) -> list[str]:
+    """Relative links (and their #anchors) of `text`, the content of `page`, that lead
+    nowhere."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", FENCE.sub("", text)):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists() or (anchor and linked.suffix == ".md"
+                                   and anchor not in _anchors(linked.read_text())):
+            broken.append(target)
+    return broken
+
+
+def test_every_path_and_module_named_in_the_docs_exists() -> None:
+    found = {path.name: missing_paths(text) for path, text in _pages().items()}
+    assert {name: paths for name, paths in found.items() if paths} == {}
+
+
+def test_every_relative_link_of_the_docs_leads_somewhere() -> None:
+    found = {path.name: broken_links(text, path) for path, text in _pages().items()}
+    assert {name: links for name, links in found.items() if links} == {}
+
+
+def test_the_checks_find_a_made_up_path_module_and_link() -> None:
+    text = """Run `deploy/up.sh`, then `deploy/upp.sh` and `scripts/made_up.py`; see
+`processors.split` and `processors.splitter`, `processors.split.no_such_name`.
+
+```sh
+.venv/bin/python bench/no_such_bench.py
+```
+
+[ok](docs/layout.md), [gone](docs/no-such-page.md), [anchor](docs/layout.md#no-such-heading),
+[web](https://example.com/x.md)
+"""
+    assert missing_paths(text) == ["bench/no_such_bench.py", "deploy/upp.sh",
+                                   "processors.split.no_such_name", "processors.splitter",
+                                   "scripts/made_up.py"]
+    assert broken_links(text, REPO / "README.md") == ["docs/no-such-page.md",
+                                                      "docs/layout.md#no-such-heading"]
 
 
 def test_compose_uses_only_known_variables() -> None:
