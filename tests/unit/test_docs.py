@@ -13,8 +13,8 @@ README_MAX_LINES = 200
 
 
 def _pages() -> dict[Path, str]:
-    """README.md and every page of docs/, by path."""
-    paths = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    """README.md, BENCHMARKS.md and every page of docs/, by path."""
+    paths = [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "docs").glob("*.md"))]
     return {path: path.read_text() for path in paths}
 
 
