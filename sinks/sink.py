@@ -43,7 +43,6 @@ keeps pausing and retrying, as above.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import struct
@@ -484,9 +483,6 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event) -> No
         await check_partition_counts(settings.kafka_bootstrap, topics, sink.topics)
         consumer.subscribe(sink.topics, listener=Rebalance(sink))
         log.info("sink consuming", extra={"topics": sink.topics})
-        # The batches are many small acyclic objects; collecting them generation by
-        # generation costs a quarter of the sink's time at the default thresholds.
-        gc.set_threshold(50_000, 20, 100)
         committer = asyncio.create_task(sink.committer.run())
         try:
             await sink.run()
