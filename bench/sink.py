@@ -138,7 +138,7 @@ async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from meterstream.core.tables import SPECS
-    from sinks.service import topic_of
+    from sinks.sink import topic_of
 
     settings = Settings.from_env({**os.environ, "METERSTREAM_NAMESPACE": namespace})
     topics = [topic_of(Topics.of(settings), spec) for spec in SPECS]
@@ -186,7 +186,7 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
     specs = {}
     for spec in SPECS:
         settings = Settings.from_env({**os.environ, "METERSTREAM_NAMESPACE": namespace})
-        from sinks.service import topic_of
+        from sinks.sink import topic_of
         specs[topic_of(Topics.of(settings), spec)] = spec
 
     started = time.perf_counter()

@@ -18,7 +18,7 @@ pipeline to catch up past it (`Gate`):
    record topics;
 3. the billed record topics' end offsets, read once after step 2 (the *record
    targets*), and the sink's group (`<ns>-sink`) has committed at least them: the sink
-   commits only after inserting (sinks/service.py), so every record of the period is
+   commits only after inserting (sinks/sink.py), so every record of the period is
    in ClickHouse.
 
 Only then is the period invoiced. A partition's target counts as reached when the

@@ -1,4 +1,5 @@
-"""`meterstream receiver`: the only door into the pipeline.
+"""`meterstream receiver`: the only door into the pipeline (its process:
+meterstream/processes/receiver.py).
 
 Public port (METERSTREAM_BIND_HOST:METERSTREAM_RECEIVER_PORT):
     POST /v1/convex/logs    Convex log-stream webhooks (JSON array or JSONL, signed)
@@ -23,7 +24,6 @@ which door it came through.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -39,7 +39,7 @@ from meterstream.core import signature
 from meterstream.core.config import Settings
 from meterstream.core.log_stream import BatchError, check_batch, claimed_deployment
 from meterstream.core.registry import Deployment, RegistryView, RegistryWriter
-from meterstream.core.service import ConnectionLimits, healthz, metrics_page, start_site, stop_event
+from meterstream.core.service import healthz, metrics_page
 from meterstream.core.topics import (
     AGENT_ORIGIN,
     ORIGIN_HEADER,
@@ -52,7 +52,6 @@ log = logging.getLogger("meterstream.receiver")
 
 CONVEX_LOGS = "/v1/convex/logs"
 AGENT_USAGE = "/v1/agent/usage"
-SHUTDOWN_SECONDS = 20.0
 IDENTITY = ("", "identity")
 ADMIN_MAX_BODY = 1 << 20
 # HMAC key for bodies claiming a deployment that has no usable secret, so that every
@@ -246,47 +245,3 @@ class Receiver:
         metrics.EVENTS_ACCEPTED.labels(agent_usage.TOPIC).inc(len(records))
         metrics.BYTES_ACCEPTED.labels(AGENT_USAGE).inc(len(body))
         return web.json_response({"accepted": len(records)})
-
-
-def limits(settings: Settings) -> ConnectionLimits:
-    return ConnectionLimits(header=settings.header_timeout, body=settings.body_timeout,
-                            keepalive=settings.keepalive_timeout,
-                            max_connections=settings.max_connections)
-
-
-async def serve(settings: Settings) -> None:
-    stop = stop_event()
-    topics = Topics.of(settings)
-    # With Kafka away the receiver still starts, answers 503 and is not ready until the
-    # producer connects.
-    producer = Producer(settings, [topics.raw, topics.deployments])
-    registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
-    producer.start()
-    registry.start(after=producer.connected)
-    receiver = Receiver(settings, producer, registry, topics)
-    runner = await start_site(receiver.app(), settings.bind_host, settings.receiver_port,
-                              limits(settings))
-    admin_runner = await start_site(receiver.admin_app(), settings.admin_host,
-                                    settings.admin_port, limits(settings))
-    log.info("receiver listening", extra={
-        "url": f"http://{settings.bind_host}:{settings.receiver_port}{CONVEX_LOGS}",
-        "admin_url": f"http://{settings.admin_host}:{settings.admin_port}",
-        "topic": topics.raw.name, "admin_api": bool(settings.admin_token)})
-    try:
-        await stop.wait()
-        log.info("receiver stopping: finishing in-flight requests")
-        # Stops accepting, then waits for the handlers still running.
-        await runner.cleanup()
-        await admin_runner.cleanup()
-    finally:
-        await registry.stop()
-        try:
-            # Flushes what is still queued; bounded, so a stop with Kafka gone cannot hang.
-            await asyncio.wait_for(producer.stop(), SHUTDOWN_SECONDS)
-        except TimeoutError:
-            log.error("the Kafka producer did not close in time")
-    log.info("receiver stopped")
-
-
-def main(settings: Settings) -> None:
-    asyncio.run(serve(settings))

@@ -109,17 +109,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"meterstream: {exc}", file=sys.stderr)
             return 2
     if args.command == "receiver":
-        from ingest import receiver
+        from meterstream.processes import receiver
 
         receiver.main(settings)
     elif args.command == "worker":
-        from processors import app
+        from meterstream.processes import worker
 
-        app.main(settings)
+        worker.main(settings)
     elif args.command == "sink":
-        from sinks import service
+        from meterstream.processes import sink
 
-        service.main(settings)
+        sink.main(settings)
     elif args.command == "up":
         from meterstream import supervisor
 

@@ -1,5 +1,9 @@
 """`meterstream up`: receiver, worker and sink as child processes, in the foreground.
 
+Each child is `meterstream <role>`, which runs meterstream/processes/<role>.py: a child
+process, not a task in this one, so that a service that crashes or hangs takes no other
+with it and each keeps its own event loop (Faust's worker wants its own).
+
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only
 the supervisor, which stops the children in pipeline order: the receiver
 first (no new input), then the worker, then the sink, which flushes what the

@@ -87,7 +87,7 @@ class Batch:
     checked: bool = False
     """Whether its rows went through the slow per-record check after a refused insert."""
     refusals: int = 0
-    """Inserts ClickHouse refused for the data (sinks/service.py about_the_data)."""
+    """Inserts ClickHouse refused for the data (sinks/sink.py about_the_data)."""
     by_message: dict[int, int] = field(default_factory=dict)
     """Once stored message by message: per month, how many messages are done."""
 

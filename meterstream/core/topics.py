@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 WEEK_MS = 7 * 24 * 3600 * 1000
 
 # Headers of raw messages: the receiver sets them (ingest/receiver.py), the worker reads
-# them (processors/app.py).
+# them (processors/raw_agent.py).
 RECEIVED_AT_HEADER = "received_at"
 """When the receiver stored the body (ms, ASCII digits)."""
 ORIGIN_HEADER = "origin"

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from sinks.batching import Columns
-from sinks.service import about_the_data
+from sinks.sink import about_the_data
 from tests.integration.test_worker_failures import _workers
 from tests.support import free_port, meterstream, read_topic, wait_for
 from tests.support.sink_load import sink_metric, start_sink

@@ -1,4 +1,8 @@
-"""`meterstream sink`: every record topic and the alerts from Kafka into ClickHouse.
+"""The sink: every record topic and the alerts from Kafka into ClickHouse.
+
+`Sink` only consumes and writes; the `meterstream sink` process around it (the engine
+lock, the SQL socket, migrations, health, the invoice scheduler, signals) is
+meterstream/processes/sink.py.
 
 One consumer (one group) reads `<ns>.function_execution`, `<ns>.current_storage_usage`,
 `<ns>.storage_api_bandwidth`, `<ns>.log_stream_egress`, `<ns>.agent_usage`, `<ns>.other`
@@ -39,7 +43,6 @@ keeps pausing and retrying, as above.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import struct
@@ -47,21 +50,15 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from billing import scheduler as invoice_schedule
-from meterstream.core import migrate
-from meterstream.core.clickhouse import EngineLock, connect
 from meterstream.core.config import Settings
-from meterstream.core.query import serve_queries
 from meterstream.core.records import Record
-from meterstream.core.service import healthz, metrics_page, start_site, stop_event
 from meterstream.core.tables import SPECS, BadMessage, TableSpec
-from meterstream.core.topics import Topics, ensure_topics, partition_counts
+from meterstream.core.topics import Topics, partition_counts
 from sinks import metrics
 from sinks.batching import Batch, BatchBuffer
 from sinks.committer import Committer
@@ -97,8 +94,8 @@ def about_the_data(exc: BaseException) -> bool:
         match = _CODE.search(str(exc))
         return match is not None and int(match.group(1)) in DATA_ERROR_CODES
     return isinstance(exc, TypeError | ValueError | OverflowError | struct.error)
-# How long a starting sink waits for a `meterstream sql` that holds the embedded engine.
-ENGINE_WAIT_SECONDS = 30.0
+
+
 POLL_MS = 500
 
 
@@ -437,7 +434,7 @@ def _letter(reason: str, record: Record, where: dict[str, object]) -> Record:
             "event": record, **where}
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class Rebalance(ConsumerRebalanceListener):
     """Stores and commits what is buffered before partitions move; reloads the high-water
     marks of the partitions assigned."""
 
@@ -451,50 +448,6 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.sink.on_assigned(assigned)
 
 
-async def serve(settings: Settings) -> None:
-    stop = stop_event()
-    target = settings.clickhouse
-    lock = EngineLock(target.chdb_path) if target.chdb_path is not None else None
-    if lock is not None:
-        await asyncio.to_thread(lock.acquire, ENGINE_WAIT_SECONDS)
-    try:
-        await _serve(settings, stop)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-async def _serve(settings: Settings, stop: asyncio.Event) -> None:
-    topics = Topics.of(settings)
-    target = settings.clickhouse
-    runners: list[web.AppRunner] = []
-    try:
-        # One client for inserts and one for user queries: each is used by one thread at a time.
-        insert_client = connect(target)
-        if target.chdb_path is not None:
-            runners.append(await serve_queries(connect(target), target.chdb_path))
-        applied = await asyncio.to_thread(migrate.apply, insert_client)
-        log.info("schema ready", extra={"clickhouse": target.display, "applied": applied})
-        site = web.Application()
-        site.router.add_get("/healthz", healthz)
-        site.router.add_get("/metrics", metrics_page)
-        runners.append(await start_site(site, settings.bind_host, settings.sink_port))
-        await ensure_topics(settings.kafka_bootstrap, [
-            topics.raw, topics.dead_letters, topics.alerts,
-            *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
-        # Invoices a month once its late grace passed and the worker and this sink caught
-        # up past it (billing/scheduler.py).
-        schedule = invoice_schedule.start(settings)
-        try:
-            await _consume(settings, insert_client, stop)
-        finally:
-            await schedule.stop()
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-    log.info("sink stopped")
-
-
 async def check_partition_counts(bootstrap: str, topics: Topics, names: list[str]) -> None:
     """The high-water marks need each record topic partitioned like the raw topic."""
     counts = await partition_counts(bootstrap, [topics.raw.name, *names])
@@ -506,7 +459,9 @@ async def check_partition_counts(bootstrap: str, topics: Topics, names: list[str
                 "counts exactly once only when they are equal (recreate the topic)")
 
 
-async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> None:
+async def consume(settings: Settings, client: Client, stop: asyncio.Event) -> None:
+    """Consumes into ClickHouse through `client` until `stop` is set, then stores and
+    commits what is buffered."""
     topics = Topics.of(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -526,11 +481,8 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
     await producer.start()
     try:
         await check_partition_counts(settings.kafka_bootstrap, topics, sink.topics)
-        consumer.subscribe(sink.topics, listener=_Rebalance(sink))
+        consumer.subscribe(sink.topics, listener=Rebalance(sink))
         log.info("sink consuming", extra={"topics": sink.topics})
-        # The batches are many small acyclic objects; collecting them generation by
-        # generation costs a quarter of the sink's time at the default thresholds.
-        gc.set_threshold(50_000, 20, 100)
         committer = asyncio.create_task(sink.committer.run())
         try:
             await sink.run()
@@ -549,11 +501,3 @@ async def _consume(settings: Settings, client: Client, stop: asyncio.Event) -> N
                 await asyncio.wait_for(closing, SHUTDOWN_SECONDS)
             except TimeoutError:
                 log.error("a Kafka client did not close in time", extra={"client": what})
-
-
-def main(settings: Settings) -> None:
-    try:
-        asyncio.run(serve(settings))
-    except PartitionMismatch as exc:
-        log.error("sink stopped: %s", exc)
-        raise SystemExit(1) from None

@@ -1,0 +1,87 @@
+"""`meterstream sink`: the sink process around sinks/sink.py's Sink.
+
+Around the consumption it holds the embedded ClickHouse's lock (a `meterstream sql`
+started meanwhile asks this process over its socket instead, meterstream/core/query.py),
+applies the schema migrations, serves /healthz and /metrics on METERSTREAM_SINK_PORT,
+ensures the topics, runs the invoice scheduler (billing/scheduler.py) and stops on
+SIGTERM or SIGINT after storing and committing what is buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+from aiohttp import web
+
+from billing import scheduler as invoice_schedule
+from meterstream.core import migrate
+from meterstream.core.clickhouse import EngineLock, connect
+from meterstream.core.config import Settings
+from meterstream.core.query import serve_queries
+from meterstream.core.service import healthz, metrics_page, start_site, stop_event
+from meterstream.core.tables import SPECS
+from meterstream.core.topics import Topics, ensure_topics
+from sinks.high_water import PartitionMismatch
+from sinks.sink import consume
+
+log = logging.getLogger("meterstream.sink")
+
+# How long a starting sink waits for a `meterstream sql` that holds the embedded engine.
+ENGINE_WAIT_SECONDS = 30.0
+
+
+async def serve(settings: Settings) -> None:
+    stop = stop_event()
+    target = settings.clickhouse
+    lock = EngineLock(target.chdb_path) if target.chdb_path is not None else None
+    if lock is not None:
+        await asyncio.to_thread(lock.acquire, ENGINE_WAIT_SECONDS)
+    try:
+        await _serve(settings, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _serve(settings: Settings, stop: asyncio.Event) -> None:
+    topics = Topics.of(settings)
+    target = settings.clickhouse
+    runners: list[web.AppRunner] = []
+    try:
+        # One client for inserts and one for user queries: each is used by one thread at a time.
+        insert_client = connect(target)
+        if target.chdb_path is not None:
+            runners.append(await serve_queries(connect(target), target.chdb_path))
+        applied = await asyncio.to_thread(migrate.apply, insert_client)
+        log.info("schema ready", extra={"clickhouse": target.display, "applied": applied})
+        site = web.Application()
+        site.router.add_get("/healthz", healthz)
+        site.router.add_get("/metrics", metrics_page)
+        runners.append(await start_site(site, settings.bind_host, settings.sink_port))
+        await ensure_topics(settings.kafka_bootstrap, [
+            topics.raw, topics.dead_letters, topics.alerts,
+            *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
+        # Invoices a month once its late grace passed and the worker and this sink caught
+        # up past it (billing/scheduler.py).
+        schedule = invoice_schedule.start(settings)
+        # The batches are many small acyclic objects; collecting them generation by
+        # generation costs a quarter of the sink's time at the default thresholds.
+        gc.set_threshold(50_000, 20, 100)
+        try:
+            await consume(settings, insert_client, stop)
+        finally:
+            await schedule.stop()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    log.info("sink stopped")
+
+
+def main(settings: Settings) -> None:
+    try:
+        asyncio.run(serve(settings))
+    except PartitionMismatch as exc:
+        log.error("sink stopped: %s", exc)
+        raise SystemExit(1) from None

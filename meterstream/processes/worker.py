@@ -1,0 +1,38 @@
+"""`meterstream worker`: the Faust worker process around processors/app.py's app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+
+from meterstream.core.config import Settings
+from meterstream.core.logs import logging_config
+from meterstream.core.topics import Topics, ensure_topics
+from processors.app import TABLES, create_app
+from processors.split import ALL_ROUTES
+
+
+def main(settings: Settings) -> None:
+    """Ensures the worker's topics, then runs the Faust worker until SIGTERM or SIGINT
+    (Faust's own signal handling stops it)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    topics = Topics.of(settings)
+    loop.run_until_complete(ensure_topics(
+        settings.kafka_bootstrap,
+        [topics.raw, topics.dead_letters, topics.alerts, topics.deployments,
+         *(topics.changelog(table) for table in TABLES),
+         *(topics.records(r) for r in ALL_ROUTES)],
+    ))
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loop=loop,
+        loglevel=settings.log_level,
+        logging_config=logging_config("worker", settings.log_level),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    worker.execute_from_commandline()
