@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meterstream.core.config import Settings
@@ -41,7 +42,7 @@ from processors.quota_status import quota_report
 from processors.raw_agent import RawAgent, Send
 from processors.raw_processor import RawProcessor
 from processors.split import ALL_ROUTES
-from processors.stall_guard import StallGuard
+from processors.stall_guard import CommittedOffsets, StallGuard
 from processors.state import UsageState
 
 TABLES = ("seen", "usage")
@@ -86,9 +87,17 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
         lambda: {tp.partition for tp in app.consumer.assignment()
                  if tp.topic == raw.get_topic_name()},
         priced, max_request_size - 4096)
-    agent = RawAgent(processor, StallGuard(raw.get_topic_name(), idle_seconds=5.0), registry,
-                     send, app.crash, settings.worker_max_attempts)
-    add_agent(app, raw, registry, agent)
+    committed = CommittedOffsets(settings.kafka_bootstrap, settings.namespace)
+
+    async def start_offset(partition: int) -> int:
+        tp = TP(raw.get_topic_name(), partition)
+        earliest = (await app.consumer.earliest_offsets(tp)).get(tp) or 0
+        return max(await committed.offset(tp.topic, partition), earliest)
+
+    guard = StallGuard(raw.get_topic_name(), idle_seconds=5.0, start_offset=start_offset)
+    agent = RawAgent(processor, guard, registry, send, app.crash,
+                     settings.worker_max_attempts, lambda tp, offset: app.consumer.seek(tp, offset))
+    add_agent(app, raw, registry, agent, committed)
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
     add_quota_page(app, raw, registry, state)
     app.page("/metrics")(metrics_page)
@@ -142,7 +151,7 @@ def producer_send(app: faust.App, destinations: dict[str, faust.TopicT]) -> Send
 
 
 def add_agent(app: faust.App, raw: faust.TopicT, registry: RegistryView,
-              agent: RawAgent) -> None:
+              agent: RawAgent, committed: CommittedOffsets) -> None:
     """The agent on the raw topic, the registry it waits for, and its stall check."""
 
     # mode's SignalHandlerT requires a `signal` argument typed by a name no receiver can
@@ -159,6 +168,7 @@ def add_agent(app: faust.App, raw: faust.TopicT, registry: RegistryView,
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_registry(_: faust.App, **__: Any) -> None:
         await registry.stop()
+        await committed.close()
 
     app.agent(raw, name="split_raw", concurrency=1)(agent.run)
 

@@ -9,8 +9,9 @@ are stored, in message order, while the agent already works on the next messages
 The stream is a `noack` stream for that reason: Faust would otherwise ack a message as
 soon as the agent took the next one, and commit an offset whose output is not stored.
 
-The agent also keeps the StallGuard (processors/stall_guard.py) told of its progress,
-and the stall check looks at the agent's stream queue.
+The agent also admits every message through the StallGuard (processors/stall_guard.py),
+which catches the gaps Faust's rebalance race can leave in a partition, keeps it told of
+its progress, and the stall check looks at the agent's stream queue.
 
 Faust runs `RawAgent.run` with concurrency 1 (processors/app.py says why).
 """
@@ -28,10 +29,13 @@ from meterstream.core.topics import ORIGIN_HEADER, RECEIVED_AT_HEADER
 from processors import metrics
 from processors.delivery_acks import Crash, Deliveries
 from processors.poison import Poison, with_retries
-from processors.stall_guard import StallGuard
+from processors.stall_guard import Admission, StallGuard
 
 Send = Callable[[str, bytes, bytes], Awaitable[Any]]
 """Sends (route, key, value) to the route's topic; its result is the delivery to await."""
+
+Seek = Callable[[Any, int], Awaitable[None]]
+"""Seeks a raw partition (Faust's TP) of the consumer back to an offset."""
 
 
 class Processor(Protocol):
@@ -66,9 +70,10 @@ class RawStream(Protocol):
 
 class RawAgent:
     def __init__(self, processor: Processor, guard: StallGuard, registry: Registry,
-                 send: Send, crash: Crash, max_attempts: int) -> None:
+                 send: Send, crash: Crash, max_attempts: int, seek: Seek) -> None:
         self.processor = processor
         self.guard = guard
+        self.seek = seek
         self.registry = registry
         self.send = send
         self.crash = crash
@@ -98,12 +103,22 @@ class RawAgent:
 
     async def handle(self, event: faust.EventT[bytes], body: bytes,
                      deliveries: Deliveries) -> None:
-        """Processes one raw message and queues its ack behind its deliveries."""
+        """Processes one raw message and queues its ack behind its deliveries; skips one
+        processed already and rewinds over a gap in the partition (processors/stall_guard.py)."""
+        message = event.message
+        admission = await self.guard.admit(message.partition, message.offset)
+        if admission is Admission.SKIP:  # acked behind what is still in flight, not counted
+            await deliveries.add((event, False), [])
+            return
+        if admission is Admission.REWIND:
+            await self.seek(message.tp, self.guard.next_offset[message.partition])
+            return
+        if admission is Admission.DROP:
+            return
         self.guard.started()
         # Quotas must be known before usage is judged. (Waited for here, not before the
         # loop: an agent that starts iterating late can miss its subscription.)
         await self.registry.wait_loaded()
-        message = event.message
         key = event.key or b""
         try:
             pending = await with_retries(

@@ -12,38 +12,98 @@ raw partition holds records beyond the next offset the agent should process. It 
 resumes that partition (a rebalance can also leave one paused) and seeks it back to that
 offset, so the records are fetched again. Processing a message
 again is harmless (processors/state.py), so a rewind can never double count.
+
+The same race can also leave a gap *inside* the stream: records fetched before the
+seek are cleared from the queue, Faust's read offset has moved past them so it drops
+their re-fetch, and the stream goes on with the records after them. The agent would
+never see the records in the gap (seen here: raw offsets 49-53 of a partition skipped
+after a rebalance, 54-59 processed, the live usage short by five bodies and the
+partition's commits stuck at 49 until the next restart). So the guard also admits
+every message: it knows the next offset to process of each partition (after an
+assignment, the group's committed offset on the broker, which no earlier owner can
+move any more), and
+
+- a message at that offset is processed;
+- one below it was processed already (a re-fetch after a rewind): it is skipped, and
+  acknowledged behind what is still in flight;
+- one above it means a gap: the partition is sought back to the offset, and the
+  message, like every other one above the offset until it arrives, is dropped without
+  an acknowledgement (it comes again after the records before it).
+If the rewind itself is lost, the idle check above rewinds again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from processors import metrics
 
 log = logging.getLogger(__name__)
 
 
+class Admission(Enum):
+    PROCESS = "process"
+    SKIP = "skip"  # processed already
+    DROP = "drop"  # beyond a gap, while a rewind to the gap is under way
+    REWIND = "rewind"  # beyond a gap: seek the partition back to `next_offset`
+
+
+StartOffset = Callable[[int], Awaitable[int]]
+"""The offset to process first in a partition just assigned: the group's committed
+offset, or the log start when there is none."""
+
+
 class StallGuard:
-    def __init__(self, topic: str, idle_seconds: float) -> None:
+    def __init__(self, topic: str, idle_seconds: float,
+                 start_offset: StartOffset | None = None) -> None:
         self.topic = topic
         self.idle_seconds = idle_seconds
+        self.start_offset = start_offset
         self.next_offset: dict[int, int] = {}
+        self.rewinding: dict[int, int] = {}
+        """partition -> the offset a rewind for a gap sought it to"""
         self.busy = False
         self.last_progress = time.monotonic()
+
+    async def admit(self, partition: int, offset: int) -> Admission:
+        """What to do with the message at `offset` of `partition` (module docstring)."""
+        expected = self.next_offset.get(partition)
+        if expected is None:
+            if self.start_offset is None:
+                return Admission.PROCESS
+            expected = self.next_offset[partition] = await self.start_offset(partition)
+        if offset == expected:
+            return Admission.PROCESS
+        if offset < expected:
+            return Admission.SKIP
+        if self.rewinding.get(partition) == expected:
+            return Admission.DROP
+        self.rewinding[partition] = expected
+        log.warning("gap in the stream; rewinding", extra={
+            "partition": partition, "offset": offset, "next_offset": expected})
+        metrics.REWINDS.inc()
+        return Admission.REWIND
 
     def started(self) -> None:
         self.busy = True
 
     def processed(self, partition: int, offset: int) -> None:
         self.next_offset[partition] = offset + 1
+        self.rewinding.pop(partition, None)
         self.busy = False
         self.last_progress = time.monotonic()
 
     def forget_partitions(self, partitions: set[int]) -> None:
         for partition in partitions:
             self.next_offset.pop(partition, None)
+            self.rewinding.pop(partition, None)
 
     async def check(self, consumer: Any, queue_empty: bool) -> int:
         """Rewinds each stalled partition; returns how many it rewound."""
@@ -59,8 +119,12 @@ class StallGuard:
             expected = self.next_offset.get(tp.partition)
             if expected is None:
                 # Nothing processed since the partition was assigned: the next offset is
-                # the committed one (Faust keeps it; None when nothing was ever committed).
-                expected = consumer._committed_offset.get(tp) or 0
+                # the committed one.
+                if self.start_offset is not None:
+                    expected = self.next_offset[tp.partition] = await self.start_offset(
+                        tp.partition)
+                else:
+                    expected = consumer._committed_offset.get(tp) or 0
             end = ends.get(tp)
             if end is not None and end > expected:
                 log.warning("stream idle with unprocessed records; rewinding",
@@ -74,3 +138,29 @@ class StallGuard:
         if rewound:
             self.last_progress = time.monotonic()  # give the rewind time to deliver
         return rewound
+
+
+class CommittedOffsets:
+    """The consumer group's committed offsets, read from the broker (not from Faust,
+    which learns them only when it seeks after the recovery, the very race above)."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def offset(self, topic: str, partition: int) -> int:
+        """The next offset the group is to process; -1 when it committed none."""
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                        client_id="stall-guard")
+            await admin.start()
+            self._admin = admin
+        tp = TopicPartition(topic, partition)
+        found = await self._admin.list_consumer_group_offsets(self.group, partitions=[tp])
+        return found[tp].offset if tp in found else -1
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None

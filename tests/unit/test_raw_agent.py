@@ -30,6 +30,10 @@ class Message:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     timestamp: float = 1_700_000_000.0
 
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (RAW, self.partition)
+
 
 @dataclass
 class Event:
@@ -115,11 +119,14 @@ class Harness:
     agent: RawAgent
     sent: list[tuple[str, bytes, bytes]]
     crashed: list[BaseException]
+    sought: list[tuple[Any, int]]
 
 
-def harness() -> Harness:
+def harness(start: dict[int, int] | None = None) -> Harness:
+    """`start`: each partition's committed offset, as the stall guard reads it."""
     sent: list[tuple[str, bytes, bytes]] = []
     crashed: list[BaseException] = []
+    sought: list[tuple[Any, int]] = []
     loop = asyncio.get_running_loop()
 
     async def send(route: str, key: bytes, value: bytes) -> Any:
@@ -131,10 +138,18 @@ def harness() -> Harness:
     async def crash(exc: BaseException) -> None:
         crashed.append(exc)
 
+    async def seek(tp: Any, offset: int) -> None:
+        sought.append((tp, offset))
+
+    async def start_offset(partition: int) -> int:
+        assert start is not None
+        return start[partition]
+
     processor, registry = FakeProcessor(), Registry()
-    guard = StallGuard(RAW, idle_seconds=5.0)
-    agent = RawAgent(processor, guard, registry, send, crash, MAX_ATTEMPTS)
-    return Harness(FakeStream(), processor, registry, guard, agent, sent, crashed)
+    guard = StallGuard(RAW, idle_seconds=5.0,
+                       start_offset=None if start is None else start_offset)
+    agent = RawAgent(processor, guard, registry, send, crash, MAX_ATTEMPTS, seek)
+    return Harness(FakeStream(), processor, registry, guard, agent, sent, crashed, sought)
 
 
 async def _until(condition: Callable[[], object], what: str) -> None:
@@ -307,5 +322,33 @@ def test_revoked_partitions_are_forgotten_and_the_stall_check_waits_for_the_stre
         assert await h.agent.check_stalls(Consumer()) == 0
         h.stream.close()
         await run
+
+    asyncio.run(scenario())
+
+
+def test_a_gap_in_a_partition_is_rewound_and_nothing_beyond_it_processed_before_it() -> None:
+    """Faust's rebalance race: records 49-53 of partition 3 cleared from the queue, the
+    stream going on at 54. The agent seeks back to 49 once, drops 54 and 55, processes
+    49-55 in order when they come again, and skips (acks, uncounted) what it had already."""
+
+    async def scenario() -> None:
+        h = harness(start={3: 49})
+        h.registry.loaded.set()
+        run = _start(h)
+        for offset in (54, 55):
+            h.stream.put(Event(Message(3, offset)))
+        await _until(lambda: len(h.sought) == 1, "the rewind")
+        await _settle()
+        assert h.sought == [((RAW, 3), 49)]
+        assert h.processor.calls == []
+        for offset in [*range(49, 56), 50]:  # the re-fetch; 50 once more
+            h.stream.put(Event(Message(3, offset)))
+        await _until(lambda: len(h.stream.acked) == 8, "all acked")
+        h.stream.close()
+        await run
+        assert [call[3] for call in h.processor.calls] == list(range(49, 56))
+        assert h.stream.acked == [*range(49, 56), 50]
+        assert h.guard.next_offset == {3: 56}
+        assert h.sought == [((RAW, 3), 49)]
 
     asyncio.run(scenario())

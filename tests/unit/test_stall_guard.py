@@ -1,0 +1,115 @@
+"""The stall guard's admission of raw messages: a gap in a partition's offsets is
+rewound once, what lies beyond it dropped until the gap's first record comes again,
+and what was processed already skipped (processors/stall_guard.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.types import TP
+
+from processors.stall_guard import Admission, StallGuard
+
+
+def _guard(start: dict[int, int]) -> tuple[StallGuard, list[int]]:
+    asked: list[int] = []
+
+    async def start_offset(partition: int) -> int:
+        asked.append(partition)
+        return start[partition]
+
+    return StallGuard("raw", idle_seconds=5.0, start_offset=start_offset), asked
+
+
+def _admit(guard: StallGuard, partition: int, offset: int) -> Admission:
+    return asyncio.run(guard.admit(partition, offset))
+
+
+def test_a_partition_starts_at_the_committed_offset_asked_once() -> None:
+    guard, asked = _guard({0: 49, 1: 0})
+    assert _admit(guard, 0, 49) is Admission.PROCESS
+    guard.processed(0, 49)
+    assert _admit(guard, 0, 50) is Admission.PROCESS
+    assert _admit(guard, 1, 0) is Admission.PROCESS
+    assert asked == [0, 1]
+
+
+def test_a_gap_is_rewound_once_and_what_lies_beyond_it_dropped_until_it_comes() -> None:
+    """Raw offsets 49-53 lost from the stream after a rebalance, 54 delivered next."""
+    guard, _ = _guard({3: 49})
+    assert _admit(guard, 3, 54) is Admission.REWIND
+    assert guard.next_offset[3] == 49  # where the partition is sought back to
+    assert [_admit(guard, 3, offset) for offset in (55, 56)] == [Admission.DROP] * 2
+    for offset in range(49, 60):  # the re-fetch, in order
+        assert _admit(guard, 3, offset) is Admission.PROCESS
+        guard.processed(3, offset)
+    assert guard.next_offset[3] == 60
+
+
+def test_a_second_gap_after_the_first_is_rewound_again() -> None:
+    guard, _ = _guard({0: 10})
+    assert _admit(guard, 0, 12) is Admission.REWIND
+    assert _admit(guard, 0, 10) is Admission.PROCESS
+    guard.processed(0, 10)
+    assert _admit(guard, 0, 13) is Admission.REWIND  # 11 and 12 missing now
+    assert _admit(guard, 0, 11) is Admission.PROCESS
+
+
+def test_what_was_processed_already_is_skipped() -> None:
+    guard, _ = _guard({0: 5})
+    assert _admit(guard, 0, 3) is Admission.SKIP  # below the committed offset
+    assert _admit(guard, 0, 5) is Admission.PROCESS
+    guard.processed(0, 5)
+    assert _admit(guard, 0, 5) is Admission.SKIP  # fetched again by a rewind
+
+
+def test_a_revoked_partition_asks_for_its_start_again() -> None:
+    guard, asked = _guard({2: 7})
+    assert _admit(guard, 2, 7) is Admission.PROCESS
+    guard.processed(2, 7)
+    guard.forget_partitions({2})
+    assert _admit(guard, 2, 7) is Admission.PROCESS  # the committed offset, asked again
+    assert asked == [2, 2]
+
+
+class _Consumer:
+    """What StallGuard.check uses of Faust's consumer."""
+
+    def __init__(self, ends: dict[int, int]) -> None:
+        self.ends = ends
+        self.sought: list[tuple[int, int]] = []
+
+    def assignment(self) -> set[Any]:
+        return {TP("raw", partition) for partition in self.ends}
+
+    async def highwaters(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.ends[tp.partition] for tp in tps}
+
+    async def position(self, tp: Any) -> int:
+        return self.ends[tp.partition]
+
+    def resume_partitions(self, tps: set[Any]) -> None:
+        pass
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.sought.append((tp.partition, offset))
+
+
+def test_an_idle_stream_short_of_the_end_is_rewound_to_its_next_offset() -> None:
+    guard, _ = _guard({0: 30, 1: 4})
+    guard.processed(0, 40)
+    guard.last_progress -= 10  # idle longer than idle_seconds
+    consumer = _Consumer({0: 45, 1: 4})
+    assert asyncio.run(guard.check(consumer, queue_empty=True)) == 1
+    assert consumer.sought == [(0, 41)]  # partition 1 is at its end
+
+
+def test_a_busy_stream_is_not_rewound() -> None:
+    guard, _ = _guard({0: 0})
+    guard.started()
+    guard.last_progress -= 10
+    consumer = _Consumer({0: 45})
+    assert asyncio.run(guard.check(consumer, queue_empty=True)) == 0
+    assert asyncio.run(guard.check(consumer, queue_empty=False)) == 0
+    assert consumer.sought == []
