@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from billing.resources import RESOURCE_KEYS, TOKEN_KINDS, TOKENS_PER_PRICE
+from billing.resources import BILLED_TOKEN_KINDS, RESOURCE_KEYS, TOKENS_PER_PRICE
 
 DEFAULT_NAME = "default_price_book.toml"
 _DECIMAL = re.compile(r"^\d+(\.\d+)?$")
@@ -227,7 +227,7 @@ def _models(value: Any, problems: list[str]) -> dict[tuple[str, str], TokenPrice
         problems.append("models: must be an array of tables ([[models]])")
         return {}
     models: dict[tuple[str, str], TokenPrices] = {}
-    kinds = [kind for kind, _, _ in TOKEN_KINDS]
+    kinds = [kind for kind, _, _ in BILLED_TOKEN_KINDS]
     for index, entry in enumerate(value):
         if not isinstance(entry, dict):
             problems.append(f"models[{index}]: must be a table")

@@ -16,16 +16,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-METRICS: tuple[str, ...] = (
-    "function_calls",
-    "database_io_bytes",
-    "action_compute_gb_hours",
-    "data_egress_bytes",
-    "search_query_bytes",
-    "storage_bytes",
-    "file_downloads",
-    "tokens",
-)
+from meterstream.core.catalogue import QUOTA_METRICS
+
+METRICS: tuple[str, ...] = QUOTA_METRICS
+"""The metrics a quota can be set on (meterstream/core/catalogue.py)."""
 PERIODS: tuple[str, ...] = ("day", "month")
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.8, 1.0)
 MAX_THRESHOLDS = 10
