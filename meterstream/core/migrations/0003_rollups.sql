@@ -1,7 +1,6 @@
 -- Billing metrics per event, and rollups ClickHouse keeps by itself.
 --
--- The metrics are those of meterstream/core/usage.py (the worker's live definitions,
--- reference section 5):
+-- The metrics are those of meterstream/core/catalogue.py (reference section 5):
 --   function_calls        every function execution (cached queries and OCC-failed
 --                         attempts included) + every file download
 --   database_io_*_bytes   usage.database_io_read_bytes / _write_bytes
@@ -219,8 +218,9 @@ FROM usage_hourly
 GROUP BY deployment, day;
 
 -- One view per raw table into usage_hourly, with the expressions of usage_events
--- (tests/test_rollups.py checks that both agree). Columns a view does not name
--- are 0.
+-- (tests/integration/test_billing.py checks that both agree;
+-- tests/unit/test_catalogue.py checks the rollups' columns against
+-- meterstream/core/catalogue.py). Columns a view does not name are 0.
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_from_function_executions TO usage_hourly AS
 SELECT
     deployment,
