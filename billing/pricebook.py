@@ -205,7 +205,8 @@ def _resource_price(value: Any, where: str, problems: list[str]) -> ResourcePric
     if included is None or price is None:
         return None
     unit = price.scaleb(-(len(str(per)) - 1))
-    if -unit.normalize().as_tuple().exponent > UNIT_PRICE_PLACES:
+    exponent = unit.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > UNIT_PRICE_PLACES:
         problems.append(f"{where}: price / per has more than {UNIT_PRICE_PLACES} decimal places")
         return None
     return ResourcePrice(included, price, per)

@@ -83,16 +83,17 @@ class Bucket:
                 "cost": text(self.cost)}
 
 
-_SHOWN = tuple(metric for metric in catalogue.METRICS if metric.shown is not None)
+_SHOWN = sorted((metric for metric in catalogue.METRICS if metric.shown is not None),
+                key=lambda metric: metric.shown.column if metric.shown else 0)
 
 
 def display(usage: Usage, tokens: TokenUsage) -> dict[str, Any]:
-    """Usage in the units it is billed in (decimals as strings), each metric of the
-    catalogue that is shown, in its order."""
+    """Usage in the units it is billed in (decimals as strings): each metric of the
+    catalogue that is shown, in its column."""
     shown: dict[str, Any] = {}
     for metric in _SHOWN:
         assert metric.shown is not None
-        key, per = metric.shown
+        key, per = metric.shown.key, metric.shown.per
         if metric.name == "tokens":  # kept per model, apart from the counters
             shown[key] = sum(counts.get("total_tokens", 0) for counts in tokens.values())
         elif per == 1:

@@ -184,11 +184,11 @@ class UsageState:
         created = {user: self._created(user_key(deployment, user, granularity, start))
                    for user in users}
         if count is not None and count["o"] > offset:
-            named = [u for u in users if created[u] is not None and created[u] <= offset]
+            named = [u for u in users if (at := created[u]) is not None and at <= offset]
             taken = set(named)
             return named, [u for u in users if u not in taken]
         before = 0 if count is None else count["b"] if count["o"] == offset else count["n"]
-        known = [u for u in users if created[u] is not None and created[u] < offset]
+        known = [u for u in users if (at := created[u]) is not None and at < offset]
         new = [u for u in users if created[u] is None or created[u] == offset]
         room = max(0, self.max_users - before)
         admitted, folded = new[:room], new[room:]

@@ -45,6 +45,15 @@ Source = tuple[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
+class Shown:
+    key: str
+    per: int
+    """units of the metric per shown unit"""
+    column: int
+    """its place among the display's columns (the CSV output's order, kept as released)"""
+
+
+@dataclass(frozen=True)
 class Metric:
     name: str
     unit: str
@@ -62,8 +71,8 @@ class Metric:
     per_quota_unit: int = 1
     resource: str | None = None
     """The price-book resource (billing/resources.py) it bills as."""
-    shown: tuple[str, int] | None = None
-    """(key, units per shown unit) in the usage display (`meterstream usage`)."""
+    shown: Shown | None = None
+    """How the usage display (`meterstream usage`) shows it, if it does."""
     heading: str | None = None
     """Its column heading in the load generator's totals table, if it has a column."""
     parts: tuple[str, ...] = ()
@@ -109,45 +118,44 @@ def _storage(category: str) -> Metric:
                   ((STORAGE, STORAGE_CATEGORIES[category]),), live=False, rollup=False,
                   custom=True, parts=(f"{category}_storage_byte_ms",),
                   resource=f"{category}_storage",
-                  shown=(f"{category}_storage_gb_hours", BYTE_MS_PER_GB_HOUR))
+                  shown=Shown(f"{category}_storage_gb_hours", BYTE_MS_PER_GB_HOUR,
+                              6 + tuple(STORAGE_CATEGORIES).index(category)))
 
 
 SEARCH_FIELDS = ("text_search_query_bytes", "text_search_write_query_bytes",
                  "vector_search_query_bytes", "vector_search_write_query_bytes")
 FUNCTION_EGRESS_FIELDS = ("network_egress_bytes", "file_storage_read_bytes")
 
-# In the order the usage display shows them (its CSV columns), quotas list them and the
-# load generator's totals table has them; the rollups' column order is the migration's.
+# In the order quotas list them and the load generator's totals table has them; the
+# usage display's columns are in `Shown.column` order, the rollups' in the migration's.
 METRICS: tuple[Metric, ...] = (
     Metric("function_calls", "calls",
            "Function calls: executions of every type (cached queries and OCC-failed "
            "attempts included) + file downloads",
            ((FE, ()), (DOWNLOADS, ())), quota="function_calls", resource="function_calls",
-           shown=("function_calls", 1), heading="function_calls"),
-    Metric("file_downloads", "downloads", "File downloads", ((DOWNLOADS, ()),),
-           quota="file_downloads", shown=("file_downloads", 1), heading="downloads"),
+           shown=Shown("function_calls", 1, 0), heading="function_calls"),
+    Metric("database_io_bytes", "bytes", "Database I/O: bytes read + written",
+           ((FE, ("database_io_read_bytes", "database_io_write_bytes")),), rollup=False,
+           parts=("database_io_read_bytes", "database_io_write_bytes"),
+           quota="database_io_bytes", resource="database_io", shown=Shown("database_io_gb", GB, 3),
+           heading="db_io_bytes"),
+    Metric("database_io_read_bytes", "bytes", "Database I/O: bytes read",
+           ((FE, ("database_io_read_bytes",)),)),
+    Metric("database_io_write_bytes", "bytes", "Database I/O: bytes written",
+           ((FE, ("database_io_write_bytes",)),)),
     Metric("action_compute_mb_ms", "MB-ms",
            "Action compute: actions and HTTP actions, memory (action_memory_used_mb, or "
            "memory_used_mb when that is 0) x execution_time_ms",
            ((FE, ("function_type", "action_memory_used_mb", "memory_used_mb",
                   "execution_time_ms")),),
            custom=True, quota="action_compute_gb_hours", per_quota_unit=MB_MS_PER_GB_HOUR,
-           resource="action_compute", shown=("action_compute_gb_hours", MB_MS_PER_GB_HOUR),
+           resource="action_compute", shown=Shown("action_compute_gb_hours", MB_MS_PER_GB_HOUR, 2),
            heading="action_mb_ms"),
-    Metric("database_io_bytes", "bytes", "Database I/O: bytes read + written",
-           ((FE, ("database_io_read_bytes", "database_io_write_bytes")),), rollup=False,
-           parts=("database_io_read_bytes", "database_io_write_bytes"),
-           quota="database_io_bytes", resource="database_io", shown=("database_io_gb", GB),
-           heading="db_io_bytes"),
-    Metric("database_io_read_bytes", "bytes", "Database I/O: bytes read",
-           ((FE, ("database_io_read_bytes",)),)),
-    Metric("database_io_write_bytes", "bytes", "Database I/O: bytes written",
-           ((FE, ("database_io_write_bytes",)),)),
     Metric("data_egress_bytes", "bytes",
            "Data egress: functions' network and file reads, file downloads, log streams",
            ((FE, FUNCTION_EGRESS_FIELDS), (DOWNLOADS, ("egress_bytes",)),
             (LOG_EGRESS, ("egress_bytes",))),
-           quota="data_egress_bytes", resource="data_egress", shown=("data_egress_gb", GB),
+           quota="data_egress_bytes", resource="data_egress", shown=Shown("data_egress_gb", GB, 4),
            heading="egress_bytes"),
     Metric("function_egress_bytes", "bytes", "Data egress of functions",
            ((FE, FUNCTION_EGRESS_FIELDS),), live=False),
@@ -158,18 +166,21 @@ METRICS: tuple[Metric, ...] = (
     Metric("search_query_bytes", "bytes",
            "Search queries: text and vector search bytes, queries and index writes",
            ((FE, SEARCH_FIELDS),), quota="search_query_bytes", resource="search_queries",
-           shown=("search_query_gb", GB), heading="search_bytes"),
+           shown=Shown("search_query_gb", GB, 5), heading="search_bytes"),
     *(_storage(category) for category in STORAGE_CATEGORIES),
     Metric("storage_bytes", "bytes", "Storage: the latest snapshot's bytes (a gauge)",
            ((STORAGE, tuple(f for fs in STORAGE_CATEGORIES.values() for f in fs)),),
            live=False, rollup=False, custom=True, quota="storage_bytes"),
+    Metric("file_downloads", "downloads", "File downloads", ((DOWNLOADS, ()),),
+           quota="file_downloads", shown=Shown("file_downloads", 1, 1), heading="downloads"),
     Metric("tokens", "tokens", "LLM tokens of agent usage (total_tokens)",
-           ((AGENT, ("total_tokens",)),), custom=True, quota="tokens", shown=("tokens", 1),
+           ((AGENT, ("total_tokens",)),), custom=True, quota="tokens", shown=Shown("tokens", 1, 9),
            heading="tokens"),
     Metric("agent_steps", "steps", "Agent usage records (LLM steps)", ((AGENT, ()),),
            live=False),
     Metric("storage_snapshots", "snapshots", "Storage snapshots received",
            ((STORAGE, ()),), live=False),
+
 
 )
 BY_NAME: dict[str, Metric] = {metric.name: metric for metric in METRICS}
@@ -202,5 +213,5 @@ def total(metric: Metric, sums: Mapping[str, Mapping[str, int]]) -> int:
 
 def billed(metric: Metric, usage: Mapping[str, int]) -> Fraction:
     """The metric in its shown unit, from billing usage (rollup columns and storage)."""
-    per = metric.shown[1] if metric.shown is not None else 1
+    per = metric.shown.per if metric.shown is not None else 1
     return Fraction(sum(usage.get(name, 0) for name in metric.columns), per)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeGuard
 
 from meterstream.core.catalogue import QUOTA_METRICS
 
@@ -58,7 +58,7 @@ class Quota:
                 "per_user": self.per_user}
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -103,6 +103,10 @@ def parse_quotas(document: Any) -> tuple[Quota, ...]:
             problems[f"{where}.per_user"] = "only the tokens metric has per-user quotas"
         if len(problems) > bad:
             continue
+        # Checked above: metric and period are among the names, limit is a number.
+        assert isinstance(metric, str)
+        assert isinstance(period, str)
+        assert _number(limit)
         identity = (metric, period, per_user)
         if identity in seen:
             problems[where] = (f"repeats quotas[{seen[identity]}] (same metric, period and "

@@ -86,6 +86,6 @@ def test_routes_and_specs_follow_the_registrations() -> None:
     assert ALL_ROUTES[-1] == events.OTHER.route
     assert [(spec.table, spec.route) for spec in SPECS[:-1]] == [
         (t.table, t.route) for t in events.ALL]
-    assert FUNCTION_EXECUTION_FIELDS == tuple(FunctionExecution.__annotations__)
-    assert FUNCTION_EXECUTION_FIELDS == tuple(
-        name for name, _ in events.FUNCTION_EXECUTION.columns)
+    assert tuple(FunctionExecution.__annotations__) == FUNCTION_EXECUTION_FIELDS
+    assert tuple(
+        name for name, _ in events.FUNCTION_EXECUTION.columns) == FUNCTION_EXECUTION_FIELDS
