@@ -320,8 +320,13 @@ GROUP BY deployment, user_id, month, provider, model;
 -- inserts). Each runs only while its rollup is empty, so running this migration
 -- again after a crash half-way, or from a second sink starting at the same time,
 -- does not count a row twice. Migrations run before a sink writes, so no insert
--- falls between the creation of a view and its backfill.
-INSERT INTO usage_hourly
+-- falls between the creation of a view and its backfill. The columns are named, so
+-- that this statement still runs (as tests/integration/test_billing.py runs it again)
+-- once a later migration has added a column to the rollups.
+INSERT INTO usage_hourly (deployment, hour, region, function_calls, file_downloads,
+    database_io_read_bytes, database_io_write_bytes, action_compute_mb_ms,
+    function_egress_bytes, file_download_bytes, log_stream_egress_bytes, data_egress_bytes,
+    search_query_bytes, tokens, agent_steps, storage_snapshots)
 SELECT
     deployment,
     toStartOfHour(timestamp) AS hour,
