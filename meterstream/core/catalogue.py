@@ -8,8 +8,8 @@ A metric's `sources` say which event types (meterstream/core/events.py) feed it 
 how: per record, the sum of the named fields, or 1 when no field is named. That is the
 whole formula of every metric except the few marked `custom` (action compute: memory x
 time for actions only; storage: byte-milliseconds between snapshots; the storage gauge),
-whose Python is in meterstream/core/usage.py and processors/state.py and whose SQL is
-in the migrations.
+whose Python is in meterstream/core/usage.py and processors/state.py (and, computed
+independently, in meterstream/loadgen) and whose SQL is in the migrations.
 
 Derived from METRICS, not written again elsewhere:
 
@@ -180,8 +180,6 @@ METRICS: tuple[Metric, ...] = (
            live=False),
     Metric("storage_snapshots", "snapshots", "Storage snapshots received",
            ((STORAGE, ()),), live=False),
-
-
 )
 BY_NAME: dict[str, Metric] = {metric.name: metric for metric in METRICS}
 
