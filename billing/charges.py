@@ -15,7 +15,7 @@ from fractions import Fraction
 from billing.money import rounded, text
 from billing.periods import Period
 from billing.pricebook import Plan, PriceBook
-from billing.resources import RESOURCES, TOKEN_KINDS, TokenCounts, Usage
+from billing.resources import BILLED_TOKEN_KINDS, RESOURCES, TokenCounts, Usage
 from billing.rollups import TokenUsage
 
 
@@ -59,7 +59,7 @@ def token_lines(tokens: TokenUsage, book: PriceBook) -> list[Line]:
     for provider, model in sorted(tokens):
         prices = book.tokens(provider, model)
         counts = tokens[(provider, model)]
-        for kind, description, count in TOKEN_KINDS:
+        for kind, description, count in BILLED_TOKEN_KINDS:
             quantity = count(counts)
             unit_price = prices.unit_price(kind)
             lines.append(Line(f"tokens:{provider}/{model}:{kind}",

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from billing.resources import RESOURCE_KEYS, TOKEN_KINDS, TOKENS_PER_PRICE
+from billing.resources import BILLED_TOKEN_KINDS, RESOURCE_KEYS, TOKENS_PER_PRICE
 
 DEFAULT_NAME = "default_price_book.toml"
 _DECIMAL = re.compile(r"^\d+(\.\d+)?$")
@@ -205,7 +205,8 @@ def _resource_price(value: Any, where: str, problems: list[str]) -> ResourcePric
     if included is None or price is None:
         return None
     unit = price.scaleb(-(len(str(per)) - 1))
-    if -unit.normalize().as_tuple().exponent > UNIT_PRICE_PLACES:
+    exponent = unit.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > UNIT_PRICE_PLACES:
         problems.append(f"{where}: price / per has more than {UNIT_PRICE_PLACES} decimal places")
         return None
     return ResourcePrice(included, price, per)
@@ -227,7 +228,7 @@ def _models(value: Any, problems: list[str]) -> dict[tuple[str, str], TokenPrice
         problems.append("models: must be an array of tables ([[models]])")
         return {}
     models: dict[tuple[str, str], TokenPrices] = {}
-    kinds = [kind for kind, _, _ in TOKEN_KINDS]
+    kinds = [kind for kind, _, _ in BILLED_TOKEN_KINDS]
     for index, entry in enumerate(value):
         if not isinstance(entry, dict):
             problems.append(f"models[{index}]: must be a table")

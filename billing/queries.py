@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 from billing import charges, rollups, storage
@@ -22,9 +21,9 @@ from billing.money import rounded, text
 from billing.periods import Period, buckets, ceil, floor, iso, periods_between
 from billing.pricebook import Plan, PriceBook, PricingError
 from billing.registry import Owners, owner_of
-from billing.resources import BYTE_MS_PER_GB_HOUR, Usage
+from billing.resources import Usage
 from billing.rollups import TokenUsage
-from meterstream.core.usage import GB, MB_MS_PER_GB_HOUR
+from meterstream.core import catalogue
 
 MAX_BUCKETS = 20_000
 DISPLAY_PLACES = 6
@@ -84,25 +83,24 @@ class Bucket:
                 "cost": text(self.cost)}
 
 
-def display(usage: Usage, tokens: TokenUsage) -> dict[str, Any]:
-    """Usage in the units it is billed in (decimals as strings)."""
-    def q(numerator: int, denominator: int) -> str:
-        return text(rounded(Fraction(numerator, denominator), DISPLAY_PLACES))
+_SHOWN = sorted((metric for metric in catalogue.METRICS if metric.shown is not None),
+                key=lambda metric: metric.shown.column if metric.shown else 0)
 
-    get = usage.get
-    return {
-        "function_calls": get("function_calls", 0),
-        "file_downloads": get("file_downloads", 0),
-        "action_compute_gb_hours": q(get("action_compute_mb_ms", 0), MB_MS_PER_GB_HOUR),
-        "database_io_gb": q(get("database_io_read_bytes", 0)
-                            + get("database_io_write_bytes", 0), GB),
-        "data_egress_gb": q(get("data_egress_bytes", 0), GB),
-        "search_query_gb": q(get("search_query_bytes", 0), GB),
-        "database_storage_gb_hours": q(get("database_storage_byte_ms", 0), BYTE_MS_PER_GB_HOUR),
-        "file_storage_gb_hours": q(get("file_storage_byte_ms", 0), BYTE_MS_PER_GB_HOUR),
-        "search_storage_gb_hours": q(get("search_storage_byte_ms", 0), BYTE_MS_PER_GB_HOUR),
-        "tokens": sum(counts.get("total_tokens", 0) for counts in tokens.values()),
-    }
+
+def display(usage: Usage, tokens: TokenUsage) -> dict[str, Any]:
+    """Usage in the units it is billed in (decimals as strings): each metric of the
+    catalogue that is shown, in its column."""
+    shown: dict[str, Any] = {}
+    for metric in _SHOWN:
+        assert metric.shown is not None
+        key, per = metric.shown.key, metric.shown.per
+        if metric.name == "tokens":  # kept per model, apart from the counters
+            shown[key] = sum(counts.get("total_tokens", 0) for counts in tokens.values())
+        elif per == 1:
+            shown[key] = sum(usage.get(name, 0) for name in metric.columns)
+        else:
+            shown[key] = text(rounded(catalogue.billed(metric, usage), DISPLAY_PLACES))
+    return shown
 
 
 @dataclass

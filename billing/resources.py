@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from billing.periods import Period
-from meterstream.core.usage import GB, MB_MS_PER_GB_HOUR
-
-BYTE_MS_PER_GB_HOUR = GB * 3_600_000
+from meterstream.core.catalogue import METRICS, Metric, billed
 
 Usage = dict[str, int]
 """Integer counters: the rollups' columns (billing/rollups.py COUNTERS) and the storage
@@ -27,55 +25,46 @@ class Resource:
     key: str
     description: str
     unit: str
-    quantity: Callable[[Usage, Period], Fraction]
+    monthly: bool = False
+    """Billed per month (GB-months): the metric's GB-hours over the month's hours."""
+
+    @property
+    def metric(self) -> Metric:
+        """The billing metric it bills (meterstream/core/catalogue.py `resource`)."""
+        return next(metric for metric in METRICS if metric.resource == self.key)
+
+    def quantity(self, usage: Usage, period: Period) -> Fraction:
+        found = billed(self.metric, usage)
+        return found / period.hours if self.monthly else found
 
 
-def _gb(name: str) -> Callable[[Usage, Period], Fraction]:
-    return lambda usage, _: Fraction(usage.get(name, 0), GB)
-
-
-def _gb_months(category: str) -> Callable[[Usage, Period], Fraction]:
-    return lambda usage, period: Fraction(usage.get(f"{category}_storage_byte_ms", 0),
-                                          BYTE_MS_PER_GB_HOUR * period.hours)
-
-
+# In the order of an invoice's lines.
 RESOURCES: tuple[Resource, ...] = (
-    Resource("function_calls", "Function calls (incl. file downloads)", "calls",
-             lambda usage, _: Fraction(usage.get("function_calls", 0))),
-    Resource("action_compute", "Action compute", "GB-hours",
-             lambda usage, _: Fraction(usage.get("action_compute_mb_ms", 0), MB_MS_PER_GB_HOUR)),
+    Resource("function_calls", "Function calls (incl. file downloads)", "calls"),
+    Resource("action_compute", "Action compute", "GB-hours"),
     Resource("database_storage", "Database storage (documents + indexes)", "GB-months",
-             _gb_months("database")),
-    Resource("database_io", "Database I/O", "GB",
-             lambda usage, _: Fraction(usage.get("database_io_read_bytes", 0)
-                                       + usage.get("database_io_write_bytes", 0), GB)),
-    Resource("file_storage", "File storage (files + backups)", "GB-months",
-             _gb_months("file")),
-    Resource("data_egress", "Data egress", "GB", _gb("data_egress_bytes")),
-    Resource("search_storage", "Search storage (text + vector)", "GB-months",
-             _gb_months("search")),
-    Resource("search_queries", "Search queries", "query-GB", _gb("search_query_bytes")),
+             monthly=True),
+    Resource("database_io", "Database I/O", "GB"),
+    Resource("file_storage", "File storage (files + backups)", "GB-months", monthly=True),
+    Resource("data_egress", "Data egress", "GB"),
+    Resource("search_storage", "Search storage (text + vector)", "GB-months", monthly=True),
+    Resource("search_queries", "Search queries", "query-GB"),
 )
 RESOURCE_KEYS = tuple(resource.key for resource in RESOURCES)
 
 TokenCounts = dict[str, int]
-"""Sums of agent_usage's token columns (input_tokens, non_cached_input_tokens, ...)."""
+"""Sums of agent_usage's token columns (meterstream/core/catalogue.py TOKEN_COLUMNS)."""
 
-# Token kinds as they are billed: each token once, at its own price. Input tokens
-# include cache reads and writes, so the non-cached part is billed at the input
-# price; output tokens include reasoning tokens, so the rest is billed at the
-# output price.
-TOKEN_KINDS: tuple[tuple[str, str, Callable[[TokenCounts], int]], ...] = (
+# Token kinds as they are billed (not the columns they are counted in, TOKEN_COLUMNS):
+# each token once, at its own price. Input tokens include cache reads and writes, so
+# the non-cached part is billed at the input price; output tokens include reasoning
+# tokens, so the rest is billed at the output price.
+BILLED_TOKEN_KINDS: tuple[tuple[str, str, Callable[[TokenCounts], int]], ...] = (
     ("input", "input tokens (not cached)", lambda t: t.get("non_cached_input_tokens", 0)),
     ("cached_input", "cached input tokens", lambda t: t.get("cached_input_tokens", 0)),
     ("cache_write", "cache-write input tokens", lambda t: t.get("cache_write_input_tokens", 0)),
     ("output", "output tokens (not reasoning)",
      lambda t: max(t.get("output_tokens", 0) - t.get("reasoning_tokens", 0), 0)),
     ("reasoning", "reasoning tokens", lambda t: t.get("reasoning_tokens", 0)),
-)
-TOKEN_COLUMNS: tuple[str, ...] = (
-    "input_tokens", "non_cached_input_tokens", "cached_input_tokens",
-    "cache_write_input_tokens", "output_tokens", "text_output_tokens", "reasoning_tokens",
-    "total_tokens",
 )
 TOKENS_PER_PRICE = 1_000_000

@@ -14,14 +14,12 @@ from collections.abc import Sequence
 
 from billing.database import Database, date, datetime64, datetime_s, in_list, quote
 from billing.periods import ceil, floor
-from billing.resources import TOKEN_COLUMNS, TokenCounts, Usage
+from billing.resources import TokenCounts, Usage
+from meterstream.core.catalogue import ROLLUP_COLUMNS, TOKEN_COLUMNS
 
-COUNTERS: tuple[str, ...] = (
-    "function_calls", "file_downloads", "database_io_read_bytes", "database_io_write_bytes",
-    "action_compute_mb_ms", "function_egress_bytes", "file_download_bytes",
-    "log_stream_egress_bytes", "data_egress_bytes", "search_query_bytes", "tokens",
-    "agent_steps", "storage_snapshots",
-)
+COUNTERS: tuple[str, ...] = ROLLUP_COLUMNS
+"""The counters of usage_events, usage_hourly and usage_daily (meterstream/core/catalogue.py;
+tests/unit/test_catalogue.py checks them against the migrations)."""
 
 ModelKey = tuple[str, str]
 """(provider, model)"""

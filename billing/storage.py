@@ -14,7 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from billing.database import Database, datetime64, in_list
-from meterstream.core.usage import STORAGE_CATEGORIES, STORAGE_RETENTION_MS
+from meterstream.core.catalogue import STORAGE_CATEGORIES
+from meterstream.core.usage import STORAGE_RETENTION_MS
 from meterstream.core.windows import split_interval
 
 CATEGORIES = tuple(STORAGE_CATEGORIES)

@@ -25,11 +25,13 @@ from typing import Any
 
 import aiohttp
 
+from meterstream.core.events import SUBSCRIBED
+
 log = logging.getLogger("meterstream.convex_platform")
 
 # The topics a meter needs; everything else (console lines above all) costs egress for nothing.
-METERING_TOPICS = ("function_execution", "current_storage_usage", "storage_api_bandwidth",
-                   "log_stream_egress")
+# (meterstream/core/events.py says which).
+METERING_TOPICS: tuple[str, ...] = SUBSCRIBED
 FORMATS = ("json", "jsonl")
 RETRIES = 4
 

@@ -43,7 +43,7 @@ def priced_model_keys(path: Path | None = None) -> frozenset[str]:
 
 
 def model_keys(document: dict[str, Any]) -> frozenset[str]:
-    keys = set()
+    keys: set[str] = set()
     entries = document.get("models", [])
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, dict):

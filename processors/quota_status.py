@@ -6,23 +6,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from meterstream.core import catalogue
+from meterstream.core.catalogue import MB_MS_PER_GB_HOUR, STORAGE_CATEGORIES
 from meterstream.core.quotas import METRICS, Quota
-from meterstream.core.usage import MB_MS_PER_GB_HOUR, STORAGE_CATEGORIES
 from meterstream.core.windows import label, window_start
 from processors.due_alerts import shown
 from processors.state import UsageState, metric_value, storage_gb_hours
 
+DETAILS: tuple[str, ...] = tuple(metric.name for metric in catalogue.LIVE
+                                 if metric.name not in METRICS)
+
 
 def period_usage(window: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any]:
-    """Every billing metric of one window, in the units quotas use, plus details."""
+    """Every billing metric of one window, in the units quotas use, plus details: the
+    other live counters (meterstream/core/catalogue.py) in their own units."""
     counters = window.get("m", {})
     usage: dict[str, Any] = {metric: shown(metric_value(metric, window, storage))
                              for metric in METRICS}
-    usage["database_io_read_bytes"] = counters.get("database_io_read_bytes", 0)
-    usage["database_io_write_bytes"] = counters.get("database_io_write_bytes", 0)
-    usage["action_compute_mb_ms"] = counters.get("action_compute_mb_ms", 0)
-    usage["file_download_bytes"] = counters.get("file_download_bytes", 0)
-    usage["log_stream_egress_bytes"] = counters.get("log_stream_egress_bytes", 0)
+    for metric in DETAILS:
+        usage[metric] = counters.get(metric, 0)
     usage["storage_gb_hours"] = {category: storage_gb_hours(window, category)
                                  for category in STORAGE_CATEGORIES}
     usage["tokens_by_model"] = window.get("t", {})

@@ -7,26 +7,19 @@ and the valid events beside it are kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meterstream.core import records
+from meterstream.core import events as event_types
+from meterstream.core.events import Normaliser
 from meterstream.core.log_stream import BatchError, parse_events
 from meterstream.core.records import InvalidEvent, Record
 
-Normaliser = Callable[[dict[str, Any], int, int, int], Record]
-
-# Route (and topic suffix) by the event's `topic`; anything else goes to OTHER.
-ROUTES: dict[str, Normaliser] = {
-    "function_execution": records.function_execution,
-    "current_storage_usage": records.storage_usage,
-    "storage_api_bandwidth": records.storage_bandwidth,
-    "log_stream_egress": records.log_stream_egress,
-    "agent_usage": records.agent_usage,
-}
-OTHER = "other"
-ALL_ROUTES: tuple[str, ...] = (*ROUTES, OTHER)
+# Route (and topic suffix) by the event's `topic` (meterstream/core/events.py); anything
+# else goes to OTHER.
+ROUTES: dict[str, Normaliser] = {t.route: t.normalise for t in event_types.EVENT_TYPES}
+OTHER = event_types.OTHER.route
+ALL_ROUTES: tuple[str, ...] = tuple(t.route for t in event_types.ALL)
 
 
 @dataclass
@@ -61,7 +54,7 @@ def split_body(body: bytes, partition: int, offset: int) -> SplitBatch:
             continue
         topic = event.get("topic")
         route = topic if isinstance(topic, str) and topic in ROUTES else OTHER
-        normalise = ROUTES.get(route, records.other)
+        normalise = ROUTES.get(route, event_types.OTHER.normalise)
         try:
             record = normalise(event, partition, offset, index)
         except InvalidEvent as exc:

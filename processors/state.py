@@ -56,10 +56,9 @@ from typing import Any
 
 import orjson
 
-from meterstream.core.records import Record
+from meterstream.core.catalogue import BY_QUOTA, BYTE_MS_PER_GB_HOUR
+from meterstream.core.records import StorageSnapshot
 from meterstream.core.usage import (
-    BYTE_MS_PER_GB_HOUR,
-    MB_MS_PER_GB_HOUR,
     STORAGE_RETENTION_MS,
     MessageUsage,
     WindowDelta,
@@ -185,11 +184,11 @@ class UsageState:
         created = {user: self._created(user_key(deployment, user, granularity, start))
                    for user in users}
         if count is not None and count["o"] > offset:
-            named = [u for u in users if created[u] is not None and created[u] <= offset]
+            named = [u for u in users if (at := created[u]) is not None and at <= offset]
             taken = set(named)
             return named, [u for u in users if u not in taken]
         before = 0 if count is None else count["b"] if count["o"] == offset else count["n"]
-        known = [u for u in users if created[u] is not None and created[u] < offset]
+        known = [u for u in users if (at := created[u]) is not None and at < offset]
         new = [u for u in users if created[u] is None or created[u] == offset]
         room = max(0, self.max_users - before)
         admitted, folded = new[:room], new[room:]
@@ -228,7 +227,7 @@ class UsageState:
         value["o"] = offset
         writes.append((key, value, partition, new_expires))
 
-    def _storage(self, deployment: str, snapshots: list[Record], partition: int,
+    def _storage(self, deployment: str, snapshots: list[StorageSnapshot], partition: int,
                  offset: int, writes: list[Write]) -> dict[tuple[str, int], dict[str, int]]:
         """Byte-milliseconds of storage per window between consecutive snapshots.
 
@@ -281,13 +280,13 @@ class UsageState:
 
 def metric_value(metric: str, window: dict[str, Any],
                  storage: dict[str, Any]) -> Fraction | int:
-    """A quota metric's usage, exact, in the unit its limit is given in."""
-    counters = window.get("m", {})
-    if metric == "action_compute_gb_hours":
-        return Fraction(counters.get("action_compute_mb_ms", 0), MB_MS_PER_GB_HOUR)
-    if metric == "storage_bytes":
+    """A quota metric's usage (meterstream/core/catalogue.py `quota`), exact, in the unit
+    its limit is given in."""
+    counted = BY_QUOTA[metric]
+    if counted.name == "storage_bytes":  # a gauge: the latest snapshot's bytes
         return sum(storage.get("bytes", {}).values())
-    return counters.get(metric, 0)
+    value: int = window.get("m", {}).get(counted.name, 0)
+    return value if counted.per_quota_unit == 1 else Fraction(value, counted.per_quota_unit)
 
 
 def storage_gb_hours(window: dict[str, Any], category: str) -> float:

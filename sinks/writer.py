@@ -40,7 +40,7 @@ class TableWriter:
                 "SELECT name, type FROM system.columns "
                 "WHERE database = currentDatabase() AND table = {table:String}",
                 parameters={"table": self.spec.table}).result_rows
-            types = dict(rows)
+            types: dict[str, str] = {row[0]: row[1] for row in rows}
             missing = [name for name in self.names if name not in types]
             if missing:
                 raise RuntimeError(f"table {self.spec.table} lacks the columns {missing}")

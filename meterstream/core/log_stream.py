@@ -17,18 +17,16 @@ from dataclasses import dataclass
 
 import orjson
 
+from meterstream.core import events
+
 KEY = b'"deployment_name"'
 # The registry's name syntax (meterstream/core/registry.py NAME): no quote, no backslash, so the
 # value needs no unescaping and ends at the first '"'.
 _VALUE = re.compile(rb'\s*:\s*"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"')
-KNOWN_TOPICS = frozenset({
-    "function_execution", "console", "current_storage_usage", "storage_api_bandwidth",
-    "log_stream_egress", "verification", "audit_log", "scheduler_stats", "scheduled_job_lag",
-    "concurrency_stats", "custom_audit", "agent_usage",
-})
+KNOWN_TOPICS = events.KNOWN_TOPICS
 """Topics counted under their own metric label; every other string is counted as `other`,
-so a body cannot add label values (Convex topics: docs/reference, convex-log-streams §3)."""
-AGENT_USAGE = "agent_usage"
+so a body cannot add label values."""
+AGENT_USAGE = events.AGENT_USAGE.topic
 
 
 class BatchError(ValueError):

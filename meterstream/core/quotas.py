@@ -14,18 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeGuard
 
-METRICS: tuple[str, ...] = (
-    "function_calls",
-    "database_io_bytes",
-    "action_compute_gb_hours",
-    "data_egress_bytes",
-    "search_query_bytes",
-    "storage_bytes",
-    "file_downloads",
-    "tokens",
-)
+from meterstream.core.catalogue import QUOTA_METRICS
+
+METRICS: tuple[str, ...] = QUOTA_METRICS
+"""The metrics a quota can be set on (meterstream/core/catalogue.py)."""
 PERIODS: tuple[str, ...] = ("day", "month")
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.8, 1.0)
 MAX_THRESHOLDS = 10
@@ -64,7 +58,7 @@ class Quota:
                 "per_user": self.per_user}
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -109,6 +103,10 @@ def parse_quotas(document: Any) -> tuple[Quota, ...]:
             problems[f"{where}.per_user"] = "only the tokens metric has per-user quotas"
         if len(problems) > bad:
             continue
+        # Checked above: metric and period are among the names, limit is a number.
+        assert isinstance(metric, str)
+        assert isinstance(period, str)
+        assert _number(limit)
         identity = (metric, period, per_user)
         if identity in seen:
             problems[where] = (f"repeats quotas[{seen[identity]}] (same metric, period and "

@@ -8,7 +8,9 @@ dead-letter topic instead of into the totals.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
+
+import orjson
 
 # The `usage` object of a function_execution event, in Convex's order. Each is a
 # column of the same name in ClickHouse.
@@ -66,6 +68,119 @@ FUNCTION_EXECUTION_FIELDS: tuple[str, ...] = (
 )
 
 Record = dict[str, Any]
+"""A record in transit whose type the code at hand does not know (the sink's rows, a
+route's list before it is looked at); each normaliser below returns its own TypedDict."""
+
+# The largest DateTime64(3) value ClickHouse stores (2299-12-31 23:59:59.999 UTC).
+MAX_TIMESTAMP_MS = 10_413_791_999_999
+
+
+class Origin(TypedDict):
+    """Where a record came from: the raw body's partition and offset, and its place in it."""
+
+    raw_partition: int
+    raw_offset: int
+    event_index: int
+
+
+class FunctionExecution(TypedDict):
+    """A normalised `function_execution`: FUNCTION_EXECUTION_FIELDS, one column each."""
+
+    deployment: str
+    timestamp: int
+    function_path: str
+    function_type: str
+    function_cached: bool
+    component_path: str
+    request_id: str
+    mutation_queue_length: int
+    mutation_retry_count: int
+    status: str
+    error_message: str
+    execution_time_ms: int
+    user_execution_time_ms: int
+    will_retry: bool
+    run_reason: str
+    occ_table_name: str
+    scheduler_job_id: str
+    database_read_bytes: int
+    database_write_bytes: int
+    database_io_read_bytes: int
+    database_io_write_bytes: int
+    database_read_documents: int
+    database_write_documents: int
+    file_storage_read_bytes: int
+    file_storage_write_bytes: int
+    vector_storage_read_bytes: int
+    vector_storage_write_bytes: int
+    text_search_query_bytes: int
+    text_search_write_query_bytes: int
+    vector_search_query_bytes: int
+    vector_search_write_query_bytes: int
+    network_egress_bytes: int
+    memory_used_mb: int
+    action_memory_used_mb: int
+    audit_log_egress_bytes: int
+    function_args_bytes: int
+    function_returns_bytes: int
+    deployment_type: str
+    deployment_region: str
+    project_slug: str
+    raw_partition: int
+    raw_offset: int
+    event_index: int
+
+
+class StorageSnapshot(Origin):
+    deployment: str
+    timestamp: int
+    total_document_size_bytes: int
+    total_index_size_bytes: int
+    total_vector_storage_bytes: int
+    total_text_storage_bytes: int
+    total_file_storage_bytes: int
+    total_backup_storage_bytes: int
+    system_table_document_size_bytes: dict[str, int]
+    deployment_region: str
+
+
+class FileDownload(Origin):
+    deployment: str
+    timestamp: int
+    storage_id: str
+    egress_bytes: int
+
+
+class LogStreamEgress(Origin):
+    deployment: str
+    timestamp: int
+    egress_bytes: int
+
+
+class AgentUsage(Origin):
+    id: str
+    deployment: str
+    timestamp: int
+    user_id: str
+    thread_id: str
+    agent_name: str
+    model: str
+    provider: str
+    input_tokens: int
+    non_cached_input_tokens: int
+    cached_input_tokens: int
+    cache_write_input_tokens: int
+    output_tokens: int
+    text_output_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    provider_metadata: dict[str, Any]
+
+
+class OtherEvent(Origin):
+    topic: str
+    deployment: str
+    event: dict[str, Any]
 
 
 class InvalidEvent(ValueError):
@@ -129,7 +244,7 @@ def _text(value: Any) -> str:
 
 
 def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: int,
-                       event_index: int) -> Record:
+                       event_index: int) -> FunctionExecution:
     """Normalises one `function_execution` event; raises InvalidEvent."""
     deployment = deployment_of(event)
     timestamp = timestamp_of(event)
@@ -176,7 +291,7 @@ def function_execution(event: dict[str, Any], raw_partition: int, raw_offset: in
     record["raw_partition"] = raw_partition
     record["raw_offset"] = raw_offset
     record["event_index"] = event_index
-    return record
+    return cast(FunctionExecution, record)
 
 
 # The byte totals of a `current_storage_usage` snapshot, each a field of the same name.
@@ -191,7 +306,7 @@ STORAGE_TOTALS: tuple[str, ...] = (
 
 
 def storage_usage(event: dict[str, Any], raw_partition: int, raw_offset: int,
-                  event_index: int) -> Record:
+                  event_index: int) -> StorageSnapshot:
     """Normalises one `current_storage_usage` snapshot; raises InvalidEvent."""
     record: Record = {"deployment": deployment_of(event), "timestamp": timestamp_of(event)}
     for key in STORAGE_TOTALS:
@@ -205,24 +320,24 @@ def storage_usage(event: dict[str, Any], raw_partition: int, raw_offset: int,
         str(table): counter(system, table, "total_system_table_document_size_bytes.")
         for table in system}
     record["deployment_region"] = text(event["convex"], "deployment_region")
-    return _origin(record, raw_partition, raw_offset, event_index)
+    return cast(StorageSnapshot, _origin(record, raw_partition, raw_offset, event_index))
 
 
 def storage_bandwidth(event: dict[str, Any], raw_partition: int, raw_offset: int,
-                      event_index: int) -> Record:
+                      event_index: int) -> FileDownload:
     """Normalises one `storage_api_bandwidth` event (one file download)."""
     record: Record = {"deployment": deployment_of(event), "timestamp": timestamp_of(event),
                       "storage_id": text(event, "storage_id"),
                       "egress_bytes": counter(event, "egress_bytes", "")}
-    return _origin(record, raw_partition, raw_offset, event_index)
+    return cast(FileDownload, _origin(record, raw_partition, raw_offset, event_index))
 
 
 def log_stream_egress(event: dict[str, Any], raw_partition: int, raw_offset: int,
-                      event_index: int) -> Record:
+                      event_index: int) -> LogStreamEgress:
     """Normalises one `log_stream_egress` event (bytes sent to log sinks in the last minute)."""
     record: Record = {"deployment": deployment_of(event), "timestamp": timestamp_of(event),
                       "egress_bytes": counter(event, "egress_bytes", "")}
-    return _origin(record, raw_partition, raw_offset, event_index)
+    return cast(LogStreamEgress, _origin(record, raw_partition, raw_offset, event_index))
 
 
 AGENT_TOKENS: tuple[str, ...] = (
@@ -233,7 +348,7 @@ AGENT_TOKENS: tuple[str, ...] = (
 
 
 def agent_usage(event: dict[str, Any], raw_partition: int, raw_offset: int,
-                event_index: int) -> Record:
+                event_index: int) -> AgentUsage:
     """Checks an agent usage record the receiver normalised (ingest/agent_usage.py)."""
     record_id = event.get("id")
     if not isinstance(record_id, str) or not record_id:
@@ -249,11 +364,11 @@ def agent_usage(event: dict[str, Any], raw_partition: int, raw_offset: int,
         record[key] = counter(event, key, "")
     metadata = event.get("provider_metadata")
     record["provider_metadata"] = metadata if isinstance(metadata, dict) else {}
-    return _origin(record, raw_partition, raw_offset, event_index)
+    return cast(AgentUsage, _origin(record, raw_partition, raw_offset, event_index))
 
 
 def other(event: dict[str, Any], raw_partition: int, raw_offset: int,
-          event_index: int) -> Record:
+          event_index: int) -> OtherEvent:
     """Any other event (console, audit_log, verification, ...), kept whole."""
     convex = event.get("convex")
     deployment = convex.get("deployment_name") if isinstance(convex, dict) else None
@@ -261,4 +376,33 @@ def other(event: dict[str, Any], raw_partition: int, raw_offset: int,
     record: Record = {"topic": topic if isinstance(topic, str) else "",
                       "deployment": deployment if isinstance(deployment, str) else "",
                       "event": event}
-    return _origin(record, raw_partition, raw_offset, event_index)
+    return cast(OtherEvent, _origin(record, raw_partition, raw_offset, event_index))
+
+
+# How the sink turns the records of a message (decoded from JSON) into rows, where a
+# column's type is not the record field's own: JSON objects are stored as JSON text.
+
+def agent_usage_rows(records: list[Record]) -> list[Record]:
+    for record in records:
+        metadata = record.get("provider_metadata")
+        record["provider_metadata"] = orjson.dumps(metadata if metadata is not None
+                                                   else {}).decode()
+    return records
+
+
+def event_timestamp(event: Any) -> int:
+    """An `other` event's time: its `timestamp` when that is a storable ms time, else 0
+    (1970-01-01). Never the time of reading: a record read again after a crash must fall
+    in the same month partition, whose high-water mark decides whether it is stored."""
+    timestamp = event.get("timestamp") if type(event) is dict else None
+    if type(timestamp) is int and 0 <= timestamp <= MAX_TIMESTAMP_MS:
+        return timestamp
+    return 0
+
+
+def other_rows(records: list[Record]) -> list[Record]:
+    for record in records:
+        event = record.get("event")
+        record["timestamp"] = event_timestamp(event)
+        record["event"] = orjson.dumps(event).decode()
+    return records

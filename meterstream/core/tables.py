@@ -1,10 +1,12 @@
 """What the sink writes where: one TableSpec per Kafka topic it consumes.
 
-A spec names the table, its columns (in insert order), how one Kafka message
-becomes records (dicts keyed by column name), which field is the event time
-(the month partition) and which two fields identify where a record came from
-(its *origin*: the raw body's partition and offset for the per-event-type
-topics, the message's own partition and offset for `<ns>.alerts`).
+The per-event-type specs are derived from meterstream/core/events.py; only the alerts'
+spec, which no Convex event makes, is written here. A spec names the table, its
+columns (in insert order), how one Kafka message becomes records (dicts keyed by
+column name), which field is the event time (the month partition) and which two
+fields identify where a record came from (its *origin*: the raw body's partition
+and offset for the per-event-type topics, the message's own partition and offset
+for `<ns>.alerts`).
 
 `check` is the slow path: it is run only on a message or batch that failed the
 fast path, to find the records that cannot be stored and say why.
@@ -19,17 +21,10 @@ from typing import Any
 
 import orjson
 
-from meterstream.core.records import (
-    AGENT_TOKENS,
-    FUNCTION_EXECUTION_FIELDS,
-    STORAGE_TOTALS,
-    USAGE_COUNTERS,
-    Record,
-)
+from meterstream.core import events
+from meterstream.core.records import MAX_TIMESTAMP_MS, Record
+from meterstream.core.records import event_timestamp as event_timestamp
 
-ORIGIN = ("raw_partition", "raw_offset", "event_index")
-# The largest DateTime64(3) value ClickHouse stores (2299-12-31 23:59:59.999 UTC).
-MAX_TIMESTAMP_MS = 10_413_791_999_999
 UINT32_MAX = (1 << 32) - 1
 UINT64_MAX = (1 << 64) - 1
 
@@ -40,6 +35,10 @@ class BadMessage(ValueError):
 
 # Python value kinds of the columns, for `check`.
 STR, BOOL, U32, U64, TIME, MAP = "str", "bool", "u32", "u64", "time", "map"
+KIND_OF_TYPE: dict[str, str] = {
+    events.STRING: STR, events.LOW: STR, events.BOOL: BOOL, events.U32: U32, events.U64: U64,
+    events.TIME: TIME, events.U64_MAP: MAP,
+}
 
 
 def _valid(kind: str, value: Any) -> bool:
@@ -100,36 +99,10 @@ def _array(value: bytes) -> list[Record]:
     return records
 
 
-def _records(value: bytes, _partition: int, _offset: int) -> list[Record]:
-    return _array(value)
-
-
-def _agent_usage(value: bytes, _partition: int, _offset: int) -> list[Record]:
-    records = _array(value)
-    for record in records:
-        metadata = record.get("provider_metadata")
-        record["provider_metadata"] = orjson.dumps(metadata if metadata is not None
-                                                   else {}).decode()
-    return records
-
-
-def event_timestamp(event: Any) -> int:
-    """An `other` event's time: its `timestamp` when that is a storable ms time, else 0
-    (1970-01-01). Never the time of reading: a record read again after a crash must fall
-    in the same month partition, whose high-water mark decides whether it is stored."""
-    timestamp = event.get("timestamp") if type(event) is dict else None
-    if type(timestamp) is int and 0 <= timestamp <= MAX_TIMESTAMP_MS:
-        return timestamp
-    return 0
-
-
-def _other(value: bytes, _partition: int, _offset: int) -> list[Record]:
-    records = _array(value)
-    for record in records:
-        event = record.get("event")
-        record["timestamp"] = event_timestamp(event)
-        record["event"] = orjson.dumps(event).decode()
-    return records
+def _decoder(rows: events.Rows) -> Decode:
+    def decode(value: bytes, _partition: int, _offset: int) -> list[Record]:
+        return rows(_array(value))
+    return decode
 
 
 def _alert(value: bytes, partition: int, offset: int) -> list[Record]:
@@ -144,53 +117,29 @@ def _alert(value: bytes, partition: int, offset: int) -> list[Record]:
              "kafka_partition": partition, "kafka_offset": offset}]
 
 
-_FUNCTION_KINDS: dict[str, str] = {
-    "timestamp": TIME, "function_cached": BOOL, "will_retry": BOOL,
-    "mutation_queue_length": U32, "mutation_retry_count": U32,
-    "execution_time_ms": U64, "user_execution_time_ms": U64,
-    **dict.fromkeys(USAGE_COUNTERS, U64),
-    "raw_partition": U32, "raw_offset": U64, "event_index": U32,
-}
-_ORIGIN_KINDS = (("raw_partition", U32), ("raw_offset", U64), ("event_index", U32))
-_RAW = ("raw_partition", "raw_offset")
+def _spec(event_type: events.EventType) -> TableSpec:
+    return TableSpec(event_type.table, event_type.route,
+                     tuple((name, KIND_OF_TYPE[type_]) for name, type_ in event_type.columns),
+                     event_type.time_column, ("raw_partition", "raw_offset"),
+                     _decoder(event_type.rows))
 
-FUNCTION_EXECUTIONS = TableSpec(
-    "function_executions", "function_execution",
-    tuple((name, _FUNCTION_KINDS.get(name, STR)) for name in FUNCTION_EXECUTION_FIELDS),
-    "timestamp", _RAW, _records)
-STORAGE_SNAPSHOTS = TableSpec(
-    "storage_snapshots", "current_storage_usage",
-    (("deployment", STR), ("timestamp", TIME), *((name, U64) for name in STORAGE_TOTALS),
-     ("system_table_document_size_bytes", MAP), ("deployment_region", STR), *_ORIGIN_KINDS),
-    "timestamp", _RAW, _records)
-FILE_DOWNLOADS = TableSpec(
-    "file_downloads", "storage_api_bandwidth",
-    (("deployment", STR), ("timestamp", TIME), ("storage_id", STR), ("egress_bytes", U64),
-     *_ORIGIN_KINDS),
-    "timestamp", _RAW, _records)
-LOG_STREAM_EGRESS = TableSpec(
-    "log_stream_egress", "log_stream_egress",
-    (("deployment", STR), ("timestamp", TIME), ("egress_bytes", U64), *_ORIGIN_KINDS),
-    "timestamp", _RAW, _records)
-AGENT_USAGE = TableSpec(
-    "agent_usage", "agent_usage",
-    (("id", STR), ("deployment", STR), ("timestamp", TIME),
-     *((name, STR) for name in ("user_id", "thread_id", "agent_name", "model", "provider")),
-     *((name, U64) for name in AGENT_TOKENS), ("provider_metadata", STR), *_ORIGIN_KINDS),
-    "timestamp", _RAW, _agent_usage)
-OTHER_EVENTS = TableSpec(
-    "other_events", "other",
-    (("topic", STR), ("deployment", STR), ("timestamp", TIME), ("event", STR),
-     *_ORIGIN_KINDS),
-    "timestamp", _RAW, _other)
+
+EVENT_SPECS: tuple[TableSpec, ...] = tuple(_spec(event_type) for event_type in events.ALL)
+"""One per event type (meterstream/core/events.py), in its order."""
+_BY_TABLE = {spec.table: spec for spec in EVENT_SPECS}
+FUNCTION_EXECUTIONS = _BY_TABLE[events.FUNCTION_EXECUTION.table]
+STORAGE_SNAPSHOTS = _BY_TABLE[events.CURRENT_STORAGE_USAGE.table]
+FILE_DOWNLOADS = _BY_TABLE[events.STORAGE_API_BANDWIDTH.table]
+LOG_STREAM_EGRESS = _BY_TABLE[events.LOG_STREAM_EGRESS.table]
+AGENT_USAGE = _BY_TABLE[events.AGENT_USAGE.table]
+OTHER_EVENTS = _BY_TABLE[events.OTHER.table]
 ALERTS = TableSpec(
     "alerts", "alerts",
     (("id", STR), ("kind", STR), ("deployment", STR), ("metric", STR), ("at", TIME),
      ("alert", STR), ("kafka_partition", U32), ("kafka_offset", U64)),
     "at", ("kafka_partition", "kafka_offset"), _alert, origin_is_message=True)
 
-SPECS: tuple[TableSpec, ...] = (FUNCTION_EXECUTIONS, STORAGE_SNAPSHOTS, FILE_DOWNLOADS,
-                                LOG_STREAM_EGRESS, AGENT_USAGE, OTHER_EVENTS, ALERTS)
+SPECS: tuple[TableSpec, ...] = (*EVENT_SPECS, ALERTS)
 
 
 _MONTH_START: dict[int, tuple[int, int]] = {}

@@ -56,10 +56,6 @@ class Topics:
                          {"retention.ms": str(WEEK_MS), "max.message.bytes": "16777216"})
 
     @property
-    def function_executions(self) -> TopicSpec:
-        return self.records("function_execution")
-
-    @property
     def deployments(self) -> TopicSpec:
         """The deployment registry: one record per deployment, compacted; a delete is a
         tombstone. One partition, so every reader sees the changes in one order."""

@@ -1,18 +1,8 @@
 """Billing metrics derived from normalised records, as Convex bills them.
 
-The mapping (reference section 5, Convex's `usage_limits/types.rs`):
-
-    function_calls          function executions of every type (cached queries and
-                            OCC-failed attempts included) + file downloads
-    database_io_bytes       usage.database_io_read_bytes + usage.database_io_write_bytes
-    action_compute_mb_ms    actions and HTTP actions: memory (action_memory_used_mb, or
-                            memory_used_mb when that is absent) x execution_time_ms;
-                            GB-hours = mb_ms / (1024 x 3,600,000)
-    data_egress_bytes       usage.network_egress_bytes + usage.file_storage_read_bytes
-                            + storage_api_bandwidth.egress_bytes + log_stream_egress.egress_bytes
-    search_query_bytes      text and vector search query bytes, reads and writes
-    file_downloads          storage_api_bandwidth events
-    tokens                  agent usage total_tokens, also per provider/model by kind
+What each metric is computed from is meterstream/core/catalogue.py; the plain sums are
+compiled from it (below) into one function per event type, so the hot path does
+per record only the additions it needs; action compute is written here.
 
 Tenants choose the provider and model names of their agent usage, so the live
 windows keep tokens by name only for the models the price book prices; every other
@@ -29,31 +19,19 @@ minute first and the minutes rolled up into hours, days and months, so a
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from meterstream.core.records import Record
+from meterstream.core import catalogue, events
+from meterstream.core.catalogue import LIVE_TOKEN_KINDS, STORAGE_CATEGORIES
+from meterstream.core.records import AgentUsage, FunctionExecution, Record, StorageSnapshot
 from meterstream.core.windows import DAY_MS, GRANULARITIES, window_start
 
-GB = 1 << 30
-MB_MS_PER_GB_HOUR = 1024 * 3_600_000
-BYTE_MS_PER_GB_HOUR = GB * 3_600_000
-
 ACTION_TYPES = frozenset({"action", "http_action"})
-TOKEN_KINDS: tuple[str, ...] = (
-    "input_tokens", "non_cached_input_tokens", "cached_input_tokens",
-    "cache_write_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
-)
-# Storage categories as Convex prices them: database (documents + indexes), file
-# (files + backups), search (text + vector).
 # A deployment that sent no snapshot for this long is forgotten by the live state, and
 # billing does not bridge a gap between two snapshots longer than this.
 STORAGE_RETENTION_MS = 40 * DAY_MS
-STORAGE_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "database": ("total_document_size_bytes", "total_index_size_bytes"),
-    "file": ("total_file_storage_bytes", "total_backup_storage_bytes"),
-    "search": ("total_text_storage_bytes", "total_vector_storage_bytes"),
-}
 
 Counters = dict[str, int]
 
@@ -83,63 +61,79 @@ class MessageUsage:
     """(granularity, window start) -> delta"""
     users: dict[tuple[str, str, int], WindowDelta] = field(default_factory=dict)
     """(end user, "day" | "month", window start) -> token delta"""
-    snapshots: list[Record] = field(default_factory=list)
+    snapshots: list[StorageSnapshot] = field(default_factory=list)
     """current_storage_usage records, in event-time order"""
     models_folded: int = 0
     """agent usage records whose model is counted under OTHER_MODEL"""
 
 
-def function_execution_metrics(record: Record, into: Counters) -> None:
-    into["function_calls"] += 1
-    read, write = record["database_io_read_bytes"], record["database_io_write_bytes"]
-    into["database_io_read_bytes"] += read
-    into["database_io_write_bytes"] += write
-    into["database_io_bytes"] += read + write
+Derive = Callable[[Any, Counters], None]
+"""(a record of one event type, a minute's counters) -> adds the record's metrics"""
+
+
+def action_compute(record: FunctionExecution, into: Counters) -> None:
     if record["function_type"] in ACTION_TYPES:
         memory = record["action_memory_used_mb"] or record["memory_used_mb"]
         into["action_compute_mb_ms"] += memory * record["execution_time_ms"]
-    into["data_egress_bytes"] += record["network_egress_bytes"] + record["file_storage_read_bytes"]
-    into["search_query_bytes"] += (
-        record["text_search_query_bytes"] + record["text_search_write_query_bytes"]
-        + record["vector_search_query_bytes"] + record["vector_search_write_query_bytes"])
 
 
-def file_download_metrics(record: Record, into: Counters) -> None:
-    into["function_calls"] += 1
-    into["file_downloads"] += 1
-    into["file_download_bytes"] += record["egress_bytes"]
-    into["data_egress_bytes"] += record["egress_bytes"]
-
-
-def log_stream_egress_metrics(record: Record, into: Counters) -> None:
-    into["log_stream_egress_bytes"] += record["egress_bytes"]
-    into["data_egress_bytes"] += record["egress_bytes"]
-
-
-METRICS_OF_ROUTE = {
-    "function_execution": function_execution_metrics,
-    "storage_api_bandwidth": file_download_metrics,
-    "log_stream_egress": log_stream_egress_metrics,
+# The custom live metrics computed per record here (catalogue `custom`); tokens are
+# counted per model by add_tokens.
+CUSTOM: dict[str, tuple[str, Derive]] = {
+    "action_compute_mb_ms": (events.FUNCTION_EXECUTION.topic, action_compute),
 }
+
+
+def _compile(topic: str, metrics: Iterable[catalogue.Metric]) -> Derive | None:
+    """One function adding the plain-sum metrics fed by `topic`, written out as a human
+    would (one `+=` per metric), so that it costs no loop over the catalogue per record."""
+    lines = []
+    for metric in metrics:
+        for source, fields in metric.sources:
+            if source == topic:
+                added = " + ".join(f"record[{name!r}]" for name in fields) or "1"
+                lines.append(f"    into[{metric.name!r}] += {added}")
+    if not lines:
+        return None
+    namespace: dict[str, Any] = {}
+    exec("def derive(record, into):\n" + "\n".join(lines), namespace)
+    return cast(Derive, namespace["derive"])
+
+
+def _derivations() -> dict[str, tuple[Derive, ...]]:
+    found: dict[str, tuple[Derive, ...]] = {}
+    for event_type in events.EVENT_TYPES:
+        if event_type is events.AGENT_USAGE:
+            continue  # tokens: add_tokens, per model
+        derive = [compiled] if (compiled := _compile(event_type.topic, catalogue.SUMS)) else []
+        derive += [custom for topic, custom in CUSTOM.values() if topic == event_type.topic]
+        if derive:
+            found[event_type.topic] = tuple(derive)
+    return found
+
+
+METRICS_OF_ROUTE: dict[str, tuple[Derive, ...]] = _derivations()
+"""route -> what its records add to a minute's counters"""
 
 
 OTHER_MODEL = "other"
 """Where the live windows count the tokens of models the price book does not price."""
 
 
-def model_key(record: Record) -> str:
+def model_key(record: AgentUsage) -> str:
     return f"{record['provider'] or 'unknown'}/{record['model'] or 'unknown'}"
 
 
-def bounded_model_key(record: Record, priced: frozenset[str] | None) -> str:
+def bounded_model_key(record: AgentUsage, priced: frozenset[str] | None) -> str:
     """The record's provider/model if it is priced (or `priced` is None), else OTHER_MODEL."""
     key = model_key(record)
     return key if priced is None or key in priced else OTHER_MODEL
 
 
-def add_tokens(record: Record, delta: WindowDelta, model: str) -> None:
+def add_tokens(record: Mapping[str, Any], delta: WindowDelta, model: str) -> None:
+    """Adds an AgentUsage record's tokens to `delta` under `model`."""
     kinds = delta.tokens.setdefault(model, defaultdict(int))
-    for kind in TOKEN_KINDS:
+    for kind in LIVE_TOKEN_KINDS:
         kinds[kind] += record[kind]
     delta.metrics["tokens"] += record["total_tokens"]
 
@@ -159,17 +153,20 @@ def message_usage(routed: dict[str, list[Record]],
             delta = minutes[start] = WindowDelta()
         return delta
 
-    for route, derive in METRICS_OF_ROUTE.items():
+    for route, derivations in METRICS_OF_ROUTE.items():
         for record in routed.get(route, ()):
-            derive(record, minute(record["timestamp"]).metrics)
+            counters = minute(record["timestamp"]).metrics
+            for derive in derivations:
+                derive(record, counters)
     user_minutes: dict[tuple[str, int], WindowDelta] = {}
     folded = 0
-    for record in routed.get("agent_usage", ()):
-        model = bounded_model_key(record, priced)
+    agent_usage = cast(list[AgentUsage], routed.get(events.AGENT_USAGE.route, []))
+    for step in agent_usage:
+        model = bounded_model_key(step, priced)
         folded += model == OTHER_MODEL
-        add_tokens(record, minute(record["timestamp"]), model)
-        start = record["timestamp"] - record["timestamp"] % 60_000
-        add_tokens(record, user_minutes.setdefault((record["user_id"], start), WindowDelta()),
+        add_tokens(step, minute(step["timestamp"]), model)
+        start = step["timestamp"] - step["timestamp"] % 60_000
+        add_tokens(step, user_minutes.setdefault((step["user_id"], start), WindowDelta()),
                    model)
 
     usage = MessageUsage(models_folded=folded)
@@ -182,23 +179,13 @@ def message_usage(routed: dict[str, list[Record]],
         for granularity in ("day", "month"):
             user_key = (user, granularity, window_start(granularity, start))
             usage.users.setdefault(user_key, WindowDelta()).add(delta)
-    usage.snapshots = sorted(routed.get("current_storage_usage", ()),
+    usage.snapshots = sorted(cast(list[StorageSnapshot],
+                                  routed.get(events.CURRENT_STORAGE_USAGE.route, [])),
                              key=lambda r: (r["timestamp"], r["event_index"]))
     return usage
 
 
-def storage_bytes(snapshot: Record) -> Counters:
-    """Bytes per storage category of one snapshot."""
+def storage_bytes(snapshot: Mapping[str, Any]) -> Counters:
+    """Bytes per storage category of one snapshot (a StorageSnapshot)."""
     return {category: sum(snapshot[field] for field in fields)
             for category, fields in STORAGE_CATEGORIES.items()}
-
-
-def gb_hours(byte_ms_or_mb_ms: int, per_gb_hour: int) -> float:
-    return byte_ms_or_mb_ms / per_gb_hour
-
-
-def plain(delta: Any) -> Any:
-    """A WindowDelta's counters as plain dicts (for JSON)."""
-    if isinstance(delta, dict):
-        return {k: plain(v) for k, v in delta.items()}
-    return delta

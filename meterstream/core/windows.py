@@ -64,10 +64,6 @@ def label(start_ms: int) -> str:
     return datetime.fromtimestamp(start_ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
-def iso(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def split_interval(granularity: str, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     """[start, end) cut at the window boundaries: (window start, ms of overlap) pairs."""
     pieces = []

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meterstream.core.usage import STORAGE_CATEGORIES, TOKEN_KINDS
+from meterstream.core import catalogue
+from meterstream.core.catalogue import LIVE_TOKEN_KINDS, STORAGE_CATEGORIES
 from meterstream.loadgen.expected import (
     AGENT_USAGE,
-    FILE_DOWNLOADS,
     FUNCTION_EXECUTIONS,
-    LOG_STREAM_EGRESS,
     METRIC_TABLES,
     STORAGE_SNAPSHOTS,
     TABLE_SUMS,
@@ -101,7 +100,7 @@ def observe(sql: Sql, deployments: Sequence[str], tables: Iterable[str]
             model_key = f"{provider or 'unknown'}/{model or 'unknown'}"
             by_model = totals.tokens_by_model.setdefault(model_key, Counter())
             by_user = totals.tokens_by_user.setdefault(user, {}).setdefault(model_key, Counter())
-            for kind in TOKEN_KINDS:
+            for kind in LIVE_TOKEN_KINDS:
                 by_model[kind] += tokens[kind]
                 by_user[kind] += tokens[kind]
     for name, totals in observed.items():
@@ -110,27 +109,13 @@ def observe(sql: Sql, deployments: Sequence[str], tables: Iterable[str]
 
 
 def _derive_metrics(totals: DeploymentTotals, action_compute_mb_ms: int) -> None:
-    """The billing metrics from the tables' sums (expected.py's definitions)."""
-    functions = totals.tables[FUNCTION_EXECUTIONS]
-    downloads = totals.tables[FILE_DOWNLOADS]
-    egress = totals.tables[LOG_STREAM_EGRESS]
-    metrics = totals.metrics
-    metrics["function_calls"] = functions["rows"] + downloads["rows"]
-    metrics["database_io_read_bytes"] = functions["database_io_read_bytes"]
-    metrics["database_io_write_bytes"] = functions["database_io_write_bytes"]
-    metrics["database_io_bytes"] = (functions["database_io_read_bytes"]
-                                    + functions["database_io_write_bytes"])
-    metrics["action_compute_mb_ms"] = action_compute_mb_ms
-    metrics["data_egress_bytes"] = (functions["network_egress_bytes"]
-                                    + functions["file_storage_read_bytes"]
-                                    + downloads["egress_bytes"] + egress["egress_bytes"])
-    metrics["search_query_bytes"] = (
-        functions["text_search_query_bytes"] + functions["text_search_write_query_bytes"]
-        + functions["vector_search_query_bytes"] + functions["vector_search_write_query_bytes"])
-    metrics["file_downloads"] = downloads["rows"]
-    metrics["file_download_bytes"] = downloads["egress_bytes"]
-    metrics["log_stream_egress_bytes"] = egress["egress_bytes"]
-    metrics["tokens"] = totals.tables[AGENT_USAGE]["total_tokens"]
+    """The billing metrics from the tables' sums (meterstream/core/catalogue.py, as
+    expected.py derives them from the events)."""
+    for metric in catalogue.LIVE:
+        if not metric.custom:
+            totals.metrics[metric.name] = catalogue.total(metric, totals.tables)
+    totals.metrics["action_compute_mb_ms"] = action_compute_mb_ms
+    totals.metrics["tokens"] = totals.tables[AGENT_USAGE]["total_tokens"]
 
 
 def comparable(totals: DeploymentTotals, tables: Iterable[str]) -> dict[str, Any]:
@@ -146,11 +131,11 @@ def comparable(totals: DeploymentTotals, tables: Iterable[str]) -> dict[str, Any
             values[f"metrics.{metric}"] = totals.metrics[metric]
     if AGENT_USAGE in checked:
         for model, kinds in totals.tokens_by_model.items():
-            for kind in TOKEN_KINDS:
+            for kind in LIVE_TOKEN_KINDS:
                 values[f"tokens_by_model.{model}.{kind}"] = kinds[kind]
         for user, models in totals.tokens_by_user.items():
             for model, kinds in models.items():
-                for kind in TOKEN_KINDS:
+                for kind in LIVE_TOKEN_KINDS:
                     values[f"tokens_by_user.{user}.{model}.{kind}"] = kinds[kind]
     if STORAGE_SNAPSHOTS in checked:
         storage = totals.storage or {"at": None, "bytes": dict.fromkeys(STORAGE_CATEGORIES)}

@@ -2,7 +2,9 @@
 ClickHouse table's row count and counter sums.
 
 Computed here from the events as generated, on their own, not through the
-worker's code, so that a run checks the pipeline rather than itself. Definitions
+worker's code, so that a run checks the pipeline rather than itself: each event's
+counted fields are read from the event as Convex sends it, and the metrics that are
+plain sums are added up from those by their definitions in meterstream/core/catalogue.py
 (README "Billing metrics", reference section 5):
 
     function_calls            function executions (all types, cached and OCC-failed
@@ -31,8 +33,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from meterstream.core import catalogue, events
+from meterstream.core.catalogue import LIVE_TOKEN_KINDS, STORAGE_CATEGORIES
 from meterstream.core.records import AGENT_TOKENS, STORAGE_TOTALS, USAGE_COUNTERS
-from meterstream.core.usage import STORAGE_CATEGORIES, TOKEN_KINDS
 
 FUNCTION_EXECUTIONS = "function_executions"
 FILE_DOWNLOADS = "file_downloads"
@@ -52,31 +55,19 @@ TABLE_SUMS: dict[str, tuple[str, ...]] = {
 }
 TABLES: tuple[str, ...] = tuple(TABLE_SUMS)
 
-# Each billing metric and the tables it is derived from.
+# Each billing metric the worker counts and the tables it is derived from.
 METRIC_TABLES: dict[str, tuple[str, ...]] = {
-    "function_calls": (FUNCTION_EXECUTIONS, FILE_DOWNLOADS),
-    "database_io_read_bytes": (FUNCTION_EXECUTIONS,),
-    "database_io_write_bytes": (FUNCTION_EXECUTIONS,),
-    "database_io_bytes": (FUNCTION_EXECUTIONS,),
-    "action_compute_mb_ms": (FUNCTION_EXECUTIONS,),
-    "data_egress_bytes": (FUNCTION_EXECUTIONS, FILE_DOWNLOADS, LOG_STREAM_EGRESS),
-    "search_query_bytes": (FUNCTION_EXECUTIONS,),
-    "file_downloads": (FILE_DOWNLOADS,),
-    "file_download_bytes": (FILE_DOWNLOADS,),
-    "log_stream_egress_bytes": (LOG_STREAM_EGRESS,),
-    "tokens": (AGENT_USAGE,),
-}
+    metric.name: tuple(dict.fromkeys(metric.tables)) for metric in catalogue.LIVE}
 METRICS: tuple[str, ...] = tuple(METRIC_TABLES)
+# The plain-sum metrics per topic: (metric, fields summed; none: 1 per event).
+SUMS_OF_TOPIC: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+for _metric in catalogue.SUMS:
+    for _topic, _fields in _metric.sources:
+        SUMS_OF_TOPIC.setdefault(_topic, []).append((_metric.name, _fields))
 
 ACTION_TYPES = frozenset({"action", "http_action"})
 
-TABLE_OF_TOPIC = {
-    "function_execution": FUNCTION_EXECUTIONS,
-    "storage_api_bandwidth": FILE_DOWNLOADS,
-    "log_stream_egress": LOG_STREAM_EGRESS,
-    "agent_usage": AGENT_USAGE,
-    "current_storage_usage": STORAGE_SNAPSHOTS,
-}
+TABLE_OF_TOPIC = {event_type.topic: event_type.table for event_type in events.EVENT_TYPES}
 
 
 def _n(value: Any) -> int:
@@ -115,51 +106,28 @@ class DeploymentTotals:
         metrics = self.metrics
         if topic == "function_execution":
             usage = event["usage"]
-            table = self.tables[FUNCTION_EXECUTIONS]
-            table["rows"] += 1
-            table["execution_time_ms"] += _n(event["execution_time_ms"])
-            table["user_execution_time_ms"] += _n(event["user_execution_time_ms"])
-            table["mutation_retry_count"] += _n(event["function"]["mutation_retry_count"])
-            for key in USAGE_COUNTERS:
-                value = usage[key]
-                if value:  # null counts as 0
-                    table[key] += value
-            read, write = _n(usage["database_io_read_bytes"]), _n(usage["database_io_write_bytes"])
-            metrics["function_calls"] += 1
-            metrics["database_io_read_bytes"] += read
-            metrics["database_io_write_bytes"] += write
-            metrics["database_io_bytes"] += read + write
+            counted = {key: _n(usage[key]) for key in USAGE_COUNTERS}  # null counts as 0
+            counted["execution_time_ms"] = _n(event["execution_time_ms"])
+            counted["user_execution_time_ms"] = _n(event["user_execution_time_ms"])
+            counted["mutation_retry_count"] = _n(event["function"]["mutation_retry_count"])
             if event["function"]["type"] in ACTION_TYPES:
-                memory = _n(usage["action_memory_used_mb"]) or _n(usage["memory_used_mb"])
-                metrics["action_compute_mb_ms"] += memory * _n(event["execution_time_ms"])
-            metrics["data_egress_bytes"] += (_n(usage["network_egress_bytes"])
-                                             + _n(usage["file_storage_read_bytes"]))
-            metrics["search_query_bytes"] += (
-                _n(usage["text_search_query_bytes"]) + _n(usage["text_search_write_query_bytes"])
-                + _n(usage["vector_search_query_bytes"])
-                + _n(usage["vector_search_write_query_bytes"]))
-        elif topic == "storage_api_bandwidth":
-            self.tables[FILE_DOWNLOADS]["rows"] += 1
-            self.tables[FILE_DOWNLOADS]["egress_bytes"] += event["egress_bytes"]
-            metrics["function_calls"] += 1
-            metrics["file_downloads"] += 1
-            metrics["file_download_bytes"] += event["egress_bytes"]
-            metrics["data_egress_bytes"] += event["egress_bytes"]
-        elif topic == "log_stream_egress":
-            self.tables[LOG_STREAM_EGRESS]["rows"] += 1
-            self.tables[LOG_STREAM_EGRESS]["egress_bytes"] += event["egress_bytes"]
-            metrics["log_stream_egress_bytes"] += event["egress_bytes"]
-            metrics["data_egress_bytes"] += event["egress_bytes"]
+                memory = counted["action_memory_used_mb"] or counted["memory_used_mb"]
+                metrics["action_compute_mb_ms"] += memory * counted["execution_time_ms"]
+        elif topic in ("storage_api_bandwidth", "log_stream_egress"):
+            counted = {"egress_bytes": event["egress_bytes"]}
         elif topic == "current_storage_usage":
-            table = self.tables[STORAGE_SNAPSHOTS]
-            table["rows"] += 1
-            for key in STORAGE_TOTALS:
-                table[key] += event[key]
+            counted = {key: event[key] for key in STORAGE_TOTALS}
             self._snapshot(event["timestamp"], {
                 category: sum(event[key] for key in keys)
                 for category, keys in STORAGE_CATEGORIES.items()})
         else:
             raise ValueError(f"no totals for topic {topic!r}")
+        table = self.tables[TABLE_OF_TOPIC[topic]]
+        table["rows"] += 1
+        for key in TABLE_SUMS[TABLE_OF_TOPIC[topic]]:
+            table[key] += counted[key]
+        for metric, fields in SUMS_OF_TOPIC.get(topic, ()):
+            metrics[metric] += sum(counted[key] for key in fields) if fields else 1
 
     def _snapshot(self, at: int, sizes: dict[str, int]) -> None:
         if self.storage is None or at > self.storage["at"]:
@@ -176,7 +144,7 @@ class DeploymentTotals:
         self.metrics["tokens"] += tokens["total_tokens"]
         by_model = self.tokens_by_model.setdefault(model_key, Counter())
         by_user = self.tokens_by_user.setdefault(user, {}).setdefault(model_key, Counter())
-        for kind in TOKEN_KINDS:
+        for kind in LIVE_TOKEN_KINDS:
             by_model[kind] += tokens[kind]
             by_user[kind] += tokens[kind]
 
@@ -208,9 +176,9 @@ class DeploymentTotals:
             "tables": {table: {"rows": sums["rows"],
                                **{column: sums[column] for column in TABLE_SUMS[table]}}
                        for table, sums in self.tables.items()},
-            "tokens_by_model": {model: {kind: kinds[kind] for kind in TOKEN_KINDS}
+            "tokens_by_model": {model: {kind: kinds[kind] for kind in LIVE_TOKEN_KINDS}
                                 for model, kinds in sorted(self.tokens_by_model.items())},
-            "tokens_by_user": {user: {model: {kind: kinds[kind] for kind in TOKEN_KINDS}
+            "tokens_by_user": {user: {model: {kind: kinds[kind] for kind in LIVE_TOKEN_KINDS}
                                       for model, kinds in sorted(models.items())}
                                for user, models in sorted(self.tokens_by_user.items())},
             "storage": self.storage,

@@ -6,20 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
+from meterstream.core.catalogue import METRICS
 from meterstream.loadgen.check import Difference
 from meterstream.loadgen.expected import DeploymentTotals, ExpectedTotals
 from meterstream.loadgen.sender import LoadResult
 
 # (heading, billing metric) of the totals table; storage and dead letters follow.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("function_calls", "function_calls"),
-    ("db_io_bytes", "database_io_bytes"),
-    ("action_mb_ms", "action_compute_mb_ms"),
-    ("egress_bytes", "data_egress_bytes"),
-    ("search_bytes", "search_query_bytes"),
-    ("downloads", "file_downloads"),
-    ("tokens", "tokens"),
-)
+COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (metric.heading, metric.name) for metric in METRICS if metric.heading is not None)
 
 
 def _ms(value: float | None) -> str:

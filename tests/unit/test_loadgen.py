@@ -118,6 +118,7 @@ def test_expected_totals_agree_with_the_worker_s_billing_definitions(
     events it would dead-letter as older than the grace) give the same metrics."""
     worker: dict[str, WindowDelta] = {}
     for offset, (now, delivery) in enumerate(generated):
+        routed: dict[str, list[Any]]
         if delivery.endpoint == LOGS:
             routed = split_body(delivery.body, 0, offset).routed
         else:
@@ -180,7 +181,7 @@ def test_the_traffic_looks_like_convex_and_its_agents(
     assert {"promptTokens" in r["usage"] for r in agent} == {True, False}
     # Each deployment's first body opens with a storage snapshot and the egress of the
     # minute before; later snapshots come at the (test's 2 min) storage interval.
-    first_bodies = {}
+    first_bodies: dict[str, bytes] = {}
     for _, delivery in generated:
         if delivery.endpoint == LOGS:
             first_bodies.setdefault(delivery.deployment.name, delivery.body)
@@ -266,7 +267,7 @@ def test_compare_reports_each_differing_value(generated: list[tuple[int, Deliver
     del observed[sorted(observed)[1]]
     _, differences = compare(expected, observed, ["function_executions"])
     first = [d for d in differences if d.deployment == name]
-    assert [(d.value, d.observed - d.expected) for d in first] == [
+    assert [(d.value, (d.observed or 0) - (d.expected or 0)) for d in first] == [
         ("function_executions.network_egress_bytes", 3)]
     missing = [d for d in differences if d.deployment == sorted(expected.deployments)[1]]
     assert {d.value for d in missing} >= {"function_executions.rows",

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ingest.agent_usage import normalise_all
 from meterstream.core import records
@@ -37,6 +38,7 @@ def _write_load(tmp_path: Path) -> tuple[Path, Path, ExpectedTotals]:
         now = NOW_MS + offset * 2_000
         for delivery in model.next_batch(now):
             expected.add(delivery.deployment.name, delivery.totals)
+            routed: dict[str, list[Any]]
             if delivery.endpoint == LOGS:
                 routed = split_body(delivery.body, 0, offset).routed
             else:

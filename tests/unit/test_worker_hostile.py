@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
+from meterstream.core.catalogue import LIVE_TOKEN_KINDS as TOKEN_KINDS
 from meterstream.core.config import Settings
 from meterstream.core.quotas import Quota
 from meterstream.core.registry import Deployment
 from meterstream.core.topics import AGENT_ORIGIN as AGENT
 from meterstream.core.topics import WEBHOOK_ORIGIN as WEBHOOK
-from meterstream.core.usage import OTHER_MODEL, TOKEN_KINDS, message_usage
+from meterstream.core.usage import OTHER_MODEL, message_usage
 from meterstream.core.windows import DAY_MS, HOUR_MS, window_start
 from processors import metrics
 from processors.alert_log import AlertLog, bound_user_alerts

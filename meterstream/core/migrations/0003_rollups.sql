@@ -1,7 +1,6 @@
 -- Billing metrics per event, and rollups ClickHouse keeps by itself.
 --
--- The metrics are those of meterstream/core/usage.py (the worker's live definitions,
--- reference section 5):
+-- The metrics are those of meterstream/core/catalogue.py (reference section 5):
 --   function_calls        every function execution (cached queries and OCC-failed
 --                         attempts included) + every file download
 --   database_io_*_bytes   usage.database_io_read_bytes / _write_bytes
@@ -219,8 +218,9 @@ FROM usage_hourly
 GROUP BY deployment, day;
 
 -- One view per raw table into usage_hourly, with the expressions of usage_events
--- (tests/test_rollups.py checks that both agree). Columns a view does not name
--- are 0.
+-- (tests/integration/test_billing.py checks that both agree;
+-- tests/unit/test_catalogue.py checks the rollups' columns against
+-- meterstream/core/catalogue.py). Columns a view does not name are 0.
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_hourly_from_function_executions TO usage_hourly AS
 SELECT
     deployment,
@@ -320,8 +320,13 @@ GROUP BY deployment, user_id, month, provider, model;
 -- inserts). Each runs only while its rollup is empty, so running this migration
 -- again after a crash half-way, or from a second sink starting at the same time,
 -- does not count a row twice. Migrations run before a sink writes, so no insert
--- falls between the creation of a view and its backfill.
-INSERT INTO usage_hourly
+-- falls between the creation of a view and its backfill. The columns are named, so
+-- that this statement still runs (as tests/integration/test_billing.py runs it again)
+-- once a later migration has added a column to the rollups.
+INSERT INTO usage_hourly (deployment, hour, region, function_calls, file_downloads,
+    database_io_read_bytes, database_io_write_bytes, action_compute_mb_ms,
+    function_egress_bytes, file_download_bytes, log_stream_egress_bytes, data_egress_bytes,
+    search_query_bytes, tokens, agent_steps, storage_snapshots)
 SELECT
     deployment,
     toStartOfHour(timestamp) AS hour,
