@@ -30,7 +30,7 @@ happen: only what was there at the cut-off must be processed.
 The task runs inside the sink, the process that holds the embedded engine. At start
 it goes through the gate for the latest period whose cut-off has passed, so a sink
 that was down at the time catches up; generation never duplicates, so running it
-again is harmless. Usage stored after a period's run is on no invoice (README,
+again is harmless. Usage stored after a period's run is on no invoice (docs/billing.md,
 "Invoices").
 """
 

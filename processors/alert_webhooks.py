@@ -7,9 +7,9 @@ id>`, and a signature over a timestamp and the body:
     x-webhook-signature: sha256=<hex HMAC-SHA256 keyed by the secret's ASCII bytes,
                                  of "<timestamp>." followed by the body>
 
-so a receiver that refuses timestamps older than a few minutes (`verify`, the README's
-snippet) cannot be fed a captured request again later. Each attempt is signed anew, so a
-retry an hour later still carries a fresh timestamp. A URL is retried
+so a receiver that refuses timestamps older than a few minutes (`verify`, the snippet in
+docs/worker-and-quotas.md) cannot be fed a captured request again later. Each attempt is
+signed anew, so a retry an hour later still carries a fresh timestamp. A URL is retried
 with exponential backoff on connection errors, timeouts, 408, 429 and 5xx until it
 answers 2xx or METERSTREAM_ALERT_RETRY_SECONDS have passed; any other answer is final.
 For each URL that did not take the alert, a dead letter with the reason is stored.

@@ -42,7 +42,7 @@ class Variable:
     help: str
 
 
-# The documented table of variables; the README's configuration table mirrors it.
+# The documented table of variables; docs/configuration.md is generated from it.
 VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_KAFKA", "127.0.0.1:9092",
              "Kafka bootstrap servers, host:port[,host:port...]. `meterstream kafka start` "
@@ -116,7 +116,7 @@ VARIABLES: tuple[Variable, ...] = (
              "so that a repeat within that time is dropped (default 7 days)."),
     Variable("METERSTREAM_WORKER_COMMIT_INTERVAL", "2.8",
              "Seconds between the worker's offset commits; after a crash it processes again "
-             "what came in since the last commit (counted once: see the README)."),
+             "what came in since the last commit (counted once: see docs/exactly-once.md)."),
     Variable("METERSTREAM_LATE_GRACE", "86400",
              "Seconds after its window that a late event still counts there; older events go "
              "to the dead-letter topic (default 1 day)."),
@@ -128,8 +128,8 @@ VARIABLES: tuple[Variable, ...] = (
              "baseline (so a quiet app waking up is not a runaway)."),
     Variable("METERSTREAM_ALERT_WEBHOOKS", "",
              "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
-             "body (x-webhook-timestamp, x-webhook-signature: see the README); https:// unless "
-             "loopback; empty sends alerts to Kafka only."),
+             "body (x-webhook-timestamp, x-webhook-signature: see docs/worker-and-quotas.md); "
+             "https:// unless loopback; empty sends alerts to Kafka only."),
     Variable("METERSTREAM_ALERT_WEBHOOK_SECRET", "",
              "HMAC-SHA256 key of the alert webhooks' signature, at least 32 characters; "
              "required when METERSTREAM_ALERT_WEBHOOKS is set. Or "

@@ -180,7 +180,7 @@ def embedding_usage(tokens: int) -> Event:
 def agent_usage(*, record_id: str, timestamp: int, deployment: str, user_id: str,
                 thread_id: str, agent_name: str, model: str, provider: str, usage: Event,
                 provider_metadata: Event | None) -> Event:
-    """One record as the README's usageHandler sends it to POST /v1/agent/usage."""
+    """One record as the usageHandler in docs/http-api.md sends it to POST /v1/agent/usage."""
     return {
         "id": record_id,
         "timestamp": timestamp,

@@ -5,7 +5,7 @@ Computed here from the events as generated, on their own, not through the
 worker's code, so that a run checks the pipeline rather than itself: each event's
 counted fields are read from the event as Convex sends it, and the metrics that are
 plain sums are added up from those by their definitions in meterstream/core/catalogue.py
-(README "Billing metrics", reference section 5):
+(docs/worker-and-quotas.md "Billing metrics", reference section 5):
 
     function_calls            function executions (all types, cached and OCC-failed
                               attempts included) + file downloads

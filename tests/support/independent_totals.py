@@ -21,7 +21,7 @@ def events_of(body: bytes) -> list[dict[str, Any]]:
 
 
 def tokens_of(usage: dict[str, Any]) -> dict[str, int]:
-    """Token kinds of one record, from either usage shape (README, agent usage)."""
+    """Token kinds of one record, from either usage shape (docs/http-api.md, agent token usage)."""
     if "promptTokens" in usage:  # the Agent component's vUsage
         output, reasoning = usage["completionTokens"], usage.get("reasoningTokens") or 0
         return {"input_tokens": usage["promptTokens"],

@@ -9,7 +9,7 @@
 -- raw webhook body's partition and offset in Kafka, and its position in the
 -- body); together they identify an event, and the sink uses the highest
 -- raw_offset stored per raw partition and month (the `high_water` projection) to
--- skip records it has stored already (see "Counted exactly once" in the README).
+-- skip records it has stored already (see docs/exactly-once.md).
 
 -- One row per current_storage_usage snapshot (about hourly per deployment).
 CREATE TABLE IF NOT EXISTS storage_snapshots
