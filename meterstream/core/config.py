@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "Settings"]
@@ -236,6 +236,34 @@ class ClickHouseTarget:
         return f"ClickHouseTarget({self.display!r})"
 
 
+# The numeric settings: field -> (variable, type, smallest, largest allowed value).
+NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
+    "partitions": ("METERSTREAM_PARTITIONS", int, 1, 1024),
+    "max_body_bytes": ("METERSTREAM_MAX_BODY_BYTES", int, 1024, 1 << 30),
+    "max_in_flight": ("METERSTREAM_MAX_IN_FLIGHT", int, 1, 100_000),
+    "secret_overlap": ("METERSTREAM_SECRET_OVERLAP", float, 0.0, 7 * 24 * 3600.0),
+    "produce_timeout": ("METERSTREAM_PRODUCE_TIMEOUT", float, 0.1, 300),
+    "dedup_retention": ("METERSTREAM_DEDUP_RETENTION", float, 1.0, 366 * 24 * 3600.0),
+    "worker_commit_interval": ("METERSTREAM_WORKER_COMMIT_INTERVAL", float, 0.1, 3600.0),
+    "late_grace": ("METERSTREAM_LATE_GRACE", float, 0.0, 31 * 24 * 3600.0),
+    "runaway_multiple": ("METERSTREAM_RUNAWAY_MULTIPLE", float, 1.0, 1e6),
+    "runaway_min_calls": ("METERSTREAM_RUNAWAY_MIN_CALLS", int, 1, 10**12),
+    "alert_retry_seconds": ("METERSTREAM_ALERT_RETRY_SECONDS", float, 0.0, 7 * 24 * 3600.0),
+    "sink_batch_rows": ("METERSTREAM_SINK_BATCH_ROWS", int, 1, 1_000_000),
+    "sink_batch_seconds": ("METERSTREAM_SINK_BATCH_SECONDS", float, 0.01, 3600),
+    "max_records_per_request": ("METERSTREAM_MAX_RECORDS_PER_REQUEST", int, 1, 1_000_000),
+    "max_problems": ("METERSTREAM_MAX_PROBLEMS", int, 1, 10_000),
+    "header_timeout": ("METERSTREAM_HEADER_TIMEOUT", float, 0.05, 3600.0),
+    "body_timeout": ("METERSTREAM_BODY_TIMEOUT", float, 0.05, 3600.0),
+    "keepalive_timeout": ("METERSTREAM_KEEPALIVE_TIMEOUT", float, 0.05, 3600.0),
+    "max_connections": ("METERSTREAM_MAX_CONNECTIONS", int, 1, 1_000_000),
+    "worker_max_attempts": ("METERSTREAM_WORKER_MAX_ATTEMPTS", int, 1, 100),
+    "worker_max_users": ("METERSTREAM_WORKER_MAX_USERS", int, 1, 1_000_000),
+    "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
+    "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str
@@ -315,23 +343,20 @@ class Settings:
             else ClickHouseTarget(url=f"chdb://{data_dir / 'clickhouse'}",
                                   chdb_path=data_dir / "clickhouse")
         )
+        numbers: dict[str, Any] = {field: _number(name, raw(name), kind, low, high)
+                                   for field, (name, kind, low, high) in NUMBERS.items()}
         return cls(
+            **numbers,
             kafka_bootstrap=_bootstrap("METERSTREAM_KAFKA", raw("METERSTREAM_KAFKA")),
             kafka_controller_port=_port("METERSTREAM_KAFKA_CONTROLLER_PORT",
                                         raw("METERSTREAM_KAFKA_CONTROLLER_PORT")),
             clickhouse=clickhouse,
             data_dir=data_dir,
             namespace=_namespace("METERSTREAM_NAMESPACE", raw("METERSTREAM_NAMESPACE")),
-            partitions=_number("METERSTREAM_PARTITIONS", raw("METERSTREAM_PARTITIONS"),
-                               int, 1, 1024),
             bind_host=_host("METERSTREAM_BIND_HOST", raw("METERSTREAM_BIND_HOST")),
             receiver_port=_port("METERSTREAM_RECEIVER_PORT", raw("METERSTREAM_RECEIVER_PORT")),
             worker_port=_port("METERSTREAM_WORKER_PORT", raw("METERSTREAM_WORKER_PORT")),
             sink_port=_port("METERSTREAM_SINK_PORT", raw("METERSTREAM_SINK_PORT")),
-            max_body_bytes=_number("METERSTREAM_MAX_BODY_BYTES", raw("METERSTREAM_MAX_BODY_BYTES"),
-                                   int, 1024, 1 << 30),
-            max_in_flight=_number("METERSTREAM_MAX_IN_FLIGHT", raw("METERSTREAM_MAX_IN_FLIGHT"),
-                                  int, 1, 100_000),
             admin_token=_admin_token("METERSTREAM_ADMIN_TOKEN",
                                      env.get("METERSTREAM_ADMIN_TOKEN", "").strip()),
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
@@ -343,60 +368,15 @@ class Settings:
                                   raw("METERSTREAM_RECEIVER_PORT")),
             convex_api_url=_http_url("METERSTREAM_CONVEX_API_URL",
                                      raw("METERSTREAM_CONVEX_API_URL")),
-            secret_overlap=_number("METERSTREAM_SECRET_OVERLAP", raw("METERSTREAM_SECRET_OVERLAP"),
-                                   float, 0.0, 7 * 24 * 3600.0),
-            produce_timeout=_number("METERSTREAM_PRODUCE_TIMEOUT",
-                                    raw("METERSTREAM_PRODUCE_TIMEOUT"), float, 0.1, 300),
-            dedup_retention=_number("METERSTREAM_DEDUP_RETENTION",
-                                    raw("METERSTREAM_DEDUP_RETENTION"), float, 1.0,
-                                    366 * 24 * 3600.0),
-            worker_commit_interval=_number("METERSTREAM_WORKER_COMMIT_INTERVAL",
-                                           raw("METERSTREAM_WORKER_COMMIT_INTERVAL"), float,
-                                           0.1, 3600.0),
-            late_grace=_number("METERSTREAM_LATE_GRACE", raw("METERSTREAM_LATE_GRACE"),
-                               float, 0.0, 31 * 24 * 3600.0),
-            runaway_multiple=_number("METERSTREAM_RUNAWAY_MULTIPLE",
-                                     raw("METERSTREAM_RUNAWAY_MULTIPLE"), float, 1.0, 1e6),
-            runaway_min_calls=_number("METERSTREAM_RUNAWAY_MIN_CALLS",
-                                      raw("METERSTREAM_RUNAWAY_MIN_CALLS"), int, 1, 10**12),
             alert_webhooks=_urls("METERSTREAM_ALERT_WEBHOOKS",
                                  env.get("METERSTREAM_ALERT_WEBHOOKS", "").strip()),
             alert_webhook_secret=env.get("METERSTREAM_ALERT_WEBHOOK_SECRET", "").strip(),
-            alert_retry_seconds=_number("METERSTREAM_ALERT_RETRY_SECONDS",
-                                        raw("METERSTREAM_ALERT_RETRY_SECONDS"), float, 0.0,
-                                        7 * 24 * 3600.0),
-            sink_batch_rows=_number("METERSTREAM_SINK_BATCH_ROWS",
-                                    raw("METERSTREAM_SINK_BATCH_ROWS"), int, 1, 1_000_000),
-            sink_batch_seconds=_number("METERSTREAM_SINK_BATCH_SECONDS",
-                                       raw("METERSTREAM_SINK_BATCH_SECONDS"), float, 0.01, 3600),
             log_level=_choice("METERSTREAM_LOG_LEVEL", raw("METERSTREAM_LOG_LEVEL").lower(),
                               ("debug", "info", "warning", "error")),
             price_book=_file("METERSTREAM_PRICE_BOOK",
                              env.get("METERSTREAM_PRICE_BOOK", "").strip()),
             admin_host=_host("METERSTREAM_ADMIN_HOST", raw("METERSTREAM_ADMIN_HOST")),
             admin_port=_port("METERSTREAM_ADMIN_PORT", raw("METERSTREAM_ADMIN_PORT")),
-            max_records_per_request=_number("METERSTREAM_MAX_RECORDS_PER_REQUEST",
-                                            raw("METERSTREAM_MAX_RECORDS_PER_REQUEST"),
-                                            int, 1, 1_000_000),
-            max_problems=_number("METERSTREAM_MAX_PROBLEMS", raw("METERSTREAM_MAX_PROBLEMS"),
-                                 int, 1, 10_000),
-            header_timeout=_number("METERSTREAM_HEADER_TIMEOUT",
-                                   raw("METERSTREAM_HEADER_TIMEOUT"), float, 0.05, 3600.0),
-            body_timeout=_number("METERSTREAM_BODY_TIMEOUT", raw("METERSTREAM_BODY_TIMEOUT"),
-                                 float, 0.05, 3600.0),
-            keepalive_timeout=_number("METERSTREAM_KEEPALIVE_TIMEOUT",
-                                      raw("METERSTREAM_KEEPALIVE_TIMEOUT"), float, 0.05, 3600.0),
-            max_connections=_number("METERSTREAM_MAX_CONNECTIONS",
-                                    raw("METERSTREAM_MAX_CONNECTIONS"), int, 1, 1_000_000),
-            worker_max_attempts=_number("METERSTREAM_WORKER_MAX_ATTEMPTS",
-                                        raw("METERSTREAM_WORKER_MAX_ATTEMPTS"), int, 1, 100),
-            worker_max_users=_number("METERSTREAM_WORKER_MAX_USERS",
-                                     raw("METERSTREAM_WORKER_MAX_USERS"), int, 1, 1_000_000),
-            worker_max_user_alerts=_number("METERSTREAM_WORKER_MAX_USER_ALERTS",
-                                           raw("METERSTREAM_WORKER_MAX_USER_ALERTS"), int, 1,
-                                           1_000_000),
-            sink_max_attempts=_number("METERSTREAM_SINK_MAX_ATTEMPTS",
-                                      raw("METERSTREAM_SINK_MAX_ATTEMPTS"), int, 1, 100),
             secret_key=_secret_key("METERSTREAM_SECRET_KEY",
                                    env.get("METERSTREAM_SECRET_KEY", "").strip()),
             secret_old_keys=tuple(
