@@ -1,6 +1,6 @@
 """Sink throughput beside a bare clickhouse-connect insert_arrow of the same rows, same run.
 
-    .venv/bin/python bench/sink.py [--events 1000000] [--deployments 100] [--runs 3] [--write]
+    .venv/bin/python -m bench.sink [--events 1000000] [--deployments 100] [--runs 3] [--write]
 
 Each run fills a fresh namespace's per-event-type topics with what the worker forwards:
 raw bodies of 128 Convex events (bench/worker.py's BodyBuilder, mostly function
@@ -41,21 +41,20 @@ from typing import Any
 
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.receiver import cli, start_broker  # noqa: E402
-from bench.report import machine, put_section  # noqa: E402
-from bench.worker import (  # noqa: E402
+from bench.receiver import cli, start_broker
+from bench.report import machine, put_section
+from bench.worker import (
     EVENTS_PER_BODY,
     BodyBuilder,
     cpu_seconds,
     delete_namespace_topics,
     tail,
 )
-from meterstream.core.config import DEFAULTS, Settings  # noqa: E402
-from meterstream.core.topics import Topics, ensure_topics, partition_counts  # noqa: E402
-from tests.support import free_port, stop_process, wait_for  # noqa: E402
+from meterstream.core.config import DEFAULTS, Settings
+from meterstream.core.topics import Topics, ensure_topics, partition_counts
+from tests.support import free_port, stop_process, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
 
 POLL_SECONDS = 0.1
 
@@ -230,7 +229,7 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
 def run_arrow(bootstrap: str, namespace: str, batch_rows: int) -> ArrowResult:
     with tempfile.TemporaryDirectory(prefix="meterstream-bench-arrow-") as workdir:
         completed = subprocess.run(
-            [sys.executable, __file__, "--arrow-path", namespace, "--arrow-dir", workdir,
+            [sys.executable, "-m", "bench.sink", "--arrow-path", namespace, "--arrow-dir", workdir,
              "--batch-rows", str(batch_rows)],
             env={**os.environ, "METERSTREAM_KAFKA": bootstrap}, cwd=REPO, check=True,
             stdout=subprocess.PIPE, timeout=1800)
@@ -392,7 +391,7 @@ def main() -> None:
     finally:
         if own_broker:
             cli(["kafka", "stop"], broker_env)
-    command = (f".venv/bin/python bench/sink.py --events {args.events} "
+    command = (f".venv/bin/python -m bench.sink --events {args.events} "
                f"--deployments {args.deployments} --runs {args.runs}")
     text = table(result, command, partitions, args.batch_rows)
     print(text)

@@ -11,7 +11,7 @@ Convex cost two ways and checks they agree:
   rollups billing.queries.month_to_date_cost: whole days from usage_daily and the
           hours of today (the current one included) from usage_hourly
 
-    .venv/bin/python bench/usage_query.py --rows 10000000 --runs 5
+    .venv/bin/python -m bench.usage_query --rows 10000000 --runs 5
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from billing import charges, pricebook, queries, storage
 from billing.database import Database, datetime64
