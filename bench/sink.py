@@ -150,7 +150,7 @@ async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, 
         partitions = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        out = []
+        out: list[tuple[str, int, int, bytes]] = []
         while any([await consumer.position(tp) < end for tp, end in ends.items()]):
             for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
                 out.extend((tp.topic, tp.partition, m.offset, m.value) for m in batch)
@@ -220,7 +220,11 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
         client.insert_arrow(table, arrow_table)
     insert_seconds = time.perf_counter() - started
     insert_cpu = time.process_time() - cpu_started
-    stored = sum(client.command(f"SELECT count() FROM {table}") for table in by_name)
+    stored = 0
+    for table in by_name:
+        count = client.command(f"SELECT count() FROM {table}")
+        assert isinstance(count, int), count
+        stored += count
     if stored != rows:
         raise RuntimeError(f"insert_arrow stored {stored} rows of {rows}")
     return ArrowResult(rows, insert_seconds, insert_cpu, decode_seconds, build_seconds)
@@ -378,9 +382,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.arrow_path:
-        result = arrow_path(os.environ["METERSTREAM_KAFKA"], args.arrow_path, args.arrow_dir,
-                            args.batch_rows)
-        print(json.dumps(asdict(result)))
+        arrow = arrow_path(os.environ["METERSTREAM_KAFKA"], args.arrow_path, args.arrow_dir,
+                           args.batch_rows)
+        print(json.dumps(asdict(arrow)))
         return
 
     broker_env, own_broker = start_broker()

@@ -17,6 +17,7 @@ Convex cost two ways and checks they agree:
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import statistics
 import tempfile
@@ -126,10 +127,11 @@ def main() -> None:
             for deployment in ("dep-0", "dep-1"):
                 rows = client.command(f"SELECT count() FROM function_executions "
                                       f"WHERE deployment = '{deployment}'")
-                raw_ms, raw = timed(lambda d=deployment: raw_cost(db, book, d), args.runs)
-                rollup_ms, rolled = timed(
-                    lambda d=deployment: queries.month_to_date_cost(
-                        db, book, "professional", d, NOW_MS), args.runs)
+                raw_ms, raw = timed(functools.partial(raw_cost, db, book, deployment),
+                                    args.runs)
+                rollup_ms, rolled = timed(functools.partial(
+                    queries.month_to_date_cost, db, book, "professional", deployment, NOW_MS),
+                    args.runs)
                 assert raw == rolled, (deployment, raw, rolled)
                 print(f"| {deployment} | {rows:,} | {raw_ms:.1f} | {rollup_ms:.1f} | "
                       f"{raw_ms / rollup_ms:.1f}x | {text(rolled)} |")

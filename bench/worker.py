@@ -135,7 +135,7 @@ class BodyBuilder:
 
     def _usage(self, kind: str) -> dict[str, Any]:
         rng = self.rng
-        usage = dict.fromkeys(self.templates["query"]["usage"], 0)
+        usage: dict[str, Any] = dict.fromkeys(self.templates["query"]["usage"], 0)
         reads = rng.choice((0, 1, 3, 10, 50, 200))
         usage.update(database_read_documents=reads,
                      database_read_bytes=reads * rng.randint(200, 4000),

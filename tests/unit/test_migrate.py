@@ -71,9 +71,10 @@ def test_every_table_has_the_columns_the_sink_writes(client: Client) -> None:
 
 
 def _parts(client: Client) -> list[tuple[int, int]]:
-    return client.query("SELECT count(), sum(rows) FROM system.parts WHERE active "
-                        "AND database = currentDatabase() "
-                        "AND table = 'function_executions'").result_rows
+    result = client.query("SELECT count(), sum(rows) FROM system.parts WHERE active "
+                          "AND database = currentDatabase() "
+                          "AND table = 'function_executions'").result_rows
+    return [(int(parts), int(rows)) for parts, rows in result]
 
 
 def test_a_large_insert_is_one_part_and_the_marks_read_it(client: Client) -> None:
