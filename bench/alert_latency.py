@@ -6,7 +6,7 @@ batch crosses both default thresholds (0.8 and 1.0): two alerts. Batches are sen
 `--rate` per second by up to `--senders` threads; a consumer tails the alerts topic in
 this process and notes when each deployment's first alert arrives.
 
-    METERSTREAM_KAFKA=127.0.0.1:9092 .venv/bin/python bench/alert_latency.py --deployments 200
+    METERSTREAM_KAFKA=127.0.0.1:9092 .venv/bin/python -m bench.alert_latency --deployments 200
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,8 +26,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.load import function_load
 from tests.support.pipeline import running_pipeline

@@ -1,7 +1,7 @@
 """End to end: the highest rate `meterstream up` sustains, alert latency at that rate, and
 exact totals in ClickHouse afterwards.
 
-    .venv/bin/python bench/end_to_end.py [--start 8000] [--factor 1.25] [--step-seconds 30]
+    .venv/bin/python -m bench.end_to_end [--start 8000] [--factor 1.25] [--step-seconds 30]
 
 One pipeline (`meterstream up`: receiver, worker, sink, embedded ClickHouse) on the broker
 METERSTREAM_KAFKA names (or one of its own). `meterstream loadgen` traffic (realistic
@@ -32,7 +32,6 @@ import contextlib
 import functools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -45,21 +44,18 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.alert_latency import tail_alerts  # noqa: E402
-from bench.receiver import start_broker  # noqa: E402
-from meterstream.core.config import Settings  # noqa: E402
-from meterstream.core.query import run_sql  # noqa: E402
-from meterstream.core.signature import HEADER, sign  # noqa: E402
-from meterstream.core.topics import Topics  # noqa: E402
-from meterstream.loadgen.check import check as check_totals  # noqa: E402
-from meterstream.loadgen.expected import TABLE_SUMS  # noqa: E402
-from meterstream.loadgen.sender import LoadOptions, LoadResult, run_load  # noqa: E402
-from tests.support import wait_for  # noqa: E402
-from tests.support.load import function_load  # noqa: E402
-from tests.support.pipeline import Pipeline, running_pipeline  # noqa: E402
+from bench.alert_latency import tail_alerts
+from bench.receiver import start_broker
+from meterstream.core.config import Settings
+from meterstream.core.query import run_sql
+from meterstream.core.signature import HEADER, sign
+from meterstream.core.topics import Topics
+from meterstream.loadgen.check import check as check_totals
+from meterstream.loadgen.expected import TABLE_SUMS
+from meterstream.loadgen.sender import LoadOptions, LoadResult, run_load
+from tests.support import wait_for
+from tests.support.load import function_load
+from tests.support.pipeline import Pipeline, running_pipeline
 
 EVENTS_PER_BODY = 128
 PROBE_SECRET = "5e0d3c2b1a4f49e8a7b6c5d4e3f2a1b0"
@@ -367,7 +363,7 @@ def summary(outcome: EndToEnd) -> dict[str, Any]:
 
 
 def command(args: argparse.Namespace) -> str:
-    return (f".venv/bin/python bench/end_to_end.py --start {args.start:g} "
+    return (f".venv/bin/python -m bench.end_to_end --start {args.start:g} "
             f"--factor {args.factor:g} --step-seconds {args.step_seconds:g} "
             f"--deployments {args.deployments}")
 

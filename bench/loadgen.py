@@ -1,6 +1,6 @@
 """What building the load costs, beside replaying the same bodies, in the same run.
 
-    .venv/bin/python bench/loadgen.py [--events 300000] [--deployments 100] [--runs 3]
+    .venv/bin/python -m bench.loadgen [--events 300000] [--deployments 100] [--runs 3]
 
 One process, one core, no network:
 
@@ -19,19 +19,14 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import orjson
 
-import orjson  # noqa: E402
-
-from meterstream.core.signature import sign  # noqa: E402
-from meterstream.loadgen.events import log_stream_body  # noqa: E402
-from meterstream.loadgen.traffic import LOGS, TrafficModel, TrafficOptions  # noqa: E402
-from tests.support.independent_totals import events_of  # noqa: E402
+from meterstream.core.signature import sign
+from meterstream.loadgen.events import log_stream_body
+from meterstream.loadgen.traffic import LOGS, TrafficModel, TrafficOptions
+from tests.support.independent_totals import events_of
 
 START_MS = 1_781_524_800_000
 

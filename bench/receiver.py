@@ -1,6 +1,6 @@
 """Receiver throughput and latency beside a bare aiokafka producer, in the same run.
 
-    .venv/bin/python bench/receiver.py [--seconds 20] [--runs 3] [--connections 16]
+    .venv/bin/python -m bench.receiver [--seconds 20] [--runs 3] [--connections 16]
 
 Both paths store the same signed 128-event Convex bodies in Kafka with
 acks=all and an idempotent producer:
@@ -34,13 +34,12 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from meterstream.core.config import Settings
+from meterstream.core.signature import HEADER, sign
+from meterstream.core.topics import Topics, ensure_topics
+from tests.support import free_port, receiver_ready, wait_for
 
-from meterstream.core.config import Settings  # noqa: E402
-from meterstream.core.signature import HEADER, sign  # noqa: E402
-from meterstream.core.topics import Topics, ensure_topics  # noqa: E402
-from tests.support import free_port, receiver_ready, wait_for  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 EVENTS_PER_BODY = 128
 DEPLOYMENTS = 16
@@ -222,7 +221,7 @@ def main() -> None:
 
     raw_eps, rec_eps = median(raw_results, "events_per_s"), median(receiver_results, "events_per_s")
     body_kb = statistics.mean(len(b) for _, _, b in payloads) / 1024
-    command = (f".venv/bin/python bench/receiver.py --seconds {args.seconds:g} "
+    command = (f".venv/bin/python -m bench.receiver --seconds {args.seconds:g} "
                f"--runs {args.runs} --connections {args.connections}")
     table = "\n".join([
         f"### Receiver vs bare aiokafka producer ({time.strftime('%Y-%m-%d', time.gmtime())})",

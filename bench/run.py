@@ -1,6 +1,6 @@
 """The benchmark: every stage beside its raw path, measured in one run, as one table.
 
-    .venv/bin/python bench/run.py [--quick] [--write]
+    .venv/bin/python -m bench.run [--quick] [--write]
 
 Runs, one after the other on this machine (each script's docstring says exactly what
 it measures):
@@ -33,19 +33,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.receiver import cli, start_broker
+from bench.report import machine, put_section
 
-from bench.receiver import cli, start_broker  # noqa: E402
-from bench.report import machine, put_section  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 GOALS = {"receiver": 0.9, "worker": 100_000, "sink": 0.7, "end_to_end": 50_000,
          "alert_p99_ms": 1000}
 
 
-def stage(script: str, args: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
-    print(f"== {script} {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, str(REPO / "bench" / script), *args, "--json", str(out)],
+def stage(module: str, args: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
+    print(f"== {module} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", module, *args, "--json", str(out)],
                    env={**os.environ, **env}, cwd=REPO, check=True)
     return json.loads(out.read_text())
 
@@ -105,23 +104,23 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="meterstream-bench-") as workdir:
             out = Path(workdir)
-            results["receiver"] = stage("receiver.py", [
+            results["receiver"] = stage("bench.receiver", [
                 "--seconds", "5" if quick else "20", "--runs", "1" if quick else "3",
                 "--connections", "16"], broker_env, out / "receiver.json")
-            results["worker"] = stage("worker.py", [
+            results["worker"] = stage("bench.worker", [
                 "--events", "200000" if quick else "1000000", "--runs", "1" if quick else "3"],
                 broker_env, out / "worker.json")
-            results["sink"] = stage("sink.py", ["--events", "200000" if quick else "1000000",
+            results["sink"] = stage("bench.sink", ["--events", "200000" if quick else "1000000",
                                                 "--runs", "1" if quick else "3"],
                                     broker_env, out / "sink.json")
-            results["end_to_end"] = stage("end_to_end.py", [
+            results["end_to_end"] = stage("bench.end_to_end", [
                 "--step-seconds", "10" if quick else "30", "--max-steps", "3" if quick else "10",
                 "--start", "6000"],
                 broker_env, out / "end_to_end.json")
     finally:
         if own_broker:
             cli(["kafka", "stop"], broker_env)
-    command = ".venv/bin/python bench/run.py" + (" --quick" if quick else "")
+    command = ".venv/bin/python -m bench.run" + (" --quick" if quick else "")
     text = "\n".join([
         f"Command: `{command}` ({time.strftime('%Y-%m-%d', time.gmtime())}, "
         f"{(time.monotonic() - started) / 60:.0f} min)  ",

@@ -1,6 +1,6 @@
 """Sink throughput beside a bare clickhouse-connect insert_arrow of the same rows, same run.
 
-    .venv/bin/python bench/sink.py [--events 1000000] [--deployments 100] [--runs 3] [--write]
+    .venv/bin/python -m bench.sink [--events 1000000] [--deployments 100] [--runs 3] [--write]
 
 Each run fills a fresh namespace's per-event-type topics with what the worker forwards:
 raw bodies of 128 Convex events (bench/worker.py's BodyBuilder, mostly function
@@ -41,21 +41,20 @@ from typing import Any
 
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.receiver import cli, start_broker  # noqa: E402
-from bench.report import machine, put_section  # noqa: E402
-from bench.worker import (  # noqa: E402
+from bench.receiver import cli, start_broker
+from bench.report import machine, put_section
+from bench.worker import (
     EVENTS_PER_BODY,
     BodyBuilder,
     cpu_seconds,
     delete_namespace_topics,
     tail,
 )
-from meterstream.core.config import DEFAULTS, Settings  # noqa: E402
-from meterstream.core.topics import Topics, ensure_topics, partition_counts  # noqa: E402
-from tests.support import free_port, stop_process, wait_for  # noqa: E402
+from meterstream.core.config import DEFAULTS, Settings
+from meterstream.core.topics import Topics, ensure_topics, partition_counts
+from tests.support import free_port, stop_process, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
 
 POLL_SECONDS = 0.1
 
@@ -151,7 +150,7 @@ async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, 
         partitions = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        out = []
+        out: list[tuple[str, int, int, bytes]] = []
         while any([await consumer.position(tp) < end for tp, end in ends.items()]):
             for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
                 out.extend((tp.topic, tp.partition, m.offset, m.value) for m in batch)
@@ -221,7 +220,11 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
         client.insert_arrow(table, arrow_table)
     insert_seconds = time.perf_counter() - started
     insert_cpu = time.process_time() - cpu_started
-    stored = sum(client.command(f"SELECT count() FROM {table}") for table in by_name)
+    stored = 0
+    for table in by_name:
+        count = client.command(f"SELECT count() FROM {table}")
+        assert isinstance(count, int), count
+        stored += count
     if stored != rows:
         raise RuntimeError(f"insert_arrow stored {stored} rows of {rows}")
     return ArrowResult(rows, insert_seconds, insert_cpu, decode_seconds, build_seconds)
@@ -230,7 +233,7 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
 def run_arrow(bootstrap: str, namespace: str, batch_rows: int) -> ArrowResult:
     with tempfile.TemporaryDirectory(prefix="meterstream-bench-arrow-") as workdir:
         completed = subprocess.run(
-            [sys.executable, __file__, "--arrow-path", namespace, "--arrow-dir", workdir,
+            [sys.executable, "-m", "bench.sink", "--arrow-path", namespace, "--arrow-dir", workdir,
              "--batch-rows", str(batch_rows)],
             env={**os.environ, "METERSTREAM_KAFKA": bootstrap}, cwd=REPO, check=True,
             stdout=subprocess.PIPE, timeout=1800)
@@ -379,9 +382,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.arrow_path:
-        result = arrow_path(os.environ["METERSTREAM_KAFKA"], args.arrow_path, args.arrow_dir,
-                            args.batch_rows)
-        print(json.dumps(asdict(result)))
+        arrow = arrow_path(os.environ["METERSTREAM_KAFKA"], args.arrow_path, args.arrow_dir,
+                           args.batch_rows)
+        print(json.dumps(asdict(arrow)))
         return
 
     broker_env, own_broker = start_broker()
@@ -392,7 +395,7 @@ def main() -> None:
     finally:
         if own_broker:
             cli(["kafka", "stop"], broker_env)
-    command = (f".venv/bin/python bench/sink.py --events {args.events} "
+    command = (f".venv/bin/python -m bench.sink --events {args.events} "
                f"--deployments {args.deployments} --runs {args.runs}")
     text = table(result, command, partitions, args.batch_rows)
     print(text)

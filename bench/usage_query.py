@@ -11,22 +11,20 @@ Convex cost two ways and checks they agree:
   rollups billing.queries.month_to_date_cost: whole days from usage_daily and the
           hours of today (the current one included) from usage_hourly
 
-    .venv/bin/python bench/usage_query.py --rows 10000000 --runs 5
+    .venv/bin/python -m bench.usage_query --rows 10000000 --runs 5
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from billing import charges, pricebook, queries, storage
 from billing.database import Database, datetime64
@@ -129,10 +127,11 @@ def main() -> None:
             for deployment in ("dep-0", "dep-1"):
                 rows = client.command(f"SELECT count() FROM function_executions "
                                       f"WHERE deployment = '{deployment}'")
-                raw_ms, raw = timed(lambda d=deployment: raw_cost(db, book, d), args.runs)
-                rollup_ms, rolled = timed(
-                    lambda d=deployment: queries.month_to_date_cost(
-                        db, book, "professional", d, NOW_MS), args.runs)
+                raw_ms, raw = timed(functools.partial(raw_cost, db, book, deployment),
+                                    args.runs)
+                rollup_ms, rolled = timed(functools.partial(
+                    queries.month_to_date_cost, db, book, "professional", deployment, NOW_MS),
+                    args.runs)
                 assert raw == rolled, (deployment, raw, rolled)
                 print(f"| {deployment} | {rows:,} | {raw_ms:.1f} | {rollup_ms:.1f} | "
                       f"{raw_ms / rollup_ms:.1f}x | {text(rolled)} |")

@@ -1,6 +1,6 @@
 """Worker throughput beside a bare aiokafka consumer of the same raw topic, in the same run.
 
-    .venv/bin/python bench/worker.py [--events 2000000] [--deployments 100] [--runs 3]
+    .venv/bin/python -m bench.worker [--events 2000000] [--deployments 100] [--runs 3]
 
 Each run fills a fresh `<ns>.raw` topic (its own namespace, METERSTREAM_PARTITIONS
 partitions) with JSON arrays of 128 Convex V2 events keyed by deployment, as the
@@ -52,14 +52,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.receiver import cli, start_broker
+from bench.report import machine, put_section
+from meterstream.core.config import Settings
+from meterstream.core.topics import Topics, ensure_topics
+from tests.support import convex_examples, free_port, stop_process, wait_for
 
-from bench.receiver import cli, start_broker  # noqa: E402
-from bench.report import machine, put_section  # noqa: E402
-from meterstream.core.config import Settings  # noqa: E402
-from meterstream.core.topics import Topics, ensure_topics  # noqa: E402
-from tests.support import convex_examples, free_port, stop_process, wait_for  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 EVENTS_PER_BODY = 128
 HOUR_MS = 3_600_000
@@ -136,7 +135,7 @@ class BodyBuilder:
 
     def _usage(self, kind: str) -> dict[str, Any]:
         rng = self.rng
-        usage = dict.fromkeys(self.templates["query"]["usage"], 0)
+        usage: dict[str, Any] = dict.fromkeys(self.templates["query"]["usage"], 0)
         reads = rng.choice((0, 1, 3, 10, 50, 200))
         usage.update(database_read_documents=reads,
                      database_read_bytes=reads * rng.randint(200, 4000),
@@ -286,7 +285,7 @@ def run_raw(bootstrap: str, topic: str, messages: int) -> Result:
     """consume_raw in a process of its own (this script with --consume-raw)."""
     group = f"{topic}-bench-raw-{uuid.uuid4().hex[:6]}"
     completed = subprocess.run(
-        [sys.executable, __file__, "--consume-raw", topic, "--raw-group", group,
+        [sys.executable, "-m", "bench.worker", "--consume-raw", topic, "--raw-group", group,
          "--raw-messages", str(messages)],
         env={**os.environ, "METERSTREAM_KAFKA": bootstrap}, cwd=REPO, check=True,
         stdout=subprocess.PIPE, timeout=900)
@@ -474,7 +473,7 @@ def main() -> None:
     raw_eps = median(raw_results, "events_per_s")
     worker_eps = median(worker_results, "events_per_s")
     partitions = Settings.from_env({**os.environ, **broker_env}).partitions
-    command = (f".venv/bin/python bench/worker.py --events {args.events} "
+    command = (f".venv/bin/python -m bench.worker --events {args.events} "
                f"--deployments {args.deployments} --runs {args.runs}")
     table = "\n".join([
         f"### Worker vs bare aiokafka consumer ({time.strftime('%Y-%m-%d', time.gmtime())})",

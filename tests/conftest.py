@@ -1,10 +1,13 @@
-"""The session's Kafka broker.
+"""The session's Kafka broker, and the `kafka` marker on every test under tests/integration.
 
 METERSTREAM_KAFKA names a broker to use as it is. Otherwise, with a Docker
 engine, testcontainers runs the official Apache Kafka image; without one,
 `meterstream kafka start` runs the broker from its Maven Central jars, the
 same path users take (deploy/kafka.sh). The jars are cached under
 .meterstream-test/ across sessions; the broker's data is new each session.
+
+The split is by folder: tests/unit runs without a broker, tests/integration is what
+`-m kafka` selects (tests/unit/test_markers.py checks both directions).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +24,16 @@ from tests.support import REPO, free_port, meterstream
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 TEST_DATA_DIR = REPO / ".meterstream-test"
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test under tests/integration `kafka`, whether its file says so or not.
+    First among the hooks, so that `-m` (pytest's own hook) deselects by this marker."""
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.kafka)
 
 
 def _docker_available() -> bool:

@@ -34,7 +34,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -75,7 +75,7 @@ def encode_key(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
-def is_sealed(value: Any) -> bool:
+def is_sealed(value: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and value.get("sealed") == SEALED_VERSION
 
 

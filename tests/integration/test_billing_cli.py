@@ -14,9 +14,9 @@ import pytest
 from meterstream.core import migrate
 from meterstream.core.clickhouse import EngineLock, connect
 from meterstream.core.config import ClickHouseTarget
-from tests.integration.test_billing import ANONYMOUS, EU_APP, REGISTRY, US_APP, USER, october_usage
 from tests.support import meterstream
 from tests.support.billing_data import publish_registry
+from tests.support.october import ANONYMOUS, EU_APP, REGISTRY, US_APP, USER, october_usage
 
 pytestmark = pytest.mark.kafka
 

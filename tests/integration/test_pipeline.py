@@ -11,42 +11,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from meterstream.core.records import USAGE_COUNTERS
 from tests.support import metric_sample, read_topic, recent_events, wait_for
+from tests.support.agent_steps import AI_SDK
+from tests.support.function_totals import stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
 
 pytestmark = pytest.mark.kafka
 
-# What each function_execution contributes to the sums checked in ClickHouse.
-SUMMED = ("execution_time_ms", *USAGE_COUNTERS)
-
-
-def _contribution(event: dict) -> dict[str, int]:
-    usage = event.get("usage") or {}
-    row = {"execution_time_ms": event.get("execution_time_ms") or 0}
-    row.update({key: usage.get(key) or 0 for key in USAGE_COUNTERS})
-    return row
-
-
-def _totals(events: list[dict]) -> dict[str, int]:
-    totals = dict.fromkeys(SUMMED, 0)
-    for event in events:
-        for key, value in _contribution(event).items():
-            totals[key] += value
-    return totals
-
-
-def _stored_totals(pipeline_sql) -> tuple[int, dict[str, int]]:
-    columns = ", ".join(f"sum({name})" for name in SUMMED)
-    fields = pipeline_sql(f"SELECT count(), {columns} FROM function_executions").split("\t")
-    values = [int(v) for v in fields]
-    return values[0], dict(zip(SUMMED, values[1:], strict=True))
-
-
 def _stored_rows(pipeline: Pipeline) -> int:
     """Rows so far; 0 while the sink has not created its table yet."""
     try:
-        return _stored_totals(pipeline.sql)[0]
+        return stored_totals(pipeline.sql)[0]
     except AssertionError as error:
         if "UNKNOWN_TABLE" in str(error):
             return 0
@@ -95,15 +70,15 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
         assert orjson.loads(answer)["where"] == "line 1 column 83"
 
         landed = functions * 4 + [functions[2]]
-        expected_rows, expected_totals = len(landed), _totals(landed)
+        expected_rows, expected_totals = len(landed), totals(landed)
         wait_for(lambda: _stored_rows(pipeline) >= expected_rows, timeout=90,
                  what=f"{expected_rows} rows in function_executions")
         wait_for(lambda: _worker_metric(pipeline, "meterstream_worker_duplicates_total",
                                         'kind="body"') == 3, timeout=30,
                  what="the worker to count 3 repeated bodies")
-        rows, totals = _stored_totals(pipeline.sql)
+        rows, sums = stored_totals(pipeline.sql)
         assert rows == expected_rows
-        assert totals == expected_totals
+        assert sums == expected_totals
 
         by_type = pipeline.sql("SELECT function_type, count() FROM function_executions "
                                "GROUP BY function_type ORDER BY function_type")
@@ -133,7 +108,7 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
         assert pipeline.stop() == 0, pipeline.log_tail()
 
     # Stopped: `meterstream sql` now opens the embedded engine itself and sees the same rows.
-    assert _stored_totals(pipeline.sql) == (expected_rows, expected_totals)
+    assert stored_totals(pipeline.sql) == (expected_rows, expected_totals)
 
     # Started again, the worker still knows the bodies it has seen (its table is restored
     # from the changelog): one more Convex retry of the first body is dropped.
@@ -145,12 +120,10 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
                                         'kind="body"') == 1, timeout=60,
                  what="the restarted worker to drop the repeated body")
         assert again.stop() == 0
-    assert _stored_totals(pipeline.sql) == (expected_rows, expected_totals)
+    assert stored_totals(pipeline.sql) == (expected_rows, expected_totals)
 
 
 def test_agent_usage_records_count_once_per_id(kafka_bootstrap: str, tmp_path: Path) -> None:
-    from tests.unit.test_agent_usage import AI_SDK
-
     token = "ingest-token-0123456789abcdef"
     with running_pipeline(kafka_bootstrap, tmp_path) as pipeline:
         pipeline.register("happy-otter-123", ingest_token=token)

@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.test_worker_failures import _worker, _workers
 from tests.support import convex_examples, free_port, meterstream, own_broker_env, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.sink_load import sink_metric, start_sink
+from tests.support.workers import start_worker, worker_processes
 
 pytestmark = pytest.mark.kafka
 
@@ -85,10 +85,10 @@ def test_a_broker_outage_under_load_loses_and_repeats_nothing_in_clickhouse(
     try:
         with running_pipeline(broker["METERSTREAM_KAFKA"], tmp_path, command="receiver",
                               extra_env={"METERSTREAM_PRODUCE_TIMEOUT": "2"}) as receiver, \
-                _workers() as processes:
+                worker_processes() as processes:
             receiver.register(DEPLOYMENT, webhook_secret=SECRET)
             worker_port = free_port()
-            processes.append(_worker(receiver.env, tmp_path / "worker.log", worker_port))
+            processes.append(start_worker(receiver.env, tmp_path / "worker.log", worker_port))
             sink_env = {**receiver.env, "METERSTREAM_SINK_PORT": str(free_port()),
                         "METERSTREAM_SINK_BATCH_SECONDS": "0.2"}
             processes.append(start_sink(sink_env, tmp_path / "sink.log"))
@@ -118,7 +118,7 @@ def test_a_broker_outage_under_load_loses_and_repeats_nothing_in_clickhouse(
                 rows = _stored(receiver)
                 return rows if rows is not None and acknowledged <= set(rows) else None
 
-            rows = wait_for(all_stored, timeout=300, what="every acknowledged body stored")
+            wait_for(all_stored, timeout=300, what="every acknowledged body stored")
             # The sink is idle: nothing more is on its way.
             wait_for(lambda: sink_metric(sink_env["METERSTREAM_SINK_PORT"],
                                          "meterstream_sink_buffered_rows") == 0,

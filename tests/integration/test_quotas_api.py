@@ -278,10 +278,10 @@ def test_an_invalid_document_is_400_listing_every_bad_field_and_changes_nothing(
     assert set(answer["fields"]) == {"quotas[0].metric", "quotas[0].period", "quotas[0].limit",
                                      "quotas[1].per_user", "quotas[1].hard"}
     assert receiver.admin("GET", _quotas_path("quota-app-3"))[1]["quotas"] == [STORED_CALLS]
-    status, answer = receiver.request("PUT", _quotas_path("quota-app-3"), b'{"quotas": [',
-                                      {"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                                      port_variable="METERSTREAM_ADMIN_PORT")
-    assert (status, orjson.loads(answer)["reason"]) == (400, "malformed")
+    status, body = receiver.request("PUT", _quotas_path("quota-app-3"), b'{"quotas": [',
+                                    {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                                    port_variable="METERSTREAM_ADMIN_PORT")
+    assert (status, orjson.loads(body)["reason"]) == (400, "malformed")
 
 
 @KAFKA

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from meterstream.core.signature import sign
 from tests.support import convex_examples, meterstream, read_topic
+from tests.support.agent_steps import AI_SDK, TOKENS, V_USAGE
 from tests.support.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
-from tests.unit.test_agent_usage import AI_SDK, TOKENS, V_USAGE
 
 pytestmark = pytest.mark.kafka
 

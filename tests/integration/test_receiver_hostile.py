@@ -24,8 +24,8 @@ from meterstream.core.registry import Deployment, RegistryView, token_digest
 from meterstream.core.service import CONNECTIONS_CUT, ConnectionLimits, healthz, start_site
 from meterstream.core.signature import sign
 from tests.support import free_port, meterstream, read_topic, recent_events, wait_for
+from tests.support.agent_steps import AI_SDK
 from tests.support.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
-from tests.unit.test_agent_usage import AI_SDK
 
 KAFKA = pytest.mark.kafka
 
@@ -100,7 +100,9 @@ def _cut(receiver: Pipeline, reason: str) -> float:
 
 def _peak_rss_kib(receiver: Pipeline) -> int:
     status = Path(f"/proc/{receiver.process.pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+    peak = re.search(r"VmHWM:\s+(\d+) kB", status)
+    assert peak is not None, status
+    return int(peak.group(1))
 
 
 def _raw(receiver: Pipeline, bootstrap: str) -> list:
@@ -411,7 +413,7 @@ def test_connections_beyond_the_limit_get_503(receiver: Pipeline) -> None:
     wait_for(lambda: _sample(receiver.request("GET", "/metrics")[1],
                              "meterstream_http_connections_open") == 1,
              timeout=30, what="the earlier connections to be closed")
-    held = []
+    held: list[socket.socket] = []
     try:
         # Each proven accepted by an answer on it, then left open (keep-alive).
         while len(held) < MAX_CONNECTIONS:

@@ -63,7 +63,7 @@ def test_every_acknowledged_body_survives_a_broker_outage(tmp_path: Path) -> Non
             statuses = Counter(status for _, status in sender.answers)
             assert set(statuses) <= {200, 503, 429}, statuses
 
-            stored = Counter()
+            stored: Counter[int] = Counter()
             for message in read_topic(broker["METERSTREAM_KAFKA"], f"{receiver.namespace}.raw"):
                 stored[orjson.loads(message.value)[0]["sequence"]] += 1
             assert acknowledged <= set(stored)

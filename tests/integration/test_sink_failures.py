@@ -12,14 +12,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.test_worker_failures import (
-    _minute_ago,
-    _quota_alert_ids,
-    _raw_batches,
-    _runaway_alert_id,
-    _worker,
-    _workers,
-)
 from tests.support import free_port, meterstream, own_broker_env, read_topic, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import Pipeline, running_pipeline
@@ -32,6 +24,14 @@ from tests.support.sink_load import (
     start_sink,
     stored,
     stored_or_none,
+)
+from tests.support.workers import (
+    minute_ago,
+    quota_alert_ids,
+    raw_batches,
+    runaway_alert_id,
+    start_worker,
+    worker_processes,
 )
 
 pytestmark = pytest.mark.kafka
@@ -89,14 +89,14 @@ def _wait_stored(sql, load: MixedLoad, timeout: float = 180) -> None:
 
 def test_kill_9_of_the_sink_mid_load_stores_every_record_once(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    at_ms = _minute_ago()
+    at_ms = minute_ago()
     deployment = "sinky-otter-1"
     load = mixed_load(deployment, bodies=200, events_per_body=50, at_ms=at_ms,
                       agent_requests=10)
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver") as receiver, \
-            _workers() as processes:
+            worker_processes() as processes:
         _register(receiver, deployment, load)
-        processes.append(_worker(receiver.env, tmp_path / "worker.log", free_port()))
+        processes.append(start_worker(receiver.env, tmp_path / "worker.log", free_port()))
         env = _sink_env(receiver, METERSTREAM_SINK_BATCH_ROWS="500")
         processes.append(start_sink(env, tmp_path / "sink.log"))
         statuses: list[int] = []
@@ -116,8 +116,8 @@ def test_kill_9_of_the_sink_mid_load_stores_every_record_once(
 
         _wait_stored(receiver.sql, load)
         assert _stored_alert_ids(receiver) == sorted([
-            *_quota_alert_ids(deployment, at_ms, "function_calls", "month", (0.5, 1.0)),
-            _runaway_alert_id(deployment, at_ms)])
+            *quota_alert_ids(deployment, at_ms, "function_calls", "month", (0.5, 1.0)),
+            runaway_alert_id(deployment, at_ms)])
         # Nothing more arrives later: the sums stay exact once the sink is idle.
         wait_for(lambda: sink_metric(env["METERSTREAM_SINK_PORT"],
                                      "meterstream_sink_buffered_rows") == 0,
@@ -129,38 +129,38 @@ def test_kill_9_of_the_worker_with_nothing_committed_keeps_clickhouse_exact(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """The restarted worker processes every raw message again and forwards its records a
     second time, at new offsets of the record topics: the sink skips them by origin."""
-    at_ms = _minute_ago()
+    at_ms = minute_ago()
     deployment = "replay-otter-1"
     load = mixed_load(deployment, bodies=150, events_per_body=50, at_ms=at_ms,
                       agent_requests=6)
     env = {"METERSTREAM_WORKER_COMMIT_INTERVAL": "600"}
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver",
-                          extra_env=env) as receiver, _workers() as processes:
+                          extra_env=env) as receiver, worker_processes() as processes:
         _register(receiver, deployment, load)
         port = free_port()
-        processes.append(_worker(receiver.env, tmp_path / "worker.log", port))
+        processes.append(start_worker(receiver.env, tmp_path / "worker.log", port))
         sink_env = _sink_env(receiver)
         processes.append(start_sink(sink_env, tmp_path / "sink.log"))
         statuses: list[int] = []
         sender = _send(receiver, load, statuses)
-        wait_for(lambda: _raw_batches(port) >= 60, timeout=120, what="60 bodies processed")
+        wait_for(lambda: raw_batches(port) >= 60, timeout=120, what="60 bodies processed")
         processes[0].send_signal(signal.SIGKILL)
         processes[0].wait(30)
         port = free_port()
-        processes.append(_worker(receiver.env, tmp_path / "worker.log", port))
+        processes.append(start_worker(receiver.env, tmp_path / "worker.log", port))
         sender.join(300)
         assert statuses == [200] * _expected_posts(load)
 
         _wait_stored(receiver.sql, load)
         # Every raw message was processed again, so at least the records of the first 60
         # bodies came a second time, and were skipped.
-        assert _raw_batches(port) == len(load.bodies) + len(load.agent)
+        assert raw_batches(port) == len(load.bodies) + len(load.agent)
         skipped = sink_metric(sink_env["METERSTREAM_SINK_PORT"],
                               "meterstream_sink_duplicates_skipped_total")
         assert skipped >= 60 * 50
         assert _stored_alert_ids(receiver) == sorted([
-            *_quota_alert_ids(deployment, at_ms, "function_calls", "month", (0.5, 1.0)),
-            _runaway_alert_id(deployment, at_ms)])
+            *quota_alert_ids(deployment, at_ms, "function_calls", "month", (0.5, 1.0)),
+            runaway_alert_id(deployment, at_ms)])
         assert stored(receiver.sql) == load.expected
 
 
@@ -215,7 +215,7 @@ def test_a_batch_stored_but_not_committed_is_not_stored_again(tmp_path: Path) ->
         now_ms = int(time.time() * 1000)
         load, bodies, alerts = _direct_load(now_ms)
         rows = sum(rows for rows, _ in load.expected.values()) + len(alerts)
-        with _workers() as processes:
+        with worker_processes() as processes:
             processes.append(start_sink(env, tmp_path / "sink.log"))
             port = env["METERSTREAM_SINK_PORT"]
             wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
@@ -265,7 +265,7 @@ def test_a_refusing_table_pauses_its_partitions_and_loses_nothing(
     now_ms = int(time.time() * 1000)
     load, bodies, alerts = _direct_load(now_ms)
     half = len(bodies) // 2
-    with _workers() as processes:
+    with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
         wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
                  timeout=60, what="the sink to start")

@@ -17,9 +17,9 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from sinks.batching import Columns
 from sinks.sink import about_the_data
-from tests.integration.test_worker_failures import _workers
 from tests.support import free_port, meterstream, read_topic, wait_for
 from tests.support.sink_load import sink_metric, start_sink
+from tests.support.workers import worker_processes
 
 DEPLOYMENT = "direct-otter-1"
 
@@ -82,7 +82,7 @@ def test_a_message_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on
         return meterstream(["sql", *(["--write"] if write else []), query], env).stdout.strip()
 
     topic = f"{namespace}.storage_api_bandwidth"
-    with _workers() as processes:
+    with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
         wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
                  timeout=60, what="the sink to start")

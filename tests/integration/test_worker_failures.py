@@ -5,63 +5,31 @@ processes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.support import REPO, free_port, read_topic, wait_for
+from tests.support import free_port, read_topic, wait_for
 from tests.support.load import Load, function_load
 from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.workers import (
+    minute_ago,
+    quota_alert_ids,
+    raw_batches,
+    runaway_alert_id,
+    start_worker,
+    worker_processes,
+)
 
 pytestmark = pytest.mark.kafka
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 CHECKED = ("function_calls", "database_io_bytes", "data_egress_bytes", "file_downloads")
-
-
-_LOGS: list[Path] = []
-
-
-def _worker(env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    if log not in _LOGS:
-        _LOGS.append(log)
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "meterstream", "worker"], cwd=REPO,
-                                env={**os.environ, **env, "METERSTREAM_WORKER_PORT": str(port)},
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-@contextmanager
-def _workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    _LOGS.clear()
-    try:
-        yield started
-    except BaseException:
-        for log in _LOGS:  # what the workers did, for the failure report
-            lines = log.read_text(errors="replace").splitlines()
-            print(f"--- worker log ({log}) ---", *lines[-300:], sep="\n")
-        raise
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def _get(port: int, path: str) -> dict | None:
@@ -70,18 +38,6 @@ def _get(port: int, path: str) -> dict | None:
             return json.loads(page.read())
     except OSError:
         return None
-
-
-def _raw_batches(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-            text = page.read().decode()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("meterstream_worker_raw_batches_total "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def _usage(port: int, deployment: str, at_ms: int) -> dict[str, int] | None:
@@ -98,7 +54,7 @@ def _wait_usage(port: int, deployment: str, at_ms: int, expected: dict[str, int]
     try:
         wait_for(lambda: _usage(port, deployment, at_ms) == expected, timeout=120, what=what)
     except AssertionError:
-        assert (_raw_batches(port), _usage(port, deployment, at_ms)) == (None, expected)
+        assert (raw_batches(port), _usage(port, deployment, at_ms)) == (None, expected)
         raise
 
 
@@ -122,35 +78,16 @@ def _alert_ids(kafka_bootstrap: str, namespace: str) -> list[str]:
             for m in read_topic(kafka_bootstrap, f"{namespace}.alerts")]
 
 
-def _quota_alert_ids(deployment: str, at_ms: int, metric: str, period: str,
-                     thresholds: tuple[float, ...]) -> list[str]:
-    start = time.strftime("%Y-%m-01" if period == "month" else "%Y-%m-%d",
-                          time.gmtime(at_ms / 1000))
-    return [f"quota|{deployment}|{metric}|{period}|{start}|{t}" for t in thresholds]
-
-
-def _runaway_alert_id(deployment: str, at_ms: int) -> str:
-    return f"runaway|{deployment}|{at_ms - at_ms % 60_000}"
-
-
-def _minute_ago() -> int:
-    """Ten seconds into the previous minute: every event of a load is in that minute,
-    whose function calls (above METERSTREAM_RUNAWAY_MIN_CALLS, 1000, with no history)
-    make one runaway episode per deployment."""
-    now = int(time.time() * 1000)
-    return now - now % 60_000 - 50_000
-
-
 def test_kill_9_of_the_worker_mid_load_counts_every_event_and_alert_once(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    at_ms = _minute_ago()
+    at_ms = minute_ago()
     deployment = "crashy-otter-1"
     load = function_load(deployment, bodies=120, events_per_body=50, at_ms=at_ms)
     calls = load.totals["function_calls"]
     # No commit before the kill: the restarted worker processes everything again.
     env = {"METERSTREAM_WORKER_COMMIT_INTERVAL": "600"}
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver",
-                          extra_env=env) as receiver, _workers() as workers:
+                          extra_env=env) as receiver, worker_processes() as workers:
         receiver.register(deployment, webhook_secret=SECRET)
         status, _ = receiver.admin("PUT", f"/v1/deployments/{deployment}/quotas", {"quotas": [
             {"metric": "function_calls", "period": "month", "limit": calls // 2,
@@ -158,25 +95,25 @@ def test_kill_9_of_the_worker_mid_load_counts_every_event_and_alert_once(
             {"metric": "database_io_bytes", "period": "day", "limit": 10 ** 15}]})
         assert status == 200
         port = free_port()
-        workers.append(_worker(receiver.env, tmp_path / "worker.log", port))
+        workers.append(start_worker(receiver.env, tmp_path / "worker.log", port))
         statuses: list[int] = []
         sender = _send(receiver, load.bodies, statuses)
-        wait_for(lambda: _raw_batches(port) >= 40, timeout=120, what="40 bodies processed")
+        wait_for(lambda: raw_batches(port) >= 40, timeout=120, what="40 bodies processed")
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(30)
         port = free_port()
-        workers.append(_worker(receiver.env, tmp_path / "worker.log", port))
+        workers.append(start_worker(receiver.env, tmp_path / "worker.log", port))
         sender.join(300)
         assert statuses == [200] * len(load.bodies)
 
         expected = _expected(load)
         _wait_usage(port, deployment, at_ms, expected, f"usage {expected}")
         # The restarted worker processed again what the killed one had done.
-        assert _raw_batches(port) == len(load.bodies)
+        assert raw_batches(port) == len(load.bodies)
         ids = _alert_ids(kafka_bootstrap, receiver.namespace)
         assert sorted(ids) == sorted([
-            *_quota_alert_ids(deployment, at_ms, "function_calls", "month", (0.5, 1.0)),
-            _runaway_alert_id(deployment, at_ms)])
+            *quota_alert_ids(deployment, at_ms, "function_calls", "month", (0.5, 1.0)),
+            runaway_alert_id(deployment, at_ms)])
         report = _get(port, f"/v1/quota/{deployment}?at={at_ms}")
         assert report is not None
         assert report["hard_limit_exceeded"] is True
@@ -184,23 +121,23 @@ def test_kill_9_of_the_worker_mid_load_counts_every_event_and_alert_once(
 
 def test_partitions_move_between_two_workers_with_exact_totals(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    at_ms = _minute_ago()
+    at_ms = minute_ago()
     deployments = [f"shared-otter-{n}" for n in range(6)]
     loads = {d: function_load(d, bodies=30, events_per_body=40, at_ms=at_ms)
              for d in deployments}
     thirds = [[body for d in deployments for body in loads[d].bodies[i::3]] for i in range(3)]
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver") as receiver, \
-            _workers() as workers:
+            worker_processes() as workers:
         for deployment in deployments:
             receiver.register(deployment, webhook_secret=SECRET)
             receiver.admin("PUT", f"/v1/deployments/{deployment}/quotas", {"quotas": [
                 {"metric": "file_downloads", "period": "month",
                  "limit": loads[deployment].totals["file_downloads"], "thresholds": [1.0]}]})
         ports = [free_port(), free_port()]
-        workers.append(_worker(receiver.env, tmp_path / "a.log", ports[0]))
+        workers.append(start_worker(receiver.env, tmp_path / "a.log", ports[0]))
         statuses: list[int] = []
         _send(receiver, thirds[0], statuses).join(300)
-        workers.append(_worker(receiver.env, tmp_path / "b.log", ports[1]))
+        workers.append(start_worker(receiver.env, tmp_path / "b.log", ports[1]))
         _send(receiver, thirds[1], statuses).join(300)
 
         # Both workers answer for every deployment: the one that does not own it forwards.
@@ -224,5 +161,5 @@ def test_partitions_move_between_two_workers_with_exact_totals(
                         f"all of {deployment} counted")
         ids = Counter(_alert_ids(kafka_bootstrap, receiver.namespace))
         assert ids == Counter(alert for d in deployments for alert in [
-            *_quota_alert_ids(d, at_ms, "file_downloads", "month", (1.0,)),
-            _runaway_alert_id(d, at_ms)])
+            *quota_alert_ids(d, at_ms, "file_downloads", "month", (1.0,)),
+            runaway_alert_id(d, at_ms)])

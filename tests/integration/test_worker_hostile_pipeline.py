@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from meterstream.core.usage import OTHER_MODEL
-from tests.integration.test_pipeline import _stored_totals, _totals
 from tests.support import metric_sample, read_topic, recent_events, wait_for
+from tests.support.agent_steps import AI_SDK
+from tests.support.function_totals import stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
-from tests.unit.test_agent_usage import AI_SDK
 
 pytestmark = pytest.mark.kafka
 
@@ -93,7 +93,7 @@ def test_two_huge_agent_bodies_with_5000_models_each_do_not_stop_metering(
 
         wait_for(lambda: _stored(pipeline, "SELECT count() FROM function_executions")
                  == str(len(victim)), timeout=180, what="the other tenant's rows stored")
-        assert _stored_totals(pipeline.sql) == (len(victim), _totals(victim))
+        assert stored_totals(pipeline.sql) == (len(victim), totals(victim))
         # ClickHouse keeps every record with its model name as sent.
         wait_for(lambda: _stored(pipeline, f"SELECT count(), uniqExact(model) FROM agent_usage "
                                            f"WHERE deployment = '{HOSTILE}'")
@@ -166,7 +166,7 @@ def test_a_poison_raw_message_is_dead_lettered_and_its_partition_goes_on(
                  timeout=180, what="the good usage records stored, and only them")
         wait_for(lambda: _stored(pipeline, "SELECT count() FROM function_executions")
                  == str(len(victim)), timeout=180, what="the other tenant's rows stored")
-        assert _stored_totals(pipeline.sql) == (len(victim), _totals(victim))
+        assert stored_totals(pipeline.sql) == (len(victim), totals(victim))
         assert _metric(pipeline, "meterstream_worker_poison_messages_total") == 1
         assert _metric(pipeline, "meterstream_worker_message_failures_total") == 3
         assert _metric(pipeline, "meterstream_worker_wrong_origin_total") == 1

@@ -27,11 +27,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str,
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.1) -> T:
     """Polls until `condition()` is truthy and returns it; fails naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
-    last: T = condition()
+    last = condition()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

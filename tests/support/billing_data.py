@@ -76,7 +76,8 @@ def insert_tokens(client: Client, deployment: str, user: str, at: int, provider:
                   column_names=columns)
 
 
-def publish_registry(bootstrap: str, namespace: str, records: dict[str, dict[str, str]]) -> None:
+def publish_registry(bootstrap: str, namespace: str,
+                     records: dict[str, dict[str, Any]]) -> None:
     """Writes deployment records to the registry topic, as the admin API does."""
     import asyncio
 

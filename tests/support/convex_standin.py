@@ -102,7 +102,7 @@ class ConvexStandIn:
         app = web.Application()
         base = "/d/{deployment}/api/v1"
         app.router.add_post(base + "/create_log_stream", self._guard(self.create))
-        app.router.add_get(base + "/list_log_streams", self._guard(self.list))
+        app.router.add_get(base + "/list_log_streams", self._guard(self.list_streams))
         app.router.add_get(base + "/get_log_stream/{id}", self._guard(self.get))
         app.router.add_post(base + "/update_log_stream/{id}", self._guard(self.update))
         app.router.add_post(base + "/delete_log_stream/{id}", self._guard(self.delete))
@@ -192,7 +192,7 @@ class ConvexStandIn:
         return web.json_response({"logStreamType": "webhook", "id": stream.id,
                                   "hmacSecret": stream.secret})
 
-    async def list(self, _: web.Request, deployment: Deployment) -> web.Response:
+    async def list_streams(self, _: web.Request, deployment: Deployment) -> web.Response:
         return web.json_response([s.config() for s in deployment.streams.values()])
 
     async def get(self, request: web.Request, deployment: Deployment) -> web.Response:

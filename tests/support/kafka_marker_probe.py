@@ -1,10 +1,10 @@
-"""A pytest plugin for tests/integration/test_markers.py: after collection (and the `-m`
-deselection),
-prints every selected test that looks like it needs the broker: it requests the
-`kafka_bootstrap` fixture (directly or through another fixture), or its own source starts
-a broker or a pipeline of its own.
+"""A pytest plugin for tests/unit/test_markers.py: after collection (and any `-m`
+deselection) it prints, for every selected test, whether it carries the `kafka` marker and
+whether it looks like it needs the broker: it requests the `kafka_bootstrap` fixture
+(directly or through another fixture), or its own source starts a broker or a pipeline of
+its own.
 
-    python -m pytest --collect-only -q -m "not kafka" -p tests.support.kafka_marker_probe
+    python -m pytest --collect-only -q -p tests.support.kafka_marker_probe tests/unit
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 
 # Calls that need a broker even without the session fixture.
 BROKER_CALLS = ("own_broker_env(", "running_pipeline(", "start_sink(", '"kafka", "start"')
-PREFIX = "NEEDS-KAFKA "
+NEEDS = "NEEDS-KAFKA "
+MARKED = "MARKED-KAFKA "
 
 
 def needs_broker(item: pytest.Item) -> bool:
@@ -32,4 +33,6 @@ def needs_broker(item: pytest.Item) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if needs_broker(item):
-            print(PREFIX + item.nodeid)
+            print(NEEDS + item.nodeid)
+        if item.get_closest_marker("kafka") is not None:
+            print(MARKED + item.nodeid)

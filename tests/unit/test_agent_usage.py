@@ -9,31 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.agent_usage import InvalidRecords, RecordTooLarge, normalise_all, split_records
+from tests.support.agent_steps import AI_SDK, TOKENS, V_USAGE
 
 NOW = 1_755_820_900_000
-
-AI_SDK = {
-    "id": "step-1", "timestamp": 1_755_820_800_000, "deployment": "happy-otter-123",
-    "userId": "user_2f9KqM", "threadId": "m57a1b2c3d4e5f6g7h8j9k0l1m2n3p4q",
-    "agentName": "Support Agent", "model": "gpt-4o-mini", "provider": "openai.chat",
-    "usage": {
-        "inputTokens": 1850,
-        "inputTokenDetails": {"noCacheTokens": 826, "cacheReadTokens": 1024,
-                              "cacheWriteTokens": None},
-        "outputTokens": 312,
-        "outputTokenDetails": {"textTokens": 312, "reasoningTokens": 0},
-        "totalTokens": 2162,
-    },
-    "providerMetadata": {"openai": {"acceptedPredictionTokens": 0}},
-}
-
-V_USAGE = {**AI_SDK, "id": "step-2", "usage": {
-    "promptTokens": 1850, "completionTokens": 312, "totalTokens": 2162, "reasoningTokens": 0,
-    "cachedInputTokens": 1024, "nonCachedInputTokens": 826, "textOutputTokens": 312}}
-
-TOKENS = {"input_tokens": 1850, "non_cached_input_tokens": 826, "cached_input_tokens": 1024,
-          "cache_write_input_tokens": 0, "output_tokens": 312, "text_output_tokens": 312,
-          "reasoning_tokens": 0, "total_tokens": 2162}
 
 
 def test_both_usage_shapes_normalise_to_the_same_tokens() -> None:

@@ -113,8 +113,8 @@ async def deliver_to(endpoints: list[Endpoint], retry_seconds: float = 5.0,
     servers = [await serve(endpoint) for endpoint in endpoints]
     try:
         urls = [str(server.make_url("/hook")) for server in servers]
-        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
-        async with AlertDelivery(urls, SECRET, retry_seconds, **backoff, **extra) as delivery:
+        options: dict[str, Any] = {**backoff} if clock is None else {**backoff, "clock": clock}
+        async with AlertDelivery(urls, SECRET, retry_seconds, **options) as delivery:
             return urls, await delivery.deliver(ALERT)
     finally:
         for server in servers:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,9 +58,9 @@ def test_a_retried_insert_is_a_no_op(client: Client) -> None:
     assert client.command("SELECT sum(network_egress_bytes) FROM function_executions") == 2 * 18234
 
 
-def _columns(records: list[dict]) -> Columns:
+def _columns(records: Sequence[Mapping[str, object]]) -> Columns:
     columns = Columns(FUNCTION_EXECUTIONS.columns)
-    columns.add(records)
+    columns.add([dict(record) for record in records])
     return columns
 
 
@@ -71,9 +71,10 @@ def test_every_table_has_the_columns_the_sink_writes(client: Client) -> None:
 
 
 def _parts(client: Client) -> list[tuple[int, int]]:
-    return client.query("SELECT count(), sum(rows) FROM system.parts WHERE active "
-                        "AND database = currentDatabase() "
-                        "AND table = 'function_executions'").result_rows
+    result = client.query("SELECT count(), sum(rows) FROM system.parts WHERE active "
+                          "AND database = currentDatabase() "
+                          "AND table = 'function_executions'").result_rows
+    return [(int(parts), int(rows)) for parts, rows in result]
 
 
 def test_a_large_insert_is_one_part_and_the_marks_read_it(client: Client) -> None:
@@ -84,7 +85,8 @@ def test_a_large_insert_is_one_part_and_the_marks_read_it(client: Client) -> Non
     client.command("TRUNCATE TABLE function_executions")
     client.command("SYSTEM STOP MERGES function_executions")
     event = next(e for e in convex_examples()["events"] if e["topic"] == "function_execution")
-    records = [function_execution(event, n % 3, n // 128, n % 128) for n in range(30_000)]
+    records: list[Mapping[str, object]] = [
+        function_execution(event, n % 3, n // 128, n % 128) for n in range(30_000)]
     writer = TableWriter(client, FUNCTION_EXECUTIONS)
     client.command("SET min_insert_block_size_rows = 0")
     client.command("SET min_insert_block_size_bytes = 0")

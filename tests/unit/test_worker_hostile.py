@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -115,7 +116,7 @@ def test_users_beyond_the_bound_are_counted_together() -> None:
     assert report["user"]["periods"]["day"]["tokens"] == 0  # e is not tracked by name
 
 
-class Recording(dict):  # type: ignore[type-arg]
+class Recording(dict[str, Any]):
     """A table that records the order of writes."""
 
     def __init__(self) -> None:
@@ -458,7 +459,8 @@ def test_a_message_forwarding_more_than_the_producer_takes_is_refused_before_cou
     assert harness.processor.stage == "split"
 
 
-def test_a_processing_error_dead_letters_the_message_and_the_next_one_counts() -> None:
+def test_a_processing_error_dead_letters_the_message_and_the_next_one_counts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """An injected bug in the usage step: the message is tried 3 times, dead-lettered with
     its stage, and the partition goes on; nothing of it was counted."""
     harness = Harness()
@@ -472,18 +474,20 @@ def test_a_processing_error_dead_letters_the_message_and_the_next_one_counts() -
             raise KeyError("a bug")
         real_apply(deployment, usage, *args)
 
-    harness.state.apply = broken_apply  # type: ignore[method-assign]
+    monkeypatch.setattr(harness.state, "apply", broken_apply)
 
     letters = []
+
+    def attempt(offset: int, tokens: int) -> Callable[[], Awaitable[Any]]:
+        body = orjson.dumps([step(offset, tokens=tokens)])
+        return lambda: processor.process(b"d", body, 0, offset, NOW, int(time.time() * 1000),
+                                         AGENT)
 
     async def run() -> None:
         for offset, tokens in ((1, 13), (2, 5)):
             try:
-                await with_retries(
-                    lambda offset=offset, tokens=tokens: processor.process(
-                        b"d", orjson.dumps([step(offset, tokens=tokens)]), 0, offset, NOW,
-                        int(time.time() * 1000), AGENT), 3, {"raw_offset": offset},
-                    lambda: processor.stage)
+                await with_retries(attempt(offset, tokens), 3, {"raw_offset": offset},
+                                   lambda: processor.stage)
             except Poison as poison:
                 letters.append(poison.letter)
 

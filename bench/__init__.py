@@ -1,0 +1,1 @@
+"""The benchmarks: `python -m bench.run` from the repository root (BENCHMARKS.md)."""

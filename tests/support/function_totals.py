@@ -1,0 +1,36 @@
+"""What function executions add up to, counted from the events sent and read back from the
+`function_executions` table: the pipeline tests compare the two."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from meterstream.core.records import USAGE_COUNTERS
+
+# What each function_execution contributes to the sums checked in ClickHouse.
+SUMMED = ("execution_time_ms", *USAGE_COUNTERS)
+
+
+def contribution(event: dict[str, Any]) -> dict[str, int]:
+    usage = event.get("usage") or {}
+    row = {"execution_time_ms": event.get("execution_time_ms") or 0}
+    row.update({key: usage.get(key) or 0 for key in USAGE_COUNTERS})
+    return row
+
+
+def totals(events: list[dict[str, Any]]) -> dict[str, int]:
+    """The sums of SUMMED over the events sent."""
+    summed = dict.fromkeys(SUMMED, 0)
+    for event in events:
+        for key, value in contribution(event).items():
+            summed[key] += value
+    return summed
+
+
+def stored_totals(sql: Callable[[str], str]) -> tuple[int, dict[str, int]]:
+    """(rows, sums of SUMMED) in `function_executions`, through a pipeline's `sql`."""
+    columns = ", ".join(f"sum({name})" for name in SUMMED)
+    fields = sql(f"SELECT count(), {columns} FROM function_executions").split("\t")
+    values = [int(v) for v in fields]
+    return values[0], dict(zip(SUMMED, values[1:], strict=True))
