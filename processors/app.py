@@ -42,7 +42,7 @@ from processors.quota_status import quota_report
 from processors.raw_agent import RawAgent, Send
 from processors.raw_processor import RawProcessor
 from processors.split import ALL_ROUTES
-from processors.stall_guard import CommittedOffsets, StallGuard
+from processors.stall_guard import CommittedOffsets, StallGuard, untrack
 from processors.state import UsageState
 
 TABLES = ("seen", "usage")
@@ -96,7 +96,8 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
 
     guard = StallGuard(raw.get_topic_name(), idle_seconds=5.0, start_offset=start_offset)
     agent = RawAgent(processor, guard, registry, send, app.crash,
-                     settings.worker_max_attempts, lambda tp, offset: app.consumer.seek(tp, offset))
+                     settings.worker_max_attempts, lambda tp, offset: app.consumer.seek(tp, offset),
+                     lambda message: untrack(app.consumer, message))
     add_agent(app, raw, registry, agent, committed)
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
     add_quota_page(app, raw, registry, state)

@@ -37,6 +37,9 @@ Send = Callable[[str, bytes, bytes], Awaitable[Any]]
 Seek = Callable[[Any, int], Awaitable[None]]
 """Seeks a raw partition (Faust's TP) of the consumer back to an offset."""
 
+Untrack = Callable[[Any], None]
+"""Makes Faust forget a dropped message without acking it (processors/stall_guard.py)."""
+
 
 class Processor(Protocol):
     """What the agent needs of processors/raw_processor.py's RawProcessor."""
@@ -70,10 +73,12 @@ class RawStream(Protocol):
 
 class RawAgent:
     def __init__(self, processor: Processor, guard: StallGuard, registry: Registry,
-                 send: Send, crash: Crash, max_attempts: int, seek: Seek) -> None:
+                 send: Send, crash: Crash, max_attempts: int, seek: Seek,
+                 untrack: Untrack) -> None:
         self.processor = processor
         self.guard = guard
         self.seek = seek
+        self.untrack = untrack
         self.registry = registry
         self.send = send
         self.crash = crash
@@ -111,9 +116,11 @@ class RawAgent:
             await deliveries.add((event, False), [])
             return
         if admission is Admission.REWIND:
+            self.untrack(message)
             await self.seek(message.tp, self.guard.next_offset[message.partition])
             return
         if admission is Admission.DROP:
+            self.untrack(message)
             return
         self.guard.started()
         # Quotas must be known before usage is judged. (Waited for here, not before the

@@ -28,7 +28,10 @@ move any more), and
   acknowledged behind what is still in flight;
 - one above it means a gap: the partition is sought back to the offset, and the
   message, like every other one above the offset until it arrives, is dropped without
-  an acknowledgement (it comes again after the records before it).
+  an acknowledgement (it comes again after the records before it). Faust is told to
+  stop tracking it (`untrack`): it would otherwise wait for its ack at the next
+  rebalance and hold the rebalance up (seen: "wait_empty: Waiting for tasks"), while
+  an ack would count its offset as done before its second delivery is processed.
 If the rewind itself is lost, the idle check above rewinds again.
 """
 
@@ -164,3 +167,13 @@ class CommittedOffsets:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
+
+
+def untrack(consumer: Any, message: Any) -> None:
+    """Makes Faust forget a message the agent dropped beyond a gap, without acknowledging
+    it: its offset stays out of what Faust commits (the copy fetched again after the
+    rewind is processed and acked), and a rebalance or shutdown no longer waits for it.
+    (Faust has no public call for this: `_unacked_messages` is what its `wait_empty`
+    waits on, and `acked` keeps a late ack of this copy from counting.)"""
+    message.acked = True
+    consumer._unacked_messages.discard(message)

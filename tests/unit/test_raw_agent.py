@@ -120,6 +120,7 @@ class Harness:
     sent: list[tuple[str, bytes, bytes]]
     crashed: list[BaseException]
     sought: list[tuple[Any, int]]
+    untracked: list[int]
 
 
 def harness(start: dict[int, int] | None = None) -> Harness:
@@ -127,6 +128,7 @@ def harness(start: dict[int, int] | None = None) -> Harness:
     sent: list[tuple[str, bytes, bytes]] = []
     crashed: list[BaseException] = []
     sought: list[tuple[Any, int]] = []
+    untracked: list[int] = []
     loop = asyncio.get_running_loop()
 
     async def send(route: str, key: bytes, value: bytes) -> Any:
@@ -148,8 +150,10 @@ def harness(start: dict[int, int] | None = None) -> Harness:
     processor, registry = FakeProcessor(), Registry()
     guard = StallGuard(RAW, idle_seconds=5.0,
                        start_offset=None if start is None else start_offset)
-    agent = RawAgent(processor, guard, registry, send, crash, MAX_ATTEMPTS, seek)
-    return Harness(FakeStream(), processor, registry, guard, agent, sent, crashed, sought)
+    agent = RawAgent(processor, guard, registry, send, crash, MAX_ATTEMPTS, seek,
+                     lambda message: untracked.append(message.offset))
+    return Harness(FakeStream(), processor, registry, guard, agent, sent, crashed, sought,
+                   untracked)
 
 
 async def _until(condition: Callable[[], object], what: str) -> None:
@@ -350,5 +354,7 @@ def test_a_gap_in_a_partition_is_rewound_and_nothing_beyond_it_processed_before_
         assert h.stream.acked == [*range(49, 56), 50]
         assert h.guard.next_offset == {3: 56}
         assert h.sought == [((RAW, 3), 49)]
+        # The first copies of 54 and 55: never acked, and Faust told not to wait for them.
+        assert h.untracked == [54, 55]
 
     asyncio.run(scenario())

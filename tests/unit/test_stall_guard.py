@@ -9,7 +9,7 @@ from typing import Any
 
 from faust.types import TP
 
-from processors.stall_guard import Admission, StallGuard
+from processors.stall_guard import Admission, StallGuard, untrack
 
 
 def _guard(start: dict[int, int]) -> tuple[StallGuard, list[int]]:
@@ -113,3 +113,22 @@ def test_a_busy_stream_is_not_rewound() -> None:
     assert asyncio.run(guard.check(consumer, queue_empty=True)) == 0
     assert asyncio.run(guard.check(consumer, queue_empty=False)) == 0
     assert consumer.sought == []
+
+
+def test_untrack_lets_faust_forget_a_message_without_acking_it() -> None:
+    """What Faust's rebalance waits on (`_unacked_messages`) loses the message, and
+    nothing enters what Faust commits."""
+    from faust.types.tuples import Message
+
+    class Consumer:
+        def __init__(self) -> None:
+            self._unacked_messages: set[Any] = set()
+            self._acked: dict[Any, list[int]] = {}
+
+    consumer = Consumer()
+    message = Message("raw", 3, 54, 0.0, 0, None, b"dep", b"[]", None)
+    consumer._unacked_messages.add(message)
+    untrack(consumer, message)
+    assert consumer._unacked_messages == set()
+    assert consumer._acked == {}
+    assert message.acked  # a late ack of this copy does nothing
