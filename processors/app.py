@@ -22,7 +22,8 @@ that is safe, while the agent already works on the next messages.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import faust
 import orjson
@@ -96,13 +97,26 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
 
     guard = StallGuard(raw.get_topic_name(), idle_seconds=5.0, start_offset=start_offset)
     agent = RawAgent(processor, guard, registry, send, app.crash,
-                     settings.worker_max_attempts, lambda tp, offset: app.consumer.seek(tp, offset),
+                     settings.worker_max_attempts, consumer_seek(app),
                      lambda message: untrack(app.consumer, message))
     add_agent(app, raw, registry, agent, committed)
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
     add_quota_page(app, raw, registry, state)
     app.page("/metrics")(metrics_page)
     return app
+
+
+def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
+    """Seeks a partition of the app's consumer in the consumer's own thread. Faust's
+    `Consumer.seek` calls aiokafka's from the caller's thread, where it can change the
+    fetcher's buffers while the consumer thread iterates them (seen: the fetcher crashed
+    with a KeyError in aiokafka's `fetched_records`, and the worker stopped)."""
+
+    async def seek(tp: Any, offset: int) -> None:
+        # seek_wait also moves Faust's read offset back, so the re-fetch is not dropped.
+        await cast(Any, app.consumer)._thread.seek_wait({tp: offset})
+
+    return seek
 
 
 def faust_app(settings: Settings, max_request_size: int) -> faust.App:

@@ -149,7 +149,7 @@ class RawAgent:
         """Rewinds the raw partitions the stream stalled on (processors/stall_guard.py)."""
         if self.stream is None:
             return 0
-        return await self.guard.check(consumer, self.stream.channel.queue.empty())
+        return await self.guard.check(consumer, self.stream.channel.queue.empty(), self.seek)
 
 
 def header(message: Any, wanted: str) -> bytes | None:

@@ -108,8 +108,10 @@ class StallGuard:
             self.next_offset.pop(partition, None)
             self.rewinding.pop(partition, None)
 
-    async def check(self, consumer: Any, queue_empty: bool) -> int:
-        """Rewinds each stalled partition; returns how many it rewound."""
+    async def check(self, consumer: Any, queue_empty: bool,
+                    seek: Callable[[Any, int], Awaitable[None]]) -> int:
+        """Rewinds each stalled partition (with `seek`, which must run in the consumer's
+        thread); returns how many it rewound."""
         if self.busy or not queue_empty or (
                 time.monotonic() - self.last_progress < self.idle_seconds):
             return 0
@@ -135,7 +137,7 @@ class StallGuard:
                                    "next_offset": expected,
                                    "position": await consumer.position(tp)})
                 consumer.resume_partitions({tp})
-                await consumer.seek(tp, expected)
+                await seek(tp, expected)
                 metrics.REWINDS.inc()
                 rewound += 1
         if rewound:

@@ -101,7 +101,7 @@ def test_an_idle_stream_short_of_the_end_is_rewound_to_its_next_offset() -> None
     guard.processed(0, 40)
     guard.last_progress -= 10  # idle longer than idle_seconds
     consumer = _Consumer({0: 45, 1: 4})
-    assert asyncio.run(guard.check(consumer, queue_empty=True)) == 1
+    assert asyncio.run(guard.check(consumer, True, consumer.seek)) == 1
     assert consumer.sought == [(0, 41)]  # partition 1 is at its end
 
 
@@ -110,8 +110,8 @@ def test_a_busy_stream_is_not_rewound() -> None:
     guard.started()
     guard.last_progress -= 10
     consumer = _Consumer({0: 45})
-    assert asyncio.run(guard.check(consumer, queue_empty=True)) == 0
-    assert asyncio.run(guard.check(consumer, queue_empty=False)) == 0
+    assert asyncio.run(guard.check(consumer, True, consumer.seek)) == 0
+    assert asyncio.run(guard.check(consumer, False, consumer.seek)) == 0
     assert consumer.sought == []
 
 
