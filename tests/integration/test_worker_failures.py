@@ -108,7 +108,11 @@ def test_kill_9_of_the_worker_mid_load_counts_every_event_and_alert_once(
 
         expected = _expected(load)
         _wait_usage(port, deployment, at_ms, expected, f"usage {expected}")
-        # The restarted worker processed again what the killed one had done.
+        # The restarted worker processed again what the killed one had done. A message is
+        # counted when it is acked, once its records are stored: a moment after the live
+        # usage shows it.
+        wait_for(lambda: raw_batches(port) >= len(load.bodies), timeout=60,
+                 what="every body acked")
         assert raw_batches(port) == len(load.bodies)
         ids = _alert_ids(kafka_bootstrap, receiver.namespace)
         assert sorted(ids) == sorted([
