@@ -64,8 +64,7 @@ offset, or the log start when there is none."""
 
 
 class StallGuard:
-    def __init__(self, topic: str, idle_seconds: float,
-                 start_offset: StartOffset | None = None) -> None:
+    def __init__(self, topic: str, idle_seconds: float, start_offset: StartOffset) -> None:
         self.topic = topic
         self.idle_seconds = idle_seconds
         self.start_offset = start_offset
@@ -79,8 +78,6 @@ class StallGuard:
         """What to do with the message at `offset` of `partition` (module docstring)."""
         expected = self.next_offset.get(partition)
         if expected is None:
-            if self.start_offset is None:
-                return Admission.PROCESS
             expected = self.next_offset[partition] = await self.start_offset(partition)
         if offset == expected:
             return Admission.PROCESS
@@ -125,11 +122,8 @@ class StallGuard:
             if expected is None:
                 # Nothing processed since the partition was assigned: the next offset is
                 # the committed one.
-                if self.start_offset is not None:
-                    expected = self.next_offset[tp.partition] = await self.start_offset(
-                        tp.partition)
-                else:
-                    expected = consumer._committed_offset.get(tp) or 0
+                expected = self.next_offset[tp.partition] = await self.start_offset(
+                    tp.partition)
             end = ends.get(tp)
             if end is not None and end > expected:
                 log.warning("stream idle with unprocessed records; rewinding",

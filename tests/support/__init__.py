@@ -154,3 +154,13 @@ def metric_sample(port: str, name: str, labels: str = "") -> float:
         if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    """Lets the event loop run until `condition()` holds; fails naming `what` after 1000
+    turns (for tests of asyncio code with no I/O, where a condition follows in a few turns)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never: {what}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from processors.delivery_acks import Deliveries
+from tests.support import until
 
 
 class Outcome:
@@ -20,14 +20,6 @@ class Outcome:
 
     async def crash(self, exc: BaseException) -> None:
         self.crashed.append(exc)
-
-
-async def _until(condition: Callable[[], object], what: str) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never: {what}")
 
 
 def test_acks_in_message_order_once_delivered() -> None:
@@ -46,7 +38,7 @@ def test_acks_in_message_order_once_delivered() -> None:
             await asyncio.sleep(0)
         assert acked == []  # m2 and m3 wait for m1
         first.set_result(None)
-        await _until(lambda: len(acked) == 3, "all acked")
+        await until(lambda: len(acked) == 3, "all acked")
         assert acked == ["m1", "m2", "m3"]
         assert crashed == []
         await deliveries.stop()
@@ -66,7 +58,7 @@ def test_a_failed_delivery_is_never_acked_and_stops_the_worker() -> None:
         await deliveries.add("m2", [failing])
         await deliveries.add("m3", [])
         failing.set_exception(RuntimeError("broker said no"))
-        await _until(lambda: crashed, "crash")
+        await until(lambda: crashed, "crash")
         assert acked == ["m1"]
         assert [str(exc) for exc in crashed] == ["broker said no"]
         await deliveries.stop()
@@ -81,7 +73,7 @@ def test_a_full_queue_holds_the_agent_back() -> None:
         deliveries = Deliveries(outcome.ack, outcome.crash, max_pending=2)
         deliveries.start()
         await deliveries.add("m1", [never])  # taken by the task, waiting
-        await _until(lambda: deliveries.waiting == 0, "m1 taken")
+        await until(lambda: deliveries.waiting == 0, "m1 taken")
         await deliveries.add("m2", [])
         await deliveries.add("m3", [])
         blocked = asyncio.ensure_future(deliveries.add("m4", []))

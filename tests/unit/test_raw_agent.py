@@ -6,7 +6,7 @@ place; a failure that is not the message's stops the agent without an ack."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from meterstream.core.topics import ORIGIN_HEADER, RECEIVED_AT_HEADER, WEBHOOK_O
 from processors import metrics
 from processors.raw_agent import RawAgent, RawStream
 from processors.stall_guard import StallGuard
+from tests.support import until
 
 RAW = "test.raw"
 MAX_ATTEMPTS = 3
@@ -123,7 +124,7 @@ class Harness:
     untracked: list[int]
 
 
-def harness(start: dict[int, int] | None = None) -> Harness:
+def harness(start: dict[int, int]) -> Harness:
     """`start`: each partition's committed offset, as the stall guard reads it."""
     sent: list[tuple[str, bytes, bytes]] = []
     crashed: list[BaseException] = []
@@ -144,24 +145,14 @@ def harness(start: dict[int, int] | None = None) -> Harness:
         sought.append((tp, offset))
 
     async def start_offset(partition: int) -> int:
-        assert start is not None
         return start[partition]
 
     processor, registry = FakeProcessor(), Registry()
-    guard = StallGuard(RAW, idle_seconds=5.0,
-                       start_offset=None if start is None else start_offset)
+    guard = StallGuard(RAW, idle_seconds=5.0, start_offset=start_offset)
     agent = RawAgent(processor, guard, registry, send, crash, MAX_ATTEMPTS, seek,
                      lambda message: untracked.append(message.offset))
     return Harness(FakeStream(), processor, registry, guard, agent, sent, crashed, sought,
                    untracked)
-
-
-async def _until(condition: Callable[[], object], what: str) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never: {what}")
 
 
 async def _settle() -> None:
@@ -175,7 +166,7 @@ def _start(h: Harness) -> asyncio.Task[None]:
 
 def test_acks_in_order_only_after_the_deliveries_and_only_once_the_registry_loaded() -> None:
     async def scenario() -> None:
-        h = harness()
+        h = harness(start={0: 0})
         loop = asyncio.get_running_loop()
         first, second = loop.create_future(), loop.create_future()
         h.processor.outcomes = {0: [first], 1: [second], 2: None}
@@ -188,13 +179,13 @@ def test_acks_in_order_only_after_the_deliveries_and_only_once_the_registry_load
         assert h.stream.noack_called
         assert h.processor.calls == []  # quotas unknown yet: nothing is judged
         h.registry.loaded.set()
-        await _until(lambda: len(h.processor.calls) == 3, "all processed")
+        await until(lambda: len(h.processor.calls) == 3, "all processed")
         assert h.processor.calls[0] == (b"dep-a", b"[]", 0, 0, 1234, WEBHOOK_ORIGIN)
         second.set_result(None)
         await _settle()
         assert h.stream.acked == []  # offset 1 and 2 wait for offset 0
         first.set_result(None)
-        await _until(lambda: len(h.stream.acked) == 3, "all acked")
+        await until(lambda: len(h.stream.acked) == 3, "all acked")
         assert h.stream.acked == [0, 1, 2]
         # The repeated body (None) is acked but not counted as a processed batch.
         assert metrics.RAW_BATCHES._value.get() == batches + 2
@@ -210,14 +201,14 @@ def test_acks_in_order_only_after_the_deliveries_and_only_once_the_registry_load
 
 def test_a_message_that_keeps_failing_is_dead_lettered_and_acked_in_its_place() -> None:
     async def scenario() -> None:
-        h = harness()
+        h = harness(start={2: 4})
         h.registry.loaded.set()
         h.processor.outcomes = {5: ValueError("tenant's bug")}
         poison, failures = metrics.POISON._value.get(), metrics.MESSAGE_FAILURES._value.get()
         run = _start(h)
         for offset in (4, 5, 6):
             h.stream.put(Event(Message(2, offset), key=b"dep-b"), body=b"body")
-        await _until(lambda: len(h.stream.acked) == 3, "all acked")
+        await until(lambda: len(h.stream.acked) == 3, "all acked")
         h.stream.close()
         await run
         assert h.stream.acked == [4, 5, 6]
@@ -241,7 +232,7 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_acked_in_its_place() 
 
 def test_a_failure_that_passes_is_retried_without_a_dead_letter() -> None:
     async def scenario() -> None:
-        h = harness()
+        h = harness(start={0: 0})
         h.registry.loaded.set()
         tries = iter([ValueError("a moment's failure"), None])
 
@@ -254,7 +245,7 @@ def test_a_failure_that_passes_is_retried_without_a_dead_letter() -> None:
         h.processor.outcomes = {0: flaky}
         run = _start(h)
         h.stream.put(Event(Message(0, 0)))
-        await _until(lambda: h.stream.acked == [0], "acked")
+        await until(lambda: h.stream.acked == [0], "acked")
         h.stream.close()
         await run
         assert len(h.processor.calls) == 2
@@ -265,7 +256,7 @@ def test_a_failure_that_passes_is_retried_without_a_dead_letter() -> None:
 
 def test_a_failure_not_of_the_messages_making_stops_the_agent_without_an_ack() -> None:
     async def scenario() -> None:
-        h = harness()
+        h = harness(start={0: 0})
         h.registry.loaded.set()
         h.processor.outcomes = {1: KafkaConnectionError("broker away")}
         run = _start(h)
@@ -284,7 +275,7 @@ def test_a_failure_not_of_the_messages_making_stops_the_agent_without_an_ack() -
 
 def test_a_failed_delivery_crashes_the_worker_and_acks_nothing_after_it() -> None:
     async def scenario() -> None:
-        h = harness()
+        h = harness(start={0: 0})
         h.registry.loaded.set()
         loop = asyncio.get_running_loop()
         failed = loop.create_future()
@@ -293,8 +284,8 @@ def test_a_failed_delivery_crashes_the_worker_and_acks_nothing_after_it() -> Non
         run = _start(h)
         h.stream.put(Event(Message(0, 0)))
         h.stream.put(Event(Message(0, 1)))
-        await _until(lambda: h.crashed, "crashed")
-        await _until(lambda: len(h.processor.calls) == 2, "both processed")
+        await until(lambda: h.crashed, "crashed")
+        await until(lambda: len(h.processor.calls) == 2, "both processed")
         await _settle()
         h.stream.close()
         await run
@@ -306,7 +297,7 @@ def test_a_failed_delivery_crashes_the_worker_and_acks_nothing_after_it() -> Non
 
 def test_revoked_partitions_are_forgotten_and_the_stall_check_waits_for_the_stream() -> None:
     async def scenario() -> None:
-        h = harness()
+        h = harness(start={0: 7, 1: 3})
 
         class Consumer:
             def assignment(self) -> set[Any]:
@@ -317,7 +308,7 @@ def test_revoked_partitions_are_forgotten_and_the_stall_check_waits_for_the_stre
         run = _start(h)
         h.stream.put(Event(Message(0, 7)))
         h.stream.put(Event(Message(1, 3)))
-        await _until(lambda: len(h.stream.acked) == 2, "acked")
+        await until(lambda: len(h.stream.acked) == 2, "acked")
         assert h.guard.next_offset == {0: 8, 1: 4}
         h.agent.forget_partitions({1})
         assert h.processor.forgotten == {1}
@@ -341,13 +332,13 @@ def test_a_gap_in_a_partition_is_rewound_and_nothing_beyond_it_processed_before_
         run = _start(h)
         for offset in (54, 55):
             h.stream.put(Event(Message(3, offset)))
-        await _until(lambda: len(h.sought) == 1, "the rewind")
+        await until(lambda: len(h.sought) == 1, "the rewind")
         await _settle()
         assert h.sought == [((RAW, 3), 49)]
         assert h.processor.calls == []
         for offset in [*range(49, 56), 50]:  # the re-fetch; 50 once more
             h.stream.put(Event(Message(3, offset)))
-        await _until(lambda: len(h.stream.acked) == 8, "all acked")
+        await until(lambda: len(h.stream.acked) == 8, "all acked")
         h.stream.close()
         await run
         assert [call[3] for call in h.processor.calls] == list(range(49, 56))
