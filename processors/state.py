@@ -21,6 +21,12 @@ they are made (one producer buffer) and the producer keeps one batch in flight p
 partition. So when a key holds a later message's change, every change of the
 earlier messages was stored. (The storage snapshot's "d" below relies on it too.)
 
+The table lives in RocksDB on the worker's disk too (processors/app.py), which may hold
+changes its changelog never got when the worker crashed: the local copy is therefore
+kept only after a clean stop and otherwise restored from the changelog
+(processors/ordered_store.py), so the state a message is processed again against is
+always the changelog's prefix above.
+
 Bounded by construction. Tenants choose end user ids and model names, so:
 
 - the token maps ("t") hold only priced models plus meterstream/core/usage.py OTHER_MODEL;
@@ -66,7 +72,7 @@ from meterstream.core.usage import (
 )
 from meterstream.core.windows import expires_at, split_interval
 from processors import metrics
-from processors.expiry import Expiry
+from processors.expiry import Expiry, Scan
 
 STORAGE_GRANULARITIES = ("hour", "day", "month")
 
@@ -106,13 +112,14 @@ Write = tuple[str, dict[str, Any], int, int | None]
 
 class UsageState:
     def __init__(self, table: Any, grace_ms: int, max_users: int = DEFAULT_MAX_USERS,
-                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> None:
+                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+                 scan: Scan | None = None) -> None:
         self.table = table
         self.grace_ms = grace_ms
         self.max_users = max_users
         self.max_value_bytes = max_value_bytes
         """Largest key + JSON value written to the changelog (below the producer's limit)."""
-        self.expiry = Expiry(table, lambda value: (value["x"], value["p"]))
+        self.expiry = Expiry(table, lambda value: (value["x"], value["p"]), scan)
 
     def apply(self, deployment: str, usage: MessageUsage, partition: int, offset: int,
               received_at: int) -> None:
