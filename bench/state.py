@@ -215,7 +215,10 @@ def main() -> None:
     finally:
         if own_broker:
             cli(["kafka", "stop"], broker_env)
-    summary = {"bodies": args.bodies, "deployments": args.deployments,
+    command = (f".venv/bin/python -m bench.state --bodies {args.bodies} --deployments "
+               f"{args.deployments} --starts {args.starts}"
+               + (f" --tree {tree} --format {args.format}" if tree != REPO else ""))
+    summary = {"command": command, "bodies": args.bodies, "deployments": args.deployments,
                "format": args.format, "tree": str(tree), "starts": results,
                "first_start_s": results[0]["seconds"],
                "restart_s": min(r["seconds"] for r in results[1:]) if len(results) > 1
