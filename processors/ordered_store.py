@@ -74,6 +74,9 @@ class FaustPartitions:
         self.table[key] = value
 
     def delete(self, partition: int, key: bytes) -> None:
+        # Faust deletes a key it has not indexed from every open database (a tombstone
+        # in each); the index entry makes it delete from its own partition's only.
+        self.table.data._key_index[key] = partition
         del self.table[key]
 
 

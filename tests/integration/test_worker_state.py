@@ -4,16 +4,23 @@ RocksDB databases hold the changelog offsets up to its end)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import signal
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from rocksdict import AccessType, Options, Rdict
 
+from meterstream.core.config import Settings
+from meterstream.core.topics import Topics, ensure_topics
 from tests.support import free_port, metric_sample, read_topic, wait_for
 from tests.support.load import Load, function_load
 from tests.support.pipeline import running_pipeline
@@ -93,3 +100,57 @@ def _function_calls(port: int, deployment: str, at_ms: int) -> int | None:
     except OSError:
         return None
     return int(report["periods"]["month"]["usage"]["function_calls"])
+
+
+def test_old_dedup_entries_are_migrated_and_expired_ones_deleted_through_the_changelog(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """An upgrade from the memory store's string keys keeps the dedup window; entries past
+    the retention are deleted, with a tombstone on the changelog."""
+    at_ms = int(time.time() * 1000)
+    deployment = "upgraded-otter-1"
+    load = function_load(deployment, bodies=3, events_per_body=5, at_ms=at_ms)
+    old_body, other, later = load.bodies
+    env = {"METERSTREAM_DEDUP_RETENTION": "16", "METERSTREAM_LATE_GRACE": "16"}
+    with running_pipeline(kafka_bootstrap, tmp_path, command="receiver",
+                          extra_env=env) as receiver, worker_processes() as workers:
+        receiver.register(deployment, webhook_secret=SECRET)
+        settings = Settings.from_env({**os.environ, **receiver.env})
+        spec = Topics.of(settings).changelog("seen")
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, [spec]))
+        changelog = spec.name
+        # What the worker before the upgrade left: the body, seen at another offset, in
+        # every partition (whichever the deployment's is).
+        old_key = f"{deployment}|body|{hashlib.sha256(old_body).hexdigest()}"
+        asyncio.run(_write_old_entries(kafka_bootstrap, changelog, orjson.dumps(old_key),
+                                       orjson.dumps([10 ** 6, at_ms + 3600_000, 0])))
+        port = free_port()
+        workers.append(start_worker(receiver.env, tmp_path / "worker.log", port))
+        assert receiver.post(old_body, SECRET)[0] == 200
+        wait_for(lambda: metric_sample(str(port), "meterstream_worker_duplicates_total",
+                                       'kind="body"') == 1,
+                 timeout=120, what="the body remembered before the upgrade dropped")
+        assert raw_batches(port) == 0
+        # Past the retention (and its bucket), the next message expires the entry.
+        time.sleep(18)  # the retention is wall-clock time, nothing to await
+        assert receiver.post(other, SECRET)[0] == 200
+        wait_for(lambda: metric_sample(str(port), "meterstream_worker_dedup_expired_total")
+                 >= 1, timeout=60, what="the migrated entry expired")
+        assert receiver.post(old_body, SECRET)[0] == 200
+        assert receiver.post(later, SECRET)[0] == 200
+        wait_for(lambda: raw_batches(port) == 3, timeout=60,
+                 what="the body counted again once forgotten")
+        assert metric_sample(str(port), "meterstream_worker_duplicates_total",
+                             'kind="body"') == 1
+        messages = read_topic(kafka_bootstrap, changelog)
+        assert any(m.value is None and m.key.startswith(b"\x01") for m in messages)
+        assert any(m.value is None and m.key == orjson.dumps(old_key) for m in messages)
+
+
+async def _write_old_entries(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition in await producer.partitions_for(topic):
+            await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+    finally:
+        await producer.stop()
