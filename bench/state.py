@@ -35,17 +35,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.stores.rocksdb import RocksDBOptions
+from rocksdict import WriteBatch
 
 from bench.receiver import cli, start_broker
 from bench.worker import BodyBuilder, delete_namespace_topics, fill, worker_metrics
 from meterstream.core.config import Settings
 from meterstream.core.topics import Topics, ensure_topics
+from processors.app import worker_datadir
+from processors.ordered_store import CLEAN_MARK, rocksdb_options
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
+OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
 
 
 def seen_entries(bodies: int, partitions: int, fmt: str, now_ms: int, retention_ms: int,
@@ -98,24 +103,80 @@ def usage_entries(deployments: int, partitions: int, now_ms: int) -> Any:
             now_ms + 2 * DAY_MS, ts=now_ms, bytes={"database": 10 ** 9}, d=[])
 
 
-async def produce(bootstrap: str, topic: str, entries: Any) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20,
-                                max_batch_size=1024 * 1024, compression_type="lz4")
+async def produce(bootstrap: str, topic: str, entries: Any,
+                  disk: DiskTables | None = None) -> int:
+    """Writes (partition, key, value) entries in whole batches (one `send` per message
+    would take minutes for millions), and to `disk` too if given."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1,
+                                max_batch_size=1024 * 1024, max_request_size=8 << 20,
+                                compression_type="lz4")
     await producer.start()
     count = 0
     try:
+        batches: dict[int, Any] = {}
         pending: list[asyncio.Future[Any]] = []
         for partition, key, value in entries:
-            pending.append(await producer.send(topic, value=value, key=key,
-                                               partition=partition))
+            if disk is not None:
+                disk.put(partition, key, value)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
             count += 1
-            if len(pending) >= 20_000:
+            if len(pending) >= 16:
                 await asyncio.gather(*pending)
                 pending.clear()
+        for partition, batch in batches.items():
+            if batch.record_count():
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
     return count
+
+
+class DiskTables:
+    """One table's RocksDB databases as a worker that stopped cleanly leaves them: every
+    changelog entry in its partition's database, with Faust's persisted changelog offset
+    (`--on-disk`: measures the restart without first restoring the changelog once)."""
+
+    def __init__(self, tabledir: Path, table: str, partitions: int) -> None:
+        options = rocksdb_options(partitions)
+        self.dbs = {}
+        for partition in range(partitions):
+            db_options = RocksDBOptions(**options, use_rocksdict=True)
+            self.dbs[partition] = db_options.open(tabledir / f"{table}-{partition}.db")
+        self.batches: dict[int, Any] = {}
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        batch = self.batches.get(partition)
+        if batch is None:
+            batch = self.batches[partition] = WriteBatch(raw_mode=True)
+        batch.put(key, value)
+        if len(batch) >= 10_000:
+            self.dbs[partition].write(batch)
+            self.batches[partition] = WriteBatch(raw_mode=True)
+
+    def close(self, ends: dict[int, int]) -> None:
+        for partition, batch in self.batches.items():
+            self.dbs[partition].write(batch)
+        for partition, db in self.dbs.items():
+            if ends.get(partition, 0) > 0:
+                db.put(OFFSET_KEY, str(ends[partition] - 1).encode())
+            db.close()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
 
 
 def rss_bytes(pid: int) -> int:
@@ -169,6 +230,10 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=REPO,
                         help="the checkout whose worker is measured (its .venv)")
     parser.add_argument("--format", choices=("new", "old"), default="new")
+    parser.add_argument("--on-disk", action="store_true",
+                        help="also write the entries into the worker's RocksDB databases, "
+                             "as a clean stop leaves them (the first start is then a "
+                             "restart; --format new only)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tree = args.tree.resolve()
@@ -192,13 +257,26 @@ def main() -> None:
                 rng = random.Random(hashlib.sha256(namespace.encode()).digest())
                 began = time.perf_counter()
                 retention_ms = int(settings.dedup_retention * 1000)
-                seen = asyncio.run(produce(
-                    settings.kafka_bootstrap, topics.changelog("seen").name,
-                    seen_entries(args.bodies, settings.partitions, args.format, now,
-                                 retention_ms, rng)))
-                usage = asyncio.run(produce(
-                    settings.kafka_bootstrap, topics.changelog("usage").name,
-                    usage_entries(args.deployments, settings.partitions, now)))
+                # Faust's table directory in the worker's data directory.
+                tabledir = worker_datadir(settings) / "v1" / "tables"
+                counts = {}
+                for table, entries in (
+                        ("seen", seen_entries(args.bodies, settings.partitions, args.format,
+                                              now, retention_ms, rng)),
+                        ("usage", usage_entries(args.deployments, settings.partitions,
+                                                now))):
+                    tabledir.mkdir(parents=True, exist_ok=True)
+                    disk = (DiskTables(tabledir, table, settings.partitions)
+                            if args.on_disk else None)
+                    topic = topics.changelog(table).name
+                    counts[table] = asyncio.run(produce(settings.kafka_bootstrap, topic,
+                                                        entries, disk))
+                    if disk is not None:
+                        disk.close(asyncio.run(end_offsets(settings.kafka_bootstrap, topic,
+                                                           settings.partitions)))
+                if args.on_disk:
+                    (tabledir / CLEAN_MARK).touch()
+                seen, usage = counts["seen"], counts["usage"]
                 print(f"wrote {seen:,} dedup and {usage:,} usage entries in "
                       f"{time.perf_counter() - began:.0f} s", flush=True)
                 for start in range(args.starts):
@@ -217,8 +295,10 @@ def main() -> None:
             cli(["kafka", "stop"], broker_env)
     command = (f".venv/bin/python -m bench.state --bodies {args.bodies} --deployments "
                f"{args.deployments} --starts {args.starts}"
+               + (" --on-disk" if args.on_disk else "")
                + (f" --tree {tree} --format {args.format}" if tree != REPO else ""))
-    summary = {"command": command, "bodies": args.bodies, "deployments": args.deployments,
+    summary = {"command": command, "on_disk": args.on_disk, "bodies": args.bodies,
+               "deployments": args.deployments,
                "format": args.format, "tree": str(tree), "starts": results,
                "first_start_s": results[0]["seconds"],
                "restart_s": min(r["seconds"] for r in results[1:]) if len(results) > 1
