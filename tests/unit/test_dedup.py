@@ -59,7 +59,7 @@ def test_stored_keys_are_version_bucket_digest_with_the_offset_as_value() -> Non
     assert stored == VERSION + (now // dedup.bucket_ms).to_bytes(4, "big") + key
     assert len(stored) == 21
     assert value == (42).to_bytes(8, "big")
-    assert dedup.bucket_ms == DAY // 16
+    assert dedup.bucket_ms == DAY // 4
 
 
 def test_a_repeat_is_found_in_any_live_bucket() -> None:
@@ -67,27 +67,27 @@ def test_a_repeat_is_found_in_any_live_bucket() -> None:
     key = Deduplicator.record_key("app", "id-1")
     start = 1_800_000_000_000
     assert not dedup.seen_before(key, 0, 1, start)
-    # Up to the retention later (in the 17th bucket) it is still found.
-    for later in (dedup.bucket_ms, 8 * dedup.bucket_ms, DAY - 1):
+    # Up to the retention later (in the 5th bucket) it is still found.
+    for later in (dedup.bucket_ms, 3 * dedup.bucket_ms, DAY - 1):
         assert dedup.seen_before(key, 0, 2, start + later)
 
 
 def test_entries_expire_after_the_retention_oldest_first() -> None:
-    dedup, store = dedup_on(retention_ms=16_000)  # buckets of one second
+    dedup, store = dedup_on(retention_ms=4_000)  # buckets of one second
     start = 1_800_000_000_000
     for second, name in enumerate((b"a", b"b", b"c")):
         dedup.seen_before(Deduplicator.body_key(name, b"[]"), 0, second, start + 1000 * second)
     dedup.seen_before(Deduplicator.body_key(b"other", b"[]"), 3, 1, start)
-    # 16 s after the first: "a" of partition 0 is past the retention, the others are not.
-    assert dedup.expire(0, start + 17_000) == 1
+    # 4 s after the first: "a" of partition 0 is past the retention, the others are not.
+    assert dedup.expire(0, start + 5_000) == 1
     assert len(store.data[0]) == 2
     assert len(store.data[3]) == 1
     # Nothing else expired since: the next pass reads nothing.
-    assert dedup.expire(0, start + 17_500) == 0
-    assert dedup.expire(0, start + 19_000) == 2
+    assert dedup.expire(0, start + 5_500) == 0
+    assert dedup.expire(0, start + 7_000) == 2
     assert store.data[0] == {}
     # After expiry a repeat is new again.
-    assert not dedup.seen_before(Deduplicator.body_key(b"a", b"[]"), 0, 9, start + 19_000)
+    assert not dedup.seen_before(Deduplicator.body_key(b"a", b"[]"), 0, 9, start + 7_000)
 
 
 def test_expiry_deletes_in_steps_of_its_limit_and_resumes() -> None:
@@ -102,12 +102,12 @@ def test_expiry_deletes_in_steps_of_its_limit_and_resumes() -> None:
 
 
 def test_expiry_after_a_restart_needs_nothing_in_memory() -> None:
-    before, store = dedup_on(retention_ms=16_000)
+    before, store = dedup_on(retention_ms=4_000)
     start = 1_800_000_000_000
     for n in range(3):
         before.seen_before(Deduplicator.record_key("app", str(n)), 0, n, start + 1000 * n)
-    after = Deduplicator(store, 16_000)
-    assert after.expire(0, start + 18_000) == 2
+    after = Deduplicator(store, 4_000)
+    assert after.expire(0, start + 6_000) == 2
     assert len(store.data[0]) == 1
 
 
@@ -148,4 +148,4 @@ def test_forgotten_partitions_are_checked_again_when_assigned_again() -> None:
     assert dedup.expire(0, start + 1000) == 0
     dedup.forget_partitions({0})
     # Meanwhile another worker held the partition and the entry is now past the retention.
-    assert dedup.expire(0, start + 17_000) == 1
+    assert dedup.expire(0, start + 20_000) == 1
