@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import faust
 import orjson
+from faust.streams import current_event
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -46,7 +47,7 @@ from processors.raw_agent import RawAgent, Send
 from processors.raw_processor import RawProcessor
 from processors.split import ALL_ROUTES
 from processors.stall_guard import CommittedOffsets, StallGuard, untrack
-from processors.state import UsageState
+from processors.state import CachedTable, UsageState
 
 TABLES = ("seen", "usage")
 
@@ -85,8 +86,9 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
             yield orjson.loads(key), orjson.loads(value)
 
     # Room for the record's framing and headers under the producer's limit.
-    state = UsageState(usage_table, grace_ms, settings.worker_max_users,
-                       max_request_size - 4096, scan=usage_entries)
+    state = UsageState(CachedTable(usage_table, lambda: current_event() is not None),
+                       grace_ms, settings.worker_max_users, max_request_size - 4096,
+                       scan=usage_entries)
     send = producer_send(app, destinations)
 
     async def publish_alert(key: bytes, value: bytes) -> Any:

@@ -26,10 +26,12 @@ Scan = Callable[[int], Iterable[tuple[Any, Any]]]
 
 
 class Expiry:
-    def __init__(self, table: Any, expiry_of: ExpiryOf, scan: Scan | None = None) -> None:
+    def __init__(self, table: Any, expiry_of: ExpiryOf, scan: Scan | None = None,
+                 on_forget: Callable[[], None] | None = None) -> None:
         self.table = table
         self.expiry_of = expiry_of
         self.scan: Scan = scan or (lambda _: self.table.items())
+        self.on_forget = on_forget
         self._queues: dict[int, deque[tuple[int, str]]] = {}
 
     def remember(self, key: str, partition: int, expires_ms: int) -> None:
@@ -51,7 +53,10 @@ class Expiry:
         return deleted
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drops the in-memory order of partitions this worker no longer holds."""
+        """Drops the in-memory order of partitions this worker no longer holds (and
+        `on_forget`: what else was kept about the table, at every rebalance)."""
+        if self.on_forget is not None:
+            self.on_forget()
         for partition in partitions:
             self._queues.pop(partition, None)
 
