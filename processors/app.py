@@ -22,11 +22,13 @@ that is safe, while the agent already works on the next messages.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import faust
 import orjson
+from faust.streams import current_event
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,13 +40,14 @@ from processors.alert_log import AlertLog
 from processors.alert_webhooks import attach_alert_delivery
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector
+from processors.ordered_store import FaustPartitions, rocksdb_options
 from processors.priced_models import priced_model_keys
 from processors.quota_status import quota_report
 from processors.raw_agent import RawAgent, Send
 from processors.raw_processor import RawProcessor
 from processors.split import ALL_ROUTES
 from processors.stall_guard import CommittedOffsets, StallGuard, untrack
-from processors.state import UsageState
+from processors.state import CachedTable, UsageState
 
 TABLES = ("seen", "usage")
 
@@ -65,13 +68,27 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
     destinations["dead_letter"] = _topic(app, topics.dead_letters.name, 1)
     alerts_topic = _topic(app, topics.alerts.name, partitions)
     registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
-    seen = app.Table("seen", default=None, partitions=partitions)
-    usage_table = app.Table("usage", default=None, partitions=partitions)
+    # Both tables live in RocksDB (faust_app's store), one database per partition, with
+    # bounded memory (ordered_store.rocksdb_options). `seen` holds 21-byte keys and 8-byte
+    # values, raw (processors/dedup.py); `usage` keeps its JSON keys and values, so
+    # that the live windows of a worker that ran with the memory store before are
+    # restored unchanged from its changelog.
+    seen = app.Table("seen", default=None, partitions=partitions, key_type=bytes,
+                     value_type=bytes, options=rocksdb_options(partitions))
+    usage_table = app.Table("usage", default=None, partitions=partitions,
+                            options=rocksdb_options(partitions))
     assert tuple(app.tables) == TABLES
     grace_ms = int(settings.late_grace * 1000)
+    usage_store = FaustPartitions(usage_table)
+
+    def usage_entries(partition: int) -> Iterator[tuple[Any, Any]]:
+        for key, value in usage_store.items_from(partition, b""):
+            yield orjson.loads(key), orjson.loads(value)
+
     # Room for the record's framing and headers under the producer's limit.
-    state = UsageState(usage_table, grace_ms, settings.worker_max_users,
-                       max_request_size - 4096)
+    state = UsageState(CachedTable(usage_table, lambda: current_event() is not None),
+                       grace_ms, settings.worker_max_users, max_request_size - 4096,
+                       scan=usage_entries)
     send = producer_send(app, destinations)
 
     async def publish_alert(key: bytes, value: bytes) -> Any:
@@ -80,7 +97,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
     alert_log = AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert,
                          settings.worker_max_user_alerts)
     processor = RawProcessor(
-        Deduplicator(seen, int(settings.dedup_retention * 1000)),
+        Deduplicator(FaustPartitions(seen), int(settings.dedup_retention * 1000)),
         state,
         alert_log,
         RunawayDetector(state, settings.runaway_multiple, settings.runaway_min_calls),
@@ -119,13 +136,20 @@ def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
     return seek
 
 
+def worker_datadir(settings: Settings) -> Path:
+    """One data directory per worker process: RocksDB locks each partition's database
+    for one process, so workers on one machine (told apart by their web port) must not
+    share theirs."""
+    return settings.data_dir / "worker" / f"port-{settings.worker_port}"
+
+
 def faust_app(settings: Settings, max_request_size: int) -> faust.App:
     return faust.App(
         settings.namespace,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
-        store="memory://",
+        store="rocksdb://",
         autodiscover=False,
-        datadir=str(settings.data_dir / "worker"),
+        datadir=str(worker_datadir(settings)),
         web_bind=settings.bind_host,
         web_port=settings.worker_port,
         web_host=settings.bind_host,

@@ -3,24 +3,35 @@
 Faust writes a table change to the changelog partition of the message being
 processed, so an entry may only be deleted while a message of its own partition
 is processed. Each partition keeps its keys in expiry order in memory (rebuilt
-from the table after a start or an assignment), and the agent deletes the
-oldest expired ones before each message of that partition.
+after a start or an assignment from that partition's entries only: `scan`, which
+for the RocksDB store reads the partition's own database), and the agent deletes
+the oldest expired ones before each message of that partition.
+
+Used for the live usage windows (processors/state.py): tens of keys per deployment,
+so the rebuild reads a few hundred thousand entries at 10k deployments. The dedup
+table, millions of keys, keeps its keys in expiry order on disk instead
+(processors/dedup.py).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 # value -> (expires at in ms, partition)
 ExpiryOf = Callable[[Any], tuple[int, int]]
+# partition -> its (key, value) entries
+Scan = Callable[[int], Iterable[tuple[Any, Any]]]
 
 
 class Expiry:
-    def __init__(self, table: Any, expiry_of: ExpiryOf) -> None:
+    def __init__(self, table: Any, expiry_of: ExpiryOf, scan: Scan | None = None,
+                 on_forget: Callable[[], None] | None = None) -> None:
         self.table = table
         self.expiry_of = expiry_of
+        self.scan: Scan = scan or (lambda _: self.table.items())
+        self.on_forget = on_forget
         self._queues: dict[int, deque[tuple[int, str]]] = {}
 
     def remember(self, key: str, partition: int, expires_ms: int) -> None:
@@ -42,7 +53,10 @@ class Expiry:
         return deleted
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drops the in-memory order of partitions this worker no longer holds."""
+        """Drops the in-memory order of partitions this worker no longer holds (and
+        `on_forget`: what else was kept about the table, at every rebalance)."""
+        if self.on_forget is not None:
+            self.on_forget()
         for partition in partitions:
             self._queues.pop(partition, None)
 
@@ -51,7 +65,7 @@ class Expiry:
         if queue is None:
             # First use since start or assignment: rebuild from the (restored) table.
             entries = []
-            for key, value in self.table.items():
+            for key, value in self.scan(partition):
                 if value is not None:
                     expires, of_partition = self.expiry_of(value)
                     if of_partition == partition:

@@ -21,6 +21,12 @@ they are made (one producer buffer) and the producer keeps one batch in flight p
 partition. So when a key holds a later message's change, every change of the
 earlier messages was stored. (The storage snapshot's "d" below relies on it too.)
 
+The table lives in RocksDB on the worker's disk too (processors/app.py), which may hold
+changes its changelog never got when the worker crashed: the local copy is therefore
+kept only after a clean stop and otherwise restored from the changelog
+(processors/ordered_store.py), so the state a message is processed again against is
+always the changelog's prefix above.
+
 Bounded by construction. Tenants choose end user ids and model names, so:
 
 - the token maps ("t") hold only priced models plus meterstream/core/usage.py OTHER_MODEL;
@@ -50,7 +56,8 @@ Bounded by construction. Tenants choose end user ids and model names, so:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -66,7 +73,7 @@ from meterstream.core.usage import (
 )
 from meterstream.core.windows import expires_at, split_interval
 from processors import metrics
-from processors.expiry import Expiry
+from processors.expiry import Expiry, Scan
 
 STORAGE_GRANULARITIES = ("hour", "day", "month")
 
@@ -91,6 +98,57 @@ def other_users_key(deployment: str, granularity: str, start: int) -> str:
     return f"{deployment}|other-users|{granularity}|{start}"
 
 
+class CachedTable:
+    """The usage table with the values it decoded kept for reuse, absent keys included.
+
+    In RocksDB every `get` decodes the key's JSON again, and a message reads tens of keys
+    (its windows, its users, and for the runaway check the hour of minute windows before
+    it): decoding them every time cost the worker about half again its CPU per event.
+    Values are cached only while a message is processed (`populate`), when this worker
+    owns the partition and every change to its keys goes through here; a rebalance
+    clears the cache (`forget`, from the expiry's forget_partitions), since another
+    worker may have changed the keys meanwhile. Values are shared as the memory store
+    shared them: callers replace values, or change one they then store."""
+
+    _ABSENT: Any = object()
+
+    def __init__(self, table: Any, populate: Callable[[], bool], size: int = 65536) -> None:
+        self.table = table
+        self.populate = populate
+        self.size = size
+        self._cache: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self._cache.get(key, self._ABSENT)
+        if value is self._ABSENT:
+            value = self.table.get(key)
+            if self.populate():
+                self._keep(key, value)
+        else:
+            self._cache.move_to_end(key)
+        return default if value is None else value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.table[key] = value
+        self._keep(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._cache.pop(key, None)
+        del self.table[key]
+
+    def items(self) -> Any:
+        return self.table.items()
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    def _keep(self, key: Any, value: Any) -> None:
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+
+
 DEFAULT_MAX_USERS = 1000
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
 
@@ -106,13 +164,15 @@ Write = tuple[str, dict[str, Any], int, int | None]
 
 class UsageState:
     def __init__(self, table: Any, grace_ms: int, max_users: int = DEFAULT_MAX_USERS,
-                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> None:
+                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+                 scan: Scan | None = None) -> None:
         self.table = table
         self.grace_ms = grace_ms
         self.max_users = max_users
         self.max_value_bytes = max_value_bytes
         """Largest key + JSON value written to the changelog (below the producer's limit)."""
-        self.expiry = Expiry(table, lambda value: (value["x"], value["p"]))
+        self.expiry = Expiry(table, lambda value: (value["x"], value["p"]), scan,
+                             on_forget=getattr(table, "forget", None))
 
     def apply(self, deployment: str, usage: MessageUsage, partition: int, offset: int,
               received_at: int) -> None:

@@ -111,9 +111,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_PRODUCE_TIMEOUT", "10",
              "Seconds the receiver waits for Kafka to acknowledge a body before it answers "
              "503 so that Convex retries."),
-    Variable("METERSTREAM_DEDUP_RETENTION", "604800",
+    Variable("METERSTREAM_DEDUP_RETENTION", "90000",
              "Seconds a webhook body's hash and an agent usage record's id are remembered, "
-             "so that a repeat within that time is dropped (default 7 days)."),
+             "so that a repeat within that time is dropped (default 25 hours: the default "
+             "late-event grace, for which a replayed body's events still count, plus an "
+             "hour; at least METERSTREAM_LATE_GRACE)."),
     Variable("METERSTREAM_WORKER_COMMIT_INTERVAL", "2.8",
              "Seconds between the worker's offset commits; after a crash it processes again "
              "what came in since the last commit (counted once: see docs/exactly-once.md)."),

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import faust
 
 from meterstream.core.config import Settings
 from meterstream.core.logs import logging_config
 from meterstream.core.topics import Topics, ensure_topics
-from processors.app import TABLES, create_app
+from processors.app import TABLES, create_app, worker_datadir
+from processors.ordered_store import mark_clean, open_local_state
 from processors.split import ALL_ROUTES
 
 
@@ -25,8 +27,10 @@ def main(settings: Settings) -> None:
          *(topics.changelog(table) for table in TABLES),
          *(topics.records(r) for r in ALL_ROUTES)],
     ))
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    worker_datadir(settings).mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
+    tabledir = Path(app.conf.tabledir)
+    open_local_state(tabledir)
     worker = faust.Worker(
         app,
         loop=loop,
@@ -35,4 +39,11 @@ def main(settings: Settings) -> None:
         redirect_stdouts=False,
         quiet=True,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        # Faust exits 0 only once it stopped cleanly, its producer flushed: the local
+        # state on disk matches the changelog and may be kept for the next start.
+        if stop.code in (0, None):
+            mark_clean(tabledir)
+        raise

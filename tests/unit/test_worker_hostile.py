@@ -27,6 +27,7 @@ from processors import metrics
 from processors.alert_log import AlertLog, bound_user_alerts
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector, due_quota_alerts
+from processors.ordered_store import MemoryPartitions
 from processors.poison import Poison, with_retries
 from processors.priced_models import default_price_book, priced_model_keys
 from processors.quota_status import quota_report
@@ -338,7 +339,7 @@ class Harness:
         self.state = UsageState(self.table, GRACE)
         self.alerts = FakeAlerts()
         self.processor = RawProcessor(
-            Deduplicator({}, 7 * DAY_MS), self.state, self.alerts,
+            Deduplicator(MemoryPartitions(), 7 * DAY_MS), self.state, self.alerts,
             RunawayDetector(self.state, 10, 1000), Registry(quotas),  # type: ignore[arg-type]
             self._send, GRACE, lambda: {0}, PRICED, max_forward_bytes)
 
