@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import faust
 
@@ -11,6 +12,15 @@ from meterstream.core.logs import logging_config
 from meterstream.core.topics import Topics, ensure_topics
 from processors.app import TABLES, create_app
 from processors.split import ALL_ROUTES
+
+
+def worker_datadir(settings: Settings) -> Path:
+    """Where this worker process keeps its Faust data (table files): a directory of its
+    own, named by its web port. Several workers run side by side under `up --workers N`
+    (meterstream/supervisor.py), each with its own port, and two workers must not share
+    a table store; the port is also stable from one start to the next, so a worker finds
+    the files it left."""
+    return settings.data_dir / "worker" / str(settings.worker_port)
 
 
 def main(settings: Settings) -> None:
@@ -25,8 +35,10 @@ def main(settings: Settings) -> None:
          *(topics.changelog(table) for table in TABLES),
          *(topics.records(r) for r in ALL_ROUTES)],
     ))
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
+    datadir = worker_datadir(settings)
+    datadir.mkdir(parents=True, exist_ok=True)
+    app.conf.datadir = datadir
     worker = faust.Worker(
         app,
         loop=loop,
