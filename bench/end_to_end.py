@@ -3,7 +3,8 @@ exact totals in ClickHouse afterwards.
 
     .venv/bin/python -m bench.end_to_end [--start 8000] [--factor 1.25] [--step-seconds 30]
 
-One pipeline (`meterstream up`: receiver, worker, sink, embedded ClickHouse) on the broker
+One pipeline (`meterstream up`: receiver, `--workers` workers (default: `up`'s own
+default, the cores less one), sink, embedded ClickHouse) on the broker
 METERSTREAM_KAFKA names (or one of its own). `meterstream loadgen` traffic (realistic
 Convex v2 events from --deployments deployments, signed 128-event batches) is sent at a
 target rate in steps, each step `--factor` times the last, until a step is not
@@ -11,7 +12,7 @@ sustained (when the first step is not, the next ones go down instead, two factor
 a time, until one is):
 
 - sustained means the load generator reached 95 % of the target and, over the step's last
-  third, neither the worker (raw bodies in the topic minus bodies it finished) nor the
+  third, neither the workers (raw bodies in the topic minus bodies they finished) nor the
   sink (records not yet committed by its group) was behind by more than `--max-lag`
   seconds of traffic at that rate;
 - alert latency: during every step, probe deployments with a day quota of one batch get
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -46,6 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.alert_latency import tail_alerts
 from bench.receiver import start_broker
+from meterstream import supervisor
 from meterstream.core.config import Settings
 from meterstream.core.query import run_sql
 from meterstream.core.signature import HEADER, sign
@@ -53,7 +56,7 @@ from meterstream.core.topics import Topics
 from meterstream.loadgen.check import check as check_totals
 from meterstream.loadgen.expected import TABLE_SUMS
 from meterstream.loadgen.sender import LoadOptions, LoadResult, run_load
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from tests.support.load import function_load
 from tests.support.pipeline import Pipeline, running_pipeline
 
@@ -119,10 +122,11 @@ def percentile(values: list[float], q: float) -> float:
 class LagMeter:
     """How far the worker and the sink are behind the raw and the record topics."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, workers: int) -> None:
         self.bootstrap = pipeline.env["METERSTREAM_KAFKA"]
         self.namespace = pipeline.namespace
-        self.worker_port = pipeline.env["METERSTREAM_WORKER_PORT"]
+        base = int(pipeline.env["METERSTREAM_WORKER_PORT"])
+        self.worker_ports = [base + i for i in range(workers)]
         self.topics = Topics.of(Settings.from_env({**os.environ, **pipeline.env}))
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -146,9 +150,12 @@ class LagMeter:
         return max(0.0, sum(ends.values()) - await self._worker_done())
 
     async def _worker_done(self) -> float:
-        url = f"http://127.0.0.1:{self.worker_port}/metrics"
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            text = await response.text()
+        """Bodies finished, summed over the workers."""
+        text = ""
+        async with aiohttp.ClientSession() as session:
+            for port in self.worker_ports:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    text += await response.text() + "\n"
         done = 0.0
         for line in text.splitlines():
             if line.startswith(("meterstream_worker_raw_batches_total ",
@@ -204,7 +211,7 @@ def register_probes(pipeline: Pipeline, names: list[str]) -> None:
 
 async def run_step(pipeline: Pipeline, settings: Settings, step: Step, args: argparse.Namespace,
                    probes: list[str], seen: dict[str, float], index: int) -> None:
-    meter = LagMeter(pipeline)
+    meter = LagMeter(pipeline, args.workers)
     await meter.start()
     began = time.monotonic()
     stop_sampling = asyncio.Event()
@@ -259,7 +266,7 @@ async def run_steps(pipeline: Pipeline, args: argparse.Namespace) -> list[Step]:
             if not sustained and rate / args.factor ** 2 < args.floor:
                 break
             # Let the pipeline catch up before the next step, so steps do not add up.
-            meter = LagMeter(pipeline)
+            meter = LagMeter(pipeline, args.workers)
             await meter.start()
             try:
                 await until_async(functools.partial(caught_up, meter), 300)
@@ -316,16 +323,32 @@ class EndToEnd:
     steps: list[Step]
     compared: int
     differing: int
+    workers: int
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    while True:
+        base = free_port()
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
 
 
 def measure(bootstrap: str, args: argparse.Namespace) -> EndToEnd:
     workdir = Path(tempfile.mkdtemp(prefix="meterstream-e2e-"))
-    with running_pipeline(bootstrap, workdir, extra_env={
-            "METERSTREAM_SINK_BATCH_SECONDS": "1.0"}) as pipeline:
+    with running_pipeline(bootstrap, workdir, command=f"up --workers {args.workers}",
+                          extra_env={"METERSTREAM_SINK_BATCH_SECONDS": "1.0",
+                                     "METERSTREAM_WORKER_PORT": str(free_ports(args.workers))}
+                          ) as pipeline:
         steps = asyncio.run(run_steps(pipeline, args))
         compared, differing = check_all(pipeline, steps, args.check_seconds)
     good = [s for s in steps if s.sustained(args.step_seconds, args.max_lag)]
-    return EndToEnd(good[-1] if good else None, steps, compared, differing)
+    return EndToEnd(good[-1] if good else None, steps, compared, differing, args.workers)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -341,6 +364,9 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("--deployments", type=int, default=50)
     options.add_argument("--users", type=int, default=20)
     options.add_argument("--connections", type=int, default=16)
+    options.add_argument("--workers", type=int, default=supervisor.default_workers(),
+                         help="worker processes of `meterstream up` (default: its own, "
+                              f"{supervisor.default_workers()} here)")
     options.add_argument("--probes-per-second", type=float, default=2.0)
     options.add_argument("--check-seconds", type=float, default=300)
     options.add_argument("--json", type=Path, help="also write the summary to this file")
@@ -357,6 +383,7 @@ def summary(outcome: EndToEnd) -> dict[str, Any]:
         if best and best.alert_ms else None,
         "alert_p99_ms": round(percentile(best.alert_ms, 0.99), 1)
         if best and best.alert_ms else None,
+        "workers": outcome.workers,
         "totals_compared": outcome.compared,
         "totals_differing": outcome.differing,
     }
@@ -365,7 +392,7 @@ def summary(outcome: EndToEnd) -> dict[str, Any]:
 def command(args: argparse.Namespace) -> str:
     return (f".venv/bin/python -m bench.end_to_end --start {args.start:g} "
             f"--factor {args.factor:g} --step-seconds {args.step_seconds:g} "
-            f"--deployments {args.deployments}")
+            f"--deployments {args.deployments} --workers {args.workers}")
 
 
 def main() -> None:

@@ -25,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("receiver", help="the Convex webhook receiver")
     commands.add_parser("worker", help="the Faust worker")
     commands.add_parser("sink", help="the ClickHouse sink")
-    commands.add_parser("up", help="receiver, worker and sink together, in the foreground")
+    up = commands.add_parser("up", help="receiver, workers and sink together, in the foreground")
+    up.add_argument("--workers", type=_workers, default=None, metavar="N",
+                    help="worker processes, with web ports METERSTREAM_WORKER_PORT to "
+                         "METERSTREAM_WORKER_PORT+N-1 (default: the cores less one, "
+                         "at least 1)")
     from meterstream import deployments
 
     deployments.add_parser(commands)
@@ -43,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
 
     billing_cli.add_parsers(commands)
     return parser
+
+
+def _workers(text: str) -> int:
+    from meterstream.supervisor import MAX_WORKERS
+
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{count}: from 1 to {MAX_WORKERS}")
+    return count
 
 
 # Commands that write webhook secrets to the registry make the data directory's key when
@@ -123,7 +139,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "up":
         from meterstream import supervisor
 
-        return supervisor.run()
+        workers = args.workers or supervisor.default_workers()
+        if settings.worker_port + workers - 1 > 65535:
+            print(f"meterstream up: {workers} workers need ports {settings.worker_port} to "
+                  f"{settings.worker_port + workers - 1}: past 65535", file=sys.stderr)
+            return 2
+        return supervisor.run(workers, settings.worker_port)
     elif args.command == "sql":
         return _sql(args.query, settings, write=args.write)
     elif args.command == "deployments":

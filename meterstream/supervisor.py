@@ -1,15 +1,23 @@
-"""`meterstream up`: receiver, worker and sink as child processes, in the foreground.
+"""`meterstream up`: receiver, workers and sink as child processes, in the foreground.
 
 Each child is `meterstream <role>`, which runs meterstream/processes/<role>.py: a child
 process, not a task in this one, so that a service that crashes or hangs takes no other
 with it and each keeps its own event loop (Faust's worker wants its own).
 
+`up --workers N` runs N worker processes (default `default_workers()`), all in one
+Faust consumer group, so the raw topic's partitions (METERSTREAM_PARTITIONS) spread
+over them and the worker stage is not capped by one Python process. Worker i (from 0)
+serves its web pages (/v1/quota, forwarded by Faust to the owner of the deployment's
+partition, and /metrics) on METERSTREAM_WORKER_PORT + i and keeps its table files in
+a directory of its own (meterstream/processes/worker.py).
+
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only
 the supervisor, which stops the children in pipeline order: the receiver
-first (no new input), then the worker, then the sink, which flushes what the
-worker produced. If a child dies on its own, the others are stopped too and
-`up` exits non-zero. If `up` itself is killed, the kernel sends each child
-SIGTERM (PR_SET_PDEATHSIG), so no service outlives it.
+first (no new input), then the workers (all at once: stopped one by one, the
+last ones would take over the partitions of the first in a rebalance each), then
+the sink, which flushes what the workers produced. If a child dies on its own,
+the others are stopped too and `up` exits non-zero. If `up` itself is killed, the
+kernel sends each child SIGTERM (PR_SET_PDEATHSIG), so no service outlives it.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 log = logging.getLogger("meterstream.up")
 
-ROLES = ("sink", "worker", "receiver")
 STOP_ORDER = ("receiver", "worker", "sink")
 STOP_TIMEOUT_SECONDS = 60.0
+MAX_WORKERS = 64
 PR_SET_PDEATHSIG = 1
 
 
@@ -38,38 +47,76 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _spawn(role: str) -> subprocess.Popen[bytes]:
+def default_workers() -> int:
+    """Worker processes for `up` when --workers is not given: one per core this process
+    may run on, less one, and at least one.
+
+    The worker is the stage that costs the most CPU per event (BENCHMARKS.md: about 30 CPU
+    seconds per million events, several times the receiver's or the sink's), and one
+    worker is one Python process: one core. The core left over is for the receiver, the
+    sink and, on a one-machine setup, the broker; more workers than that would take
+    CPU from the stages they wait for. Cores are counted from the CPU affinity, which
+    follows `taskset` and container cpusets, not from the machine's total."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+def worker_names(count: int) -> list[str]:
+    """The children's names of `count` workers: "worker" alone, else "worker-0", ..."""
+    return ["worker"] if count == 1 else [f"worker-{i}" for i in range(count)]
+
+
+def worker_env(base_port: int, index: int) -> dict[str, str]:
+    """What worker `index` gets besides `up`'s environment: its own web port."""
+    return {**os.environ, "METERSTREAM_WORKER_PORT": str(base_port + index)}
+
+
+def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "meterstream", role],
-                            start_new_session=True, env=os.environ.copy(),
+                            start_new_session=True, env=env,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
+def _role(name: str) -> str:
+    return name.split("-")[0]
+
+
 def _stop(children: dict[str, subprocess.Popen[bytes]]) -> bool:
-    """Stops the children in order; True when every one exited cleanly."""
+    """Stops the children in order, each role's children together; True when every one
+    exited cleanly."""
     clean = True
     for role in STOP_ORDER:
-        child = children[role]
-        if child.poll() is None:
-            log.info("stopping", extra={"role": role, "pid": child.pid})
-            child.send_signal(signal.SIGTERM)
+        group = {name: child for name, child in children.items() if _role(name) == role}
+        for name, child in group.items():
+            if child.poll() is None:
+                log.info("stopping", extra={"role": name, "pid": child.pid})
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for name, child in group.items():
             try:
-                child.wait(STOP_TIMEOUT_SECONDS)
+                child.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("did not stop in time; killing", extra={"role": role})
+                log.error("did not stop in time; killing", extra={"role": name})
                 child.kill()
                 child.wait()
-        if child.returncode != 0:
-            clean = False
-            log.error("exited with an error", extra={"role": role, "code": child.returncode})
+            if child.returncode != 0:
+                clean = False
+                log.error("exited with an error", extra={"role": name,
+                                                         "code": child.returncode})
     return clean
 
 
-def run() -> int:
+def run(workers: int, worker_port: int) -> int:
+    """Runs the pipeline with `workers` worker processes, whose web ports start at
+    `worker_port`, until SIGTERM or SIGINT or until a child exits."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    children = {role: _spawn(role) for role in ROLES}
-    log.info("pipeline started", extra={role: c.pid for role, c in children.items()})
+    children = {"sink": _spawn("sink", os.environ.copy())}
+    for index, name in enumerate(worker_names(workers)):
+        children[name] = _spawn("worker", worker_env(worker_port, index))
+    children["receiver"] = _spawn("receiver", os.environ.copy())
+    log.info("pipeline started", extra={name: c.pid for name, c in children.items()})
     died: str | None = None
     while not stop.wait(0.2):
         died = next((r for r, c in children.items() if c.poll() is not None), None)

@@ -110,7 +110,7 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
     }
     log = workdir / "up.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "meterstream", command],
+        process = subprocess.Popen([sys.executable, "-m", "meterstream", *command.split()],
                                    cwd=REPO,
                                    env={**os.environ, **env}, stdout=out,
                                    stderr=subprocess.STDOUT)
