@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
@@ -36,7 +37,8 @@ def test_only_refusals_about_the_rows_count_as_the_messages_fault() -> None:
 
 
 def test_a_batch_splits_into_its_origin_messages_in_order() -> None:
-    columns = Columns(("raw_partition", "raw_offset", "event_index", "x"))
+    names = ("raw_partition", "raw_offset", "event_index", "x")
+    columns = Columns(names, pa.schema([(name, pa.uint64()) for name in names]))
     columns.add([{"raw_partition": p, "raw_offset": o, "event_index": i, "x": n}
                  for n, (p, o, i) in enumerate([(0, 1, 0), (0, 1, 1), (1, 1, 0), (0, 2, 0)])])
     ranges = columns.messages(("raw_partition", "raw_offset"))

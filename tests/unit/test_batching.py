@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 from aiokafka import TopicPartition
 
@@ -11,6 +12,7 @@ B = TopicPartition("t", 3)
 
 
 NAMES = ("n", "raw_partition", "raw_offset", "event_index")
+SCHEMA = pa.schema([pa.field(name, pa.uint64(), nullable=False) for name in NAMES])
 
 
 def _record(n: int) -> dict:
@@ -18,7 +20,7 @@ def _record(n: int) -> dict:
 
 
 def _buffer(max_rows: int, max_seconds: float) -> BatchBuffer:
-    return BatchBuffer(NAMES, max_rows, max_seconds)
+    return BatchBuffer(NAMES, SCHEMA, max_rows, max_seconds)
 
 
 def test_offsets_months_and_tokens_cover_every_message() -> None:
@@ -29,7 +31,7 @@ def test_offsets_months_and_tokens_cover_every_message() -> None:
     buffer.add(B, 9, {202612: [_record(5)]})
     assert len(buffer) == 5
     batch = buffer.take()
-    assert {m: columns.data[0] for m, columns in batch.months.items()} == {
+    assert {m: columns.table().column(0).to_pylist() for m, columns in batch.months.items()} == {
         202611: [1, 2, 3], 202612: [4, 5]}
     assert batch.months[202612].records() == [_record(4), _record(5)]
     assert batch.rows == 5
@@ -80,6 +82,6 @@ def test_a_message_with_a_record_lacking_a_column_adds_nothing() -> None:
     with pytest.raises(KeyError):
         buffer.add(A, 1, {1: [_record(1)], 2: [{"n": 2}]})
     batch = buffer.take()
-    assert batch.months[1].data == [[0], [0], [0], [0]]
+    assert batch.months[1].records() == [_record(0)]
     assert list(batch.months) == [1]
     assert batch.commit_offsets() == {A: 1}
