@@ -21,8 +21,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from operator import itemgetter
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 from aiokafka import TopicPartition
@@ -38,20 +39,23 @@ Lists: TypeAlias = list[list[object]]
 Part: TypeAlias = "pa.RecordBatch | Lists"
 
 
+@cache
+def _layout(names: tuple[str, ...]) -> tuple[itemgetter[Any], list[int]]:
+    """(the getter of a record's columns, the indexes of its origin columns)"""
+    origin = next(o for o in ORIGIN_FIELDS if set(o) <= set(names))
+    return itemgetter(*names), [names.index(name) for name in origin]
+
+
 class Columns:
     """Rows of one table and month, in arrival order, as parts (see the module's text)."""
 
     def __init__(self, names: tuple[str, ...], schema: pa.Schema) -> None:
         self.names = names
         self.schema = schema
-        self.getter = itemgetter(*names)
+        # One Columns per message and month: what depends only on the table is computed once.
+        self.getter, self._origin = _layout(names)
         self.parts: list[Part] = []
         self.rows = 0
-        origin = next(o for o in ORIGIN_FIELDS if set(o) <= set(names))
-        self._origin = [names.index(name) for name in origin]
-        self._times = [index for index, f in enumerate(schema)
-                       if pa.types.is_timestamp(f.type)]
-        self._maps = [index for index, f in enumerate(schema) if pa.types.is_map(f.type)]
 
     def add(self, records: list[Record]) -> None:
         """Appends version 1 records; raises KeyError (and appends nothing) if one lacks a
@@ -86,11 +90,16 @@ class Columns:
         self.rows += other.rows
 
     def table(self) -> pa.Table:
-        """The rows as one Arrow table of the schema (an insert). Raises ValueError,
-        TypeError or OverflowError when a version 1 value does not fit its column."""
-        return pa.Table.from_batches([part if isinstance(part, pa.RecordBatch)
-                                      else self._arrow(part) for part in self.parts],
-                                     schema=self.schema)
+        """The rows as one Arrow table of the schema (an insert), in one chunk. Raises
+        ValueError, TypeError or OverflowError when a version 1 value does not fit its
+        column."""
+        table = pa.Table.from_batches([part if isinstance(part, pa.RecordBatch)
+                                       else self._arrow(part) for part in self.parts],
+                                      schema=self.schema)
+        # One record batch instead of one per message: the engine reads a batch of a few
+        # hundred rows at a cost that a copy here is a fraction of (measured with chdb:
+        # 8.3 CPU µs per row inserted as 128-row batches, 2.8 as one).
+        return table.combine_chunks()
 
     def _arrow(self, lists: Lists) -> pa.RecordBatch:
         arrays = [pa.array(values, type=f.type) for values, f in zip(lists, self.schema,
@@ -114,10 +123,10 @@ class Columns:
 
     def _records_of(self, batch: pa.RecordBatch) -> list[Record]:
         columns: list[list[object]] = []
-        for index, column in enumerate(batch.columns):
-            if index in self._times:
+        for column in batch.columns:
+            if pa.types.is_timestamp(column.type):
                 columns.append(column.view(pa.int64()).to_pylist())
-            elif index in self._maps:
+            elif pa.types.is_map(column.type):
                 columns.append([dict(pairs) for pairs in column.to_pylist()])
             else:
                 columns.append(column.to_pylist())

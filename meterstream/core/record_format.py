@@ -61,6 +61,18 @@ def schema(event_type: EventType) -> pa.Schema:
                       for name, type_ in event_type.columns])
 
 
+_SCHEMAS: dict[str, pa.Schema] = {}
+
+
+def _schema_of_table(event_type: EventType) -> pa.Schema:
+    """`schema` looked up by table name: hashing the frozen EventType (its 44 columns) for
+    `schema`'s cache costs more than the rest of a message's decoding."""
+    found = _SCHEMAS.get(event_type.table)
+    if found is None:
+        found = _SCHEMAS[event_type.table] = schema(event_type)
+    return found
+
+
 def is_arrow(headers: Sequence[tuple[str, bytes]] | None) -> bool:
     """Whether a record message's headers say version 2."""
     return headers is not None and (FORMAT_HEADER, ARROW) in headers
@@ -99,7 +111,7 @@ def decode(event_type: EventType, value: bytes) -> pa.RecordBatch:
         raise DecodeError(f"{event_type.table}: {len(batches)} record batches in one message; "
                           "expected 1")
     batch = batches[0]
-    if not batch.schema.equals(schema(event_type)):
+    if not batch.schema.equals(_schema_of_table(event_type)):
         raise DecodeError(f"{event_type.table}: the message's columns are not the table's: "
                           f"{batch.schema.names}")
     if batch.num_rows and any(column.null_count for column in batch.columns):

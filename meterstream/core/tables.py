@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import orjson
@@ -96,9 +95,7 @@ class TableSpec:
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema of the rows as inserted (the version 2 schema for event types)."""
-        if self.event_type is not None:
-            return record_format.schema(self.event_type)
-        return _schema_of_kinds(self.kinds)
+        return _schema_of_spec(self.table, self.event_type, self.kinds)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -117,10 +114,20 @@ class TableSpec:
                                  f"got {record[name]!r:.80}")
 
 
-@cache
-def _schema_of_kinds(kinds: tuple[tuple[str, str], ...]) -> pa.Schema:
-    return pa.schema([pa.field(name, ARROW_OF_KIND[kind], nullable=False)
-                      for name, kind in kinds])
+_SCHEMAS: dict[str, pa.Schema] = {}
+
+
+def _schema_of_spec(table: str, event_type: events.EventType | None,
+                    kinds: tuple[tuple[str, str], ...]) -> pa.Schema:
+    # Cached by table name: hashing the frozen spec or event type (all their columns) would
+    # cost more than building the schema's lookup key.
+    found = _SCHEMAS.get(table)
+    if found is None:
+        found = _SCHEMAS[table] = (
+            record_format.schema(event_type) if event_type is not None else
+            pa.schema([pa.field(name, ARROW_OF_KIND[kind], nullable=False)
+                       for name, kind in kinds]))
+    return found
 
 
 def _array(value: bytes) -> list[Record]:
