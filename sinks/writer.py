@@ -1,17 +1,16 @@
 """One atomic insert: the rows of one table and one month, as one Arrow table.
 
 The rows go with clickhouse-connect's `insert_arrow`: one `INSERT ... FORMAT Arrow`
-whose body is an Arrow IPC file of the table's record batches (one per version 2
-message, one per run of version 1 messages: sinks/batching.py). The server reads each
-record batch as one chunk of the insert.
+whose body is an Arrow IPC file of the table's rows, combined into one record batch
+(sinks/batching.py `Columns.table`).
 
 ClickHouse stores an insert into a MergeTree partition as one part, which
 appears whole or not at all, provided the insert is squashed into one block:
 the settings below make sure of it whatever the server's defaults (a batch is
-at most METERSTREAM_SINK_BATCH_ROWS rows plus one message), and they squash the
-many small record batches of an Arrow insert as they squashed clickhouse-connect's
-Native blocks (tests/unit/test_sink_arrow.py inserts hundreds of record batches
-with the server's squashing off and finds one part). `insert_arrow` passes its
+at most METERSTREAM_SINK_BATCH_ROWS rows plus one message), as they squashed
+clickhouse-connect's Native blocks: tests/unit/test_sink_arrow.py turns the server's
+squashing off and finds the same rows in many parts when sent without them, in one
+part with them. `insert_arrow` passes its
 `settings` through to the query as any insert does (clickhouse-connect: the HTTP
 query parameters; the embedded engine: the statement's SETTINGS clause). The
 insert_deduplication_token makes the same insert sent twice (a retry after a

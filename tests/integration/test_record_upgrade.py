@@ -69,7 +69,7 @@ def _messages(body: bytes, index: int, version: int
     from processors.split import split_body
 
     split = split_body(body, index % PARTITIONS, index // PARTITIONS)
-    out = []
+    out: list[tuple[str, bytes, list[tuple[str, bytes]], int]] = []
     for route, records in split.routed.items():
         if version == V1:
             out.append((route, orjson.dumps(records), [], len(records)))

@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 from aiokafka import TopicPartition
 
+from meterstream.core.tables import BadMessage
 from sinks import batching
 from sinks.batching import BatchBuffer
 
@@ -85,3 +86,60 @@ def test_a_message_with_a_record_lacking_a_column_adds_nothing() -> None:
     assert batch.months[1].records() == [_record(0)]
     assert list(batch.months) == [1]
     assert batch.commit_offsets() == {A: 1}
+
+
+# Version 1 records and version 2 Arrow batches in one batch (an upgrade in flight).
+
+def _arrow(*numbers: int) -> pa.RecordBatch:
+    records = [_record(n) for n in numbers]
+    return pa.RecordBatch.from_pylist(records, schema=SCHEMA)
+
+
+def test_json_records_and_arrow_batches_mix_in_arrival_order() -> None:
+    buffer = _buffer(max_rows=100, max_seconds=60)
+    buffer.add(A, 0, {1: [_record(1), _record(2)]})
+    buffer.add(A, 1, {1: [_record(3)]})  # joins the JSON run before it
+    buffer.add(A, 2, {1: _arrow(4, 4, 4)})  # one message: one origin
+    buffer.add(B, 5, {1: [_record(5)], 2: _arrow(6)})
+    buffer.add(A, 3, {1: _arrow()})  # an Arrow message with no rows admitted
+    assert len(buffer) == 8
+    batch = buffer.take()
+    month = batch.months[1]
+    assert [type(part).__name__ for part in month.parts] == ["list", "RecordBatch", "list"]
+    table = month.table()
+    assert table.column(0).num_chunks == 1  # one record batch per insert
+    assert table.column("n").to_pylist() == [1, 2, 3, 4, 4, 4, 5]
+    assert month.records() == [_record(n) for n in (1, 2, 3, 4, 4, 4, 5)]
+    assert month.messages(("raw_partition", "raw_offset")) == [
+        (0, 1), (1, 2), (2, 3), (3, 6), (6, 7)]
+    assert month.slice(2, 5).records() == [_record(3), _record(4), _record(4)]
+    assert batch.token(1) == "t:0:0-3,t:3:5-5|1|7|0:1:0|0:5:0"
+    assert batch.months[2].table().column("n").to_pylist() == [6]
+    assert batch.commit_offsets() == {A: 4, B: 6}
+
+
+def test_a_json_value_arrow_cannot_take_fails_the_insert_and_is_removed_by_the_check() -> None:
+    buffer = _buffer(max_rows=100, max_seconds=60)
+    buffer.add(A, 0, {1: [_record(1), {**_record(2), "n": "two"}]})
+    buffer.add(A, 1, {1: _arrow(3)})
+    buffer.add(A, 2, {1: [{**_record(4), "n": None}]})
+    month = buffer.take().months[1]
+    with pytest.raises((TypeError, ValueError)):
+        month.table()
+
+    def check(record: dict) -> None:
+        if type(record["n"]) is not int:
+            raise BadMessage(f"n must be u64, got {record['n']!r}")
+
+    bad = month.remove_bad(check)
+    assert bad == [("n must be u64, got 'two'", {**_record(2), "n": "two"}),
+                   ("n must be u64, got None", {**_record(4), "n": None})]
+    assert month.rows == 2
+    assert month.table().column("n").to_pylist() == [1, 3]
+
+
+def test_a_missing_json_value_is_refused_at_the_insert() -> None:
+    buffer = _buffer(max_rows=100, max_seconds=60)
+    buffer.add(A, 0, {1: [{**_record(1), "n": None}]})
+    with pytest.raises(ValueError, match="n: a value is missing"):
+        buffer.take().months[1].table()
