@@ -129,8 +129,7 @@ class HighWater:
         origin_offset = _one_value(batch, self.spec.origin_fields[1], self.spec.table)
         self._check_partition(origin_partition, partition)
         times = batch.column(self.spec.time_field)
-        bounds = pc.min_max(times.view(pa.int64()))
-        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        low, high = _bounds(times.view(pa.int64()), self.spec.table, self.spec.time_field)
         if low < 0 or high > MAX_TIMESTAMP_MS:
             raise BadMessage(f"{self.spec.table}: {self.spec.time_field} must be a ms time, "
                              f"got {low}..{high}")
@@ -196,12 +195,22 @@ class HighWater:
                 "the same number of partitions for the sink to count exactly once")
 
 
+def _bounds(column: pa.Array, table: str, name: str) -> tuple[int, int]:
+    """The least and greatest value of an integer column; raises BadMessage if it holds a
+    null. Through numpy (a view of the Arrow buffer): a tenth of pyarrow.compute's
+    per-call cost on the few hundred rows of a message."""
+    try:
+        values = column.to_numpy()  # zero-copy: raises on nulls
+    except pa.ArrowException as exc:
+        raise BadMessage(f"{table}: {name} holds nulls ({exc})") from None
+    return int(values.min()), int(values.max())
+
+
 def _one_value(batch: pa.RecordBatch, name: str, table: str) -> int:
-    """The value every row of `batch` holds in column `name` (an integer column without
-    nulls); raises BadMessage if the rows differ."""
-    bounds = pc.min_max(batch.column(name))
-    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    if low != high or type(low) is not int:
+    """The value every row of `batch` holds in column `name` (an integer column); raises
+    BadMessage if the rows differ or one is null."""
+    low, high = _bounds(batch.column(name), table, name)
+    if low != high:
         raise BadMessage(f"{table}: a version 2 message holds the rows of one raw body, but "
                          f"its {name} runs from {low} to {high}")
     return low

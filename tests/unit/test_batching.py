@@ -143,3 +143,14 @@ def test_a_missing_json_value_is_refused_at_the_insert() -> None:
     buffer.add(A, 0, {1: [{**_record(1), "n": None}]})
     with pytest.raises(ValueError, match="n: a value is missing"):
         buffer.take().months[1].table()
+
+
+def test_a_null_in_an_arrow_message_is_refused_at_the_insert() -> None:
+    """Version 2 messages are decoded without a null check (sinks/sink.py); the insert's
+    table is checked instead, so a null is never stored as a column's default."""
+    buffer = _buffer(max_rows=100, max_seconds=60)
+    batch = _arrow(1, 2)
+    buffer.add(A, 0, {1: batch.set_column(0, batch.schema.field(0),
+                                          pa.array([1, None], type=pa.uint64()))})
+    with pytest.raises(ValueError, match="n: a value is missing"):
+        buffer.take().months[1].table()

@@ -204,3 +204,12 @@ def test_a_version_2_message_of_several_bodies_or_bad_times_is_refused() -> None
         marks.admit_batch(_batch([_download(3, 4, 0, NOV)]), 1)
     assert marks.marks == {}
     assert marks.admit_batch(_batch([]), 1) == ({}, 0, {})
+
+
+def test_a_version_2_message_with_a_null_origin_is_refused() -> None:
+    batch = _batch([_download(1, 4, 0, NOV)])
+    at = batch.schema.get_field_index("raw_offset")
+    nulled = batch.set_column(at, batch.schema.field(at),
+                              pa.array([None], type=pa.uint64()))
+    with pytest.raises(BadMessage, match="raw_offset holds nulls"):
+        HighWater(FILE_DOWNLOADS).admit_batch(nulled, 1)
