@@ -4,18 +4,23 @@
 
 Each run fills a fresh namespace's per-event-type topics with what the worker forwards:
 raw bodies of 128 Convex events (bench/worker.py's BodyBuilder, mostly function
-executions) split and normalised by processors/split.py, one JSON-array message per body
-and event type, keyed by deployment, on the raw body's partition. Then, one after the
-other, each in a process of its own with a fresh embedded engine and the same schema:
+executions) split and normalised by processors/split.py, one message per body and event
+type, keyed by deployment, on the raw body's partition: record format version 2 (an
+Arrow batch of the table's rows, header `format: arrow-1`, as the worker writes now:
+meterstream/core/record_format.py). Then, one after the other, each in a process of its
+own with a fresh embedded engine and the same schema:
 
-- insert_arrow: reads every message (untimed), decodes it as the sink does, groups the
-  records by table and month in batches of METERSTREAM_SINK_BATCH_ROWS rows and builds
-  one Arrow table per batch (timed apart), then inserts them with
-  `client.insert_arrow` (timed: this is the figure the sink is compared with);
+- insert_arrow: reads every message (untimed), decodes it, groups the rows by table and
+  month in batches of METERSTREAM_SINK_BATCH_ROWS rows as one Arrow table per batch
+  (timed apart), then inserts them with `client.insert_arrow` (timed: this is the figure
+  the sink is compared with);
 - sink: `meterstream sink` on the full topics, doing all it does (high-water marks,
-  batching, columnar inserts, commits), timed through its /metrics (polled every 0.1 s)
+  batching, Arrow inserts, commits), timed through its /metrics (polled every 0.1 s)
   from the first poll that shows its partitions assigned to the one where
-  meterstream_sink_rows_inserted_total reaches every row.
+  meterstream_sink_rows_inserted_total reaches every row;
+- sink reading v1: the same bodies as version 1 messages (a JSON array of records per
+  message, as workers before record format 2 wrote them) in a namespace of their own,
+  and the sink again: what records still in flight during an upgrade cost.
 
 CPU seconds are the process's user + system time over the timed span. `measure()`
 returns the figures for a combined benchmark; the CLI prints them and, with --write,
@@ -93,6 +98,8 @@ class SinkBenchmark:
     arrow_with_decode_rows_per_s: float
     sink_cpu_us_per_row: float
     arrow_cpu_us_per_row: float
+    v1_rows_per_s: float
+    v1_cpu_us_per_row: float
     runs: int
 
     @property
@@ -100,11 +107,23 @@ class SinkBenchmark:
         return self.sink_rows_per_s / self.arrow_rows_per_s
 
 
-async def fill(bootstrap: str, namespace: str, partitions: int, builder: BodyBuilder
-               ) -> int:
-    """Produces the split records of builder.messages raw bodies; returns the row count."""
+def encoded(route: str, records: list[dict[str, Any]]) -> bytes:
+    """One message's records in record format version 2, as the worker writes them."""
+    from meterstream.core import events, record_format
+
+    event_type = events.BY_TOPIC.get(route, events.OTHER)
+    rows = event_type.rows(records)
+    return record_format.encode(event_type, [[row[name] for row in rows]
+                                             for name, _ in event_type.columns])
+
+
+async def fill(bootstrap: str, namespace: str, partitions: int, builder: BodyBuilder,
+               arrow: bool = True) -> int:
+    """Produces the split records of builder.messages raw bodies, in record format version 2
+    (`arrow`) or 1; returns the row count."""
     from aiokafka import AIOKafkaProducer
 
+    from meterstream.core import record_format
     from processors.split import split_body
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
@@ -120,9 +139,13 @@ async def fill(bootstrap: str, namespace: str, partitions: int, builder: BodyBui
             split = split_body(body, partition, message // partitions)
             for route, records in split.routed.items():
                 rows += len(records)
-                pending.append(await producer.send(f"{namespace}.{route}",
-                                                   orjson.dumps(records), key=key,
-                                                   partition=partition))
+                if arrow:
+                    value = encoded(route, records)
+                    headers = [(record_format.FORMAT_HEADER, record_format.ARROW)]
+                else:
+                    value, headers = orjson.dumps(records), []
+                pending.append(await producer.send(f"{namespace}.{route}", value, key=key,
+                                                   partition=partition, headers=headers))
             if len(pending) >= 2000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -132,10 +155,13 @@ async def fill(bootstrap: str, namespace: str, partitions: int, builder: BodyBui
     return rows
 
 
-async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, int, bytes]]:
-    """(topic, partition, offset, value) of every message of the sink's topics."""
+async def read_messages(bootstrap: str, namespace: str
+                        ) -> list[tuple[str, int, int, bytes, bool]]:
+    """(topic, partition, offset, value, version 2?) of every message of the sink's
+    topics."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from meterstream.core import record_format
     from meterstream.core.tables import SPECS
     from sinks.sink import topic_of
 
@@ -150,10 +176,11 @@ async def read_messages(bootstrap: str, namespace: str) -> list[tuple[str, int, 
         partitions = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        out: list[tuple[str, int, int, bytes]] = []
+        out: list[tuple[str, int, int, bytes, bool]] = []
         while any([await consumer.position(tp) < end for tp, end in ends.items()]):
             for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                out.extend((tp.topic, tp.partition, m.offset, m.value) for m in batch)
+                out.extend((tp.topic, tp.partition, m.offset, m.value,
+                            record_format.is_arrow(m.headers)) for m in batch)
         return out
     finally:
         await consumer.stop()
@@ -171,8 +198,9 @@ def _arrow_type(clickhouse_type: str) -> Any:
 def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) -> ArrowResult:
     """The bare path, in this process: decode, build Arrow tables, insert_arrow them."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    from meterstream.core import migrate
+    from meterstream.core import migrate, record_format
     from meterstream.core.clickhouse import connect
     from meterstream.core.config import ClickHouseTarget
     from meterstream.core.tables import SPECS, month_of
@@ -189,9 +217,18 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
         specs[topic_of(Topics.of(settings), spec)] = spec
 
     started = time.perf_counter()
-    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for topic, partition, offset, value in messages:
+    grouped: dict[tuple[str, int], list[Any]] = {}
+    by_name = {spec.table: spec for spec in SPECS}
+    for topic, partition, offset, value, arrow in messages:
         spec = specs[topic]
+        if arrow and spec.event_type is not None:
+            batch = record_format.decode(spec.event_type, value)
+            times = batch.column(spec.time_field).view(pa.int64())
+            month = month_of(pc.min(times).as_py())
+            if month_of(pc.max(times).as_py()) != month:
+                raise RuntimeError("the benchmark's bodies do not straddle months")
+            grouped.setdefault((spec.table, month), []).append(batch)
+            continue
         for record in spec.decode(value, partition, offset):
             grouped.setdefault((spec.table, month_of(record[spec.time_field])), []).append(
                 record)
@@ -199,12 +236,17 @@ def arrow_path(bootstrap: str, namespace: str, workdir: str, batch_rows: int) ->
 
     started = time.perf_counter()
     tables: list[tuple[str, pa.Table]] = []
-    by_name = {spec.table: spec for spec in SPECS}
-    for (table, _), records in grouped.items():
+    for (table, _), parts in grouped.items():
         spec = by_name[table]
+        if isinstance(parts[0], pa.RecordBatch):
+            # One contiguous chunk per table, as the earlier bare path built them.
+            whole = pa.Table.from_batches(parts, schema=spec.schema).combine_chunks()
+            tables.extend((table, whole.slice(start, batch_rows))
+                          for start in range(0, whole.num_rows, batch_rows))
+            continue
         types = [_arrow_type(t) for t in TableWriter(client, spec).column_types()]  # as sent
-        for start in range(0, len(records), batch_rows):
-            chunk = records[start:start + batch_rows]
+        for start in range(0, len(parts), batch_rows):
+            chunk = parts[start:start + batch_rows]
             arrays = []
             for name, arrow_type in zip(spec.columns, types, strict=True):
                 column = [record[name] for record in chunk]
@@ -295,37 +337,48 @@ def measure(bootstrap: str, events: int = 1_000_000, deployments: int = 100, run
     """Runs the benchmark against the broker at `bootstrap`; medians over `runs`."""
     messages = -(-events // EVENTS_PER_BODY)
     sinks: list[SinkResult] = []
+    v1_sinks: list[SinkResult] = []
     arrows: list[ArrowResult] = []
     rows = 0
     for run in range(runs):
-        namespace = f"benchs{uuid.uuid4().hex[:8]}"
-        with tempfile.TemporaryDirectory(prefix="meterstream-bench-sink-") as workdir:
-            env = {"METERSTREAM_KAFKA": bootstrap, "METERSTREAM_NAMESPACE": namespace,
-                   "METERSTREAM_DATA_DIR": workdir, "METERSTREAM_PARTITIONS": str(partitions),
-                   "METERSTREAM_SINK_PORT": str(free_port()),
-                   "METERSTREAM_SINK_BATCH_ROWS": str(batch_rows),
-                   "METERSTREAM_LOG_LEVEL": "warning"}
-            settings = Settings.from_env({**os.environ, **env})
-            topics = Topics.of(settings)
-            try:
-                from processors.split import ALL_ROUTES
+        arrow: ArrowResult | None = None
+        for version in (2, 1):
+            namespace = f"benchs{uuid.uuid4().hex[:8]}"
+            with tempfile.TemporaryDirectory(prefix="meterstream-bench-sink-") as workdir:
+                env = {"METERSTREAM_KAFKA": bootstrap, "METERSTREAM_NAMESPACE": namespace,
+                       "METERSTREAM_DATA_DIR": workdir,
+                       "METERSTREAM_PARTITIONS": str(partitions),
+                       "METERSTREAM_SINK_PORT": str(free_port()),
+                       "METERSTREAM_SINK_BATCH_ROWS": str(batch_rows),
+                       "METERSTREAM_LOG_LEVEL": "warning"}
+                settings = Settings.from_env({**os.environ, **env})
+                topics = Topics.of(settings)
+                try:
+                    from processors.split import ALL_ROUTES
 
-                asyncio.run(ensure_topics(bootstrap, [
-                    topics.raw, topics.alerts, topics.dead_letters,
-                    *(topics.records(route) for route in ALL_ROUTES)]))
-                rows = asyncio.run(fill(bootstrap, namespace, partitions,
-                                        BodyBuilder(deployments, messages, seed=run)))
-                arrow = run_arrow(bootstrap, namespace, batch_rows)
-                sink = run_sink(env, rows, Path(workdir))
-            finally:
-                if not keep_topics:
-                    asyncio.run(delete_namespace_topics(bootstrap, namespace))
+                    asyncio.run(ensure_topics(bootstrap, [
+                        topics.raw, topics.alerts, topics.dead_letters,
+                        *(topics.records(route) for route in ALL_ROUTES)]))
+                    rows = asyncio.run(fill(bootstrap, namespace, partitions,
+                                            BodyBuilder(deployments, messages, seed=run),
+                                            arrow=version == 2))
+                    if version == 2:
+                        arrow = run_arrow(bootstrap, namespace, batch_rows)
+                    sink = run_sink(env, rows, Path(workdir))
+                finally:
+                    if not keep_topics:
+                        asyncio.run(delete_namespace_topics(bootstrap, namespace))
+            (sinks if version == 2 else v1_sinks).append(sink)
+        assert arrow is not None
         arrows.append(arrow)
-        sinks.append(sink)
         report(f"run {run + 1}: {rows:,} rows | insert_arrow {arrow.rows_per_s:,.0f} rows/s "
                f"(decode {arrow.decode_seconds:.2f} s, build {arrow.build_seconds:.2f} s, "
-               f"insert {arrow.insert_seconds:.2f} s) | sink {sink.rows_per_s:,.0f} rows/s "
-               f"({sink.rows_per_s / arrow.rows_per_s:.2f})")
+               f"insert {arrow.insert_seconds:.2f} s) | sink {sinks[-1].rows_per_s:,.0f} rows/s "
+               f"({sinks[-1].rows_per_s / arrow.rows_per_s:.2f}, "
+               f"{sinks[-1].cpu_seconds / rows * 1e6:.1f} CPU µs/row) | sink reading v1 "
+               f"{v1_sinks[-1].rows_per_s:,.0f} rows/s "
+               f"({v1_sinks[-1].rows_per_s / arrow.rows_per_s:.2f}, "
+               f"{v1_sinks[-1].cpu_seconds / rows * 1e6:.1f} CPU µs/row)")
     return SinkBenchmark(
         rows=rows,
         sink_rows_per_s=statistics.median(s.rows_per_s for s in sinks),
@@ -335,6 +388,8 @@ def measure(bootstrap: str, events: int = 1_000_000, deployments: int = 100, run
         sink_cpu_us_per_row=statistics.median(s.cpu_seconds / s.rows * 1e6 for s in sinks),
         arrow_cpu_us_per_row=statistics.median(
             a.insert_cpu_seconds / a.rows * 1e6 for a in arrows),
+        v1_rows_per_s=statistics.median(s.rows_per_s for s in v1_sinks),
+        v1_cpu_us_per_row=statistics.median(s.cpu_seconds / s.rows * 1e6 for s in v1_sinks),
         runs=runs)
 
 
@@ -346,7 +401,8 @@ def table(result: SinkBenchmark, command: str, partitions: int, batch_rows: int)
         f"Command: `{command}`  ",
         f"Machine: {machine()}; broker on the same machine; embedded ClickHouse (chdb).  ",
         f"Load: {result.rows:,} rows of every record type (mostly function executions, "
-        f"44 columns) as the worker forwards them, {partitions} partitions per topic; "
+        f"44 columns) as the worker forwards them (record format 2: one Arrow batch per "
+        f"body and type; v1: the same as JSON), {partitions} partitions per topic; "
         f"batches of {batch_rows:,} rows; each path its own process and engine; "
         f"{median}{result.runs} run{'s' if result.runs > 1 else ''}.",
         "",
@@ -360,6 +416,9 @@ def table(result: SinkBenchmark, command: str, partitions: int, batch_rows: int)
         f"| meterstream sink (1 process, from Kafka, committed) | "
         f"{result.sink_rows_per_s:,.0f} | {result.ratio:.2f} | "
         f"{result.sink_cpu_us_per_row:.1f} |",
+        f"| meterstream sink reading v1 JSON (records in flight during an upgrade) | "
+        f"{result.v1_rows_per_s:,.0f} | {result.v1_rows_per_s / result.arrow_rows_per_s:.2f} | "
+        f"{result.v1_cpu_us_per_row:.1f} |",
     ]) + "\n"
 
 
@@ -400,9 +459,14 @@ def main() -> None:
     text = table(result, command, partitions, args.batch_rows)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"rows_per_s": result.sink_rows_per_s,
-                                         "raw_rows_per_s": result.arrow_rows_per_s,
-                                         "command": command}))
+        args.json.write_text(json.dumps({
+            "rows_per_s": result.sink_rows_per_s,
+            "raw_rows_per_s": result.arrow_rows_per_s,
+            "cpu_s_per_m": result.sink_cpu_us_per_row,  # µs per row = s per M rows
+            "raw_cpu_s_per_m": result.arrow_cpu_us_per_row,
+            "v1_rows_per_s": result.v1_rows_per_s,
+            "v1_cpu_s_per_m": result.v1_cpu_us_per_row,
+            "command": command}))
     if args.write:
         put_section("Sink", text)
 

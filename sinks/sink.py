@@ -6,16 +6,23 @@ meterstream/processes/sink.py.
 
 One consumer (one group) reads `<ns>.function_execution`, `<ns>.current_storage_usage`,
 `<ns>.storage_api_bandwidth`, `<ns>.log_stream_egress`, `<ns>.agent_usage`, `<ns>.other`
-and `<ns>.alerts`, each into its table (meterstream/core/tables.py). Per table:
+and `<ns>.alerts`, each into its table (meterstream/core/tables.py). A record topic
+carries both record formats (meterstream/core/record_format.py), mixed on one
+partition while workers are upgraded: version 2 messages (header `format: arrow-1`) are
+Arrow batches of one raw body's rows, read without Python per row; version 1 messages
+(no header) are JSON records, turned into rows by the table's spec. Per table:
 
-- each message's records are admitted against the table's high-water marks
-  (sinks/high_water.py): a record whose origin is stored or buffered already is
-  skipped (counted in meterstream_sink_duplicates_skipped_total);
+- each message's rows are admitted against the table's high-water marks
+  (sinks/high_water.py: `admit` per record for version 1, `admit_batch` per message
+  and month for version 2, the same rule): a row whose origin is stored or buffered
+  already is skipped (counted in meterstream_sink_duplicates_skipped_total), whichever
+  version stored it;
 - the admitted records wait in the table's buffer, grouped by month, until it
   holds METERSTREAM_SINK_BATCH_ROWS rows or its oldest is
   METERSTREAM_SINK_BATCH_SECONDS old;
-- the batch is inserted one month at a time (each insert atomic, carrying an
-  insert_deduplication_token), and only then are its offsets committed.
+- the batch is inserted one month at a time as one Arrow table (`insert_arrow`; each
+  insert atomic, carrying an insert_deduplication_token: sinks/writer.py), and only
+  then are its offsets committed.
 
 So a crash anywhere repeats work but never counts twice: a batch read again
 after a crash, whatever its boundaries, is skipped by its origins, and so are
@@ -26,7 +33,11 @@ partitions are paused (nothing more is fetched for them), the insert is retried
 with exponential backoff (0.5 s doubling to 30 s) while the consumer keeps
 polling (so it stays in its group), and consumption resumes after it succeeds.
 A record that can never be stored (a field of the wrong type) goes to the
-dead-letter topic with the reason, and the rest of its batch is stored.
+dead-letter topic with the reason, and the rest of its batch is stored. A version 2
+message that is not one Arrow batch of its table's schema, or whose rows are not of one
+raw body or hold a time ClickHouse cannot store, goes to the dead-letter topic whole
+(`{"reason", "topic", "partition", "offset", "value_base64"}`); its rows are in their
+column types already, so the per-record checks are for version 1 records only.
 
 A record the checks let through but ClickHouse refuses for its data (a constraint,
 a value it cannot convert: `about_the_data`) would block its table forever. After
@@ -43,6 +54,7 @@ keeps pausing and retrying, as above.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import struct
@@ -55,7 +67,10 @@ from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from meterstream.core import record_format
 from meterstream.core.config import Settings
+from meterstream.core.events import EventType
+from meterstream.core.record_format import DecodeError
 from meterstream.core.records import Record
 from meterstream.core.tables import SPECS, BadMessage, TableSpec
 from meterstream.core.topics import Topics, partition_counts
@@ -142,7 +157,8 @@ class Sink:
             topic = topic_of(topics, spec)
             self.tables[topic] = TableSink(
                 spec, topic, TableWriter(client, spec),
-                BatchBuffer(spec.columns, settings.sink_batch_rows, settings.sink_batch_seconds),
+                BatchBuffer(spec.columns, spec.schema, settings.sink_batch_rows,
+                            settings.sink_batch_seconds),
                 HighWater(spec))
         # Held while messages are admitted or batches flushed, and by the rebalance
         # callbacks, which aiokafka runs in its own task.
@@ -219,6 +235,9 @@ class Sink:
     async def _admit(self, table: TableSink, tp: TopicPartition,
                      message: ConsumerRecord[bytes, bytes]) -> None:
         value = message.value or b""
+        if table.spec.event_type is not None and record_format.is_arrow(message.headers):
+            await self._admit_batch(table, tp, message, table.spec.event_type, value)
+            return
         try:
             records = table.spec.decode(value, tp.partition, message.offset)
             months, skipped, updates = table.high_water.admit(records, tp.partition)
@@ -228,6 +247,25 @@ class Sink:
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             months, skipped, updates = await self._admit_slowly(table, tp, message, exc)
             table.buffer.add(tp, message.offset, months)
+        table.high_water.advance(updates)
+        if skipped:
+            metrics.DUPLICATES.labels(table.spec.table).inc(skipped)
+        metrics.BUFFERED.labels(table.spec.table).set(len(table.buffer))
+
+    async def _admit_batch(self, table: TableSink, tp: TopicPartition,
+                           message: ConsumerRecord[bytes, bytes],
+                           event_type: EventType, value: bytes) -> None:
+        """A version 2 message: its rows admitted whole per month, or dead-lettered whole."""
+        try:
+            # Nulls are looked for once per insert (sinks/batching.py Columns.table).
+            batch = record_format.decode(event_type, value, nulls=False)
+            months, skipped, updates = table.high_water.admit_batch(batch, tp.partition)
+        except (DecodeError, BadMessage) as exc:
+            await self._dead_letter(table, {
+                "reason": f"sink: {exc}"[:1000], "topic": tp.topic, "partition": tp.partition,
+                "offset": message.offset, "value_base64": base64.b64encode(value).decode()})
+            months, skipped, updates = {}, 0, {}
+        table.buffer.add(tp, message.offset, months)
         table.high_water.advance(updates)
         if skipped:
             metrics.DUPLICATES.labels(table.spec.table).inc(skipped)
@@ -346,19 +384,13 @@ class Sink:
             batch.by_message[month] = number + 1
 
     async def _remove_bad_records(self, table: TableSink, batch: Batch) -> bool:
-        """Moves the batch's records that cannot be stored to the dead letters; True if any."""
+        """Moves the batch's records that cannot be stored to the dead letters; True if any.
+        Only version 1 records are checked: version 2 rows were decoded in their types."""
         removed = False
         for month in [m for m in batch.months if m not in batch.stored]:
-            good = []
-            for record in batch.months[month].records():
-                try:
-                    table.spec.check(record)
-                except BadMessage as bad:
-                    await self._dead_letter(table, _letter(str(bad), record, {}))
-                    removed = True
-                    continue
-                good.append(record)
-            batch.months[month].replace(good)
+            for reason, record in batch.months[month].remove_bad(table.spec.check):
+                await self._dead_letter(table, _letter(reason, record, {}))
+                removed = True
         return removed
 
     async def flush_all(self, deadline: float) -> bool:

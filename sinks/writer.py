@@ -1,9 +1,18 @@
-"""One atomic insert: the records of one table and one month, as columns.
+"""One atomic insert: the rows of one table and one month, as one Arrow table.
+
+The rows go with clickhouse-connect's `insert_arrow`: one `INSERT ... FORMAT Arrow`
+whose body is an Arrow IPC file of the table's rows, combined into one record batch
+(sinks/batching.py `Columns.table`).
 
 ClickHouse stores an insert into a MergeTree partition as one part, which
 appears whole or not at all, provided the insert is squashed into one block:
 the settings below make sure of it whatever the server's defaults (a batch is
-at most METERSTREAM_SINK_BATCH_ROWS rows plus one message). The
+at most METERSTREAM_SINK_BATCH_ROWS rows plus one message), as they squashed
+clickhouse-connect's Native blocks: tests/unit/test_sink_arrow.py turns the server's
+squashing off and finds the same rows in many parts when sent without them, in one
+part with them. `insert_arrow` passes its
+`settings` through to the query as any insert does (clickhouse-connect: the HTTP
+query parameters; the embedded engine: the statement's SETTINGS clause). The
 insert_deduplication_token makes the same insert sent twice (a retry after a
 timeout whose insert did land) a no-op.
 """
@@ -33,8 +42,9 @@ class TableWriter:
         self._types: list[str] | None = None
 
     def column_types(self) -> list[str]:
-        """The types the columns are sent as, read once from the table (clickhouse-connect
-        would otherwise DESCRIBE the table before every insert)."""
+        """The table's types of the columns written (LowCardinality as its plain type), read
+        once; raises RuntimeError if the table lacks one, so that the sink stops at start
+        instead of failing every insert."""
         if self._types is None:
             rows = self.client.query(
                 "SELECT name, type FROM system.columns "
@@ -48,9 +58,8 @@ class TableWriter:
         return self._types
 
     def insert(self, columns: Columns, token: str) -> None:
-        self.client.insert(self.spec.table, columns.data, column_names=self.names,
-                           column_type_names=self.column_types(), column_oriented=True,
-                           settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+        self.client.insert_arrow(self.spec.table, columns.table(),
+                                 settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
 
 
 def _sent_as(clickhouse_type: str) -> str:

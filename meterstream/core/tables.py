@@ -8,6 +8,11 @@ fields identify where a record came from (its *origin*: the raw body's partition
 and offset for the per-event-type topics, the message's own partition and offset
 for `<ns>.alerts`).
 
+A per-event-type spec also names its event type, whose record-format version 2
+messages (Arrow batches of the table's rows, meterstream/core/record_format.py) the sink
+reads without `decode`; `schema` is the Arrow schema every table's rows are inserted as
+(version 1 records are turned into it at the insert).
+
 `check` is the slow path: it is run only on a message or batch that failed the
 fast path, to find the records that cannot be stored and say why.
 """
@@ -20,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
-from meterstream.core import events
+from meterstream.core import events, record_format
 from meterstream.core.records import MAX_TIMESTAMP_MS, Record
 from meterstream.core.records import event_timestamp as event_timestamp
 
@@ -39,6 +45,14 @@ KIND_OF_TYPE: dict[str, str] = {
     events.STRING: STR, events.LOW: STR, events.BOOL: BOOL, events.U32: U32, events.U64: U64,
     events.TIME: TIME, events.U64_MAP: MAP,
 }
+
+
+ARROW_OF_KIND: dict[str, pa.DataType] = {
+    STR: pa.string(), BOOL: pa.bool_(), U32: pa.uint32(), U64: pa.uint64(),
+    TIME: pa.timestamp("ms", tz="UTC"), MAP: pa.map_(pa.string(), pa.uint64()),
+}
+"""The Arrow type each kind is inserted as (record_format.ARROW_TYPES for the event types'
+tables, where LowCardinality columns are sent as plain strings too)."""
 
 
 def _valid(kind: str, value: Any) -> bool:
@@ -74,6 +88,14 @@ class TableSpec:
     origin_is_message: bool = False
     """True when the origin is the consumed message itself (alerts); False when it is the
     raw body, whose partition must then be the consumed partition (same key, same count)."""
+    event_type: events.EventType | None = None
+    """The event type whose records the topic carries (None for the alerts): its version 2
+    messages are read with record_format.decode."""
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the rows as inserted (the version 2 schema for event types)."""
+        return _schema_of_spec(self.table, self.event_type, self.kinds)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -90,6 +112,22 @@ class TableSpec:
             if not _valid(kind, record[name]):
                 raise BadMessage(f"{self.table}: field {name} must be {kind}, "
                                  f"got {record[name]!r:.80}")
+
+
+_SCHEMAS: dict[str, pa.Schema] = {}
+
+
+def _schema_of_spec(table: str, event_type: events.EventType | None,
+                    kinds: tuple[tuple[str, str], ...]) -> pa.Schema:
+    # Cached by table name: hashing the frozen spec or event type (all their columns) would
+    # cost more than building the schema's lookup key.
+    found = _SCHEMAS.get(table)
+    if found is None:
+        found = _SCHEMAS[table] = (
+            record_format.schema(event_type) if event_type is not None else
+            pa.schema([pa.field(name, ARROW_OF_KIND[kind], nullable=False)
+                       for name, kind in kinds]))
+    return found
 
 
 def _array(value: bytes) -> list[Record]:
@@ -121,7 +159,7 @@ def _spec(event_type: events.EventType) -> TableSpec:
     return TableSpec(event_type.table, event_type.route,
                      tuple((name, KIND_OF_TYPE[type_]) for name, type_ in event_type.columns),
                      event_type.time_column, ("raw_partition", "raw_offset"),
-                     _decoder(event_type.rows))
+                     _decoder(event_type.rows), event_type=event_type)
 
 
 EVENT_SPECS: tuple[TableSpec, ...] = tuple(_spec(event_type) for event_type in events.ALL)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime
 
 import orjson
+import pyarrow as pa
 import pytest
 
+from meterstream.core import events, record_format
+from meterstream.core.records import MAX_TIMESTAMP_MS
 from meterstream.core.tables import (
     ALERTS,
     FILE_DOWNLOADS,
@@ -132,3 +135,81 @@ def test_a_record_without_time_or_origin_is_refused_by_the_fast_path() -> None:
     with pytest.raises(BadMessage):
         _admit(marks, [_download(0, 1, 0, NOV), {**_download(0, 1, 1, NOV), "timestamp": "x"}], 0)
     assert marks.marks == {}
+
+
+# Record format version 2: one Arrow batch per raw body, admitted per message and month.
+
+def _batch(records: list[dict]) -> pa.RecordBatch:
+    """The records as the worker writes them in version 2 (decoded as the sink does)."""
+    event_type = events.STORAGE_API_BANDWIDTH
+    value = record_format.encode(event_type, [[r[name] for r in records]
+                                              for name, _ in event_type.columns])
+    return record_format.decode(event_type, value)
+
+
+def _admit_batch(marks: HighWater, records: list[dict], partition: int
+                 ) -> tuple[dict[int, list[dict]], int]:
+    months, skipped, updates = marks.admit_batch(_batch(records), partition)
+    marks.advance(updates)
+    return {month: _rows(batch) for month, batch in months.items()}, skipped
+
+
+def _rows(batch: pa.RecordBatch) -> list[dict]:
+    names = [name for name, _ in events.STORAGE_API_BANDWIDTH.columns]
+    columns = [column.view(pa.int64()).to_pylist() if pa.types.is_timestamp(column.type)
+               else column.to_pylist() for column in batch.columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def test_a_version_2_message_is_admitted_once_per_origin_whatever_the_format() -> None:
+    marks = HighWater(FILE_DOWNLOADS)
+    first = [_download(2, 10, 0, NOV), _download(2, 10, 1, NOV)]
+    assert _admit_batch(marks, first, 2) == ({202611: first}, 0)
+    assert marks.marks == {(2, 202611): 10}
+    # Sent again as Arrow, or as JSON by an older worker: skipped either way.
+    assert _admit_batch(marks, first, 2) == ({}, 2)
+    assert _admit(marks, [dict(r) for r in first], 2) == ({}, 2)
+    # A JSON message admitted first, then the same body as Arrow.
+    later = [_download(2, 11, 0, NOV)]
+    assert _admit(marks, later, 2) == ({202611: later}, 0)
+    assert _admit_batch(marks, later, 2) == ({}, 1)
+    assert _admit_batch(marks, [_download(2, 12, 0, NOV)], 2)[1] == 0
+    assert marks.marks == {(2, 202611): 12}
+
+
+def test_a_version_2_message_straddling_months_is_admitted_per_month() -> None:
+    """The same answer as the per-record path gives (test_marks_are_kept_per_month)."""
+    marks = HighWater(FILE_DOWNLOADS)
+    marks.marks = {(0, 202611): 7, (0, 202612): 3}
+    body = [_download(0, 5, 0, DEC), _download(0, 5, 1, NOV), _download(0, 5, 2, DEC)]
+    twin = HighWater(FILE_DOWNLOADS)
+    twin.marks = dict(marks.marks)
+    assert _admit_batch(marks, body, 0) == ({202612: [body[0], body[2]]}, 1)
+    assert _admit(twin, body, 0) == ({202612: [body[0], body[2]]}, 1)
+    assert marks.marks == twin.marks == {(0, 202611): 7, (0, 202612): 5}
+    fresh = HighWater(FILE_DOWNLOADS)
+    assert _admit_batch(fresh, body, 0) == ({202611: [body[1]], 202612: [body[0], body[2]]}, 0)
+    assert fresh.marks == {(0, 202611): 5, (0, 202612): 5}
+
+
+def test_a_version_2_message_of_several_bodies_or_bad_times_is_refused() -> None:
+    marks = HighWater(FILE_DOWNLOADS)
+    with pytest.raises(BadMessage, match="raw_offset runs from 4 to 5"):
+        marks.admit_batch(_batch([_download(1, 4, 0, NOV), _download(1, 5, 0, NOV)]), 1)
+    with pytest.raises(BadMessage, match="raw_partition runs from 1 to 2"):
+        marks.admit_batch(_batch([_download(1, 4, 0, NOV), _download(2, 4, 1, NOV)]), 1)
+    with pytest.raises(BadMessage, match="timestamp must be a ms time"):
+        marks.admit_batch(_batch([_download(1, 4, 0, MAX_TIMESTAMP_MS + 1)]), 1)
+    with pytest.raises(PartitionMismatch):
+        marks.admit_batch(_batch([_download(3, 4, 0, NOV)]), 1)
+    assert marks.marks == {}
+    assert marks.admit_batch(_batch([]), 1) == ({}, 0, {})
+
+
+def test_a_version_2_message_with_a_null_origin_is_refused() -> None:
+    batch = _batch([_download(1, 4, 0, NOV)])
+    at = batch.schema.get_field_index("raw_offset")
+    nulled = batch.set_column(at, batch.schema.field(at),
+                              pa.array([None], type=pa.uint64()))
+    with pytest.raises(BadMessage, match="raw_offset holds nulls"):
+        HighWater(FILE_DOWNLOADS).admit_batch(nulled, 1)

@@ -59,7 +59,7 @@ def test_a_retried_insert_is_a_no_op(client: Client) -> None:
 
 
 def _columns(records: Sequence[Mapping[str, object]]) -> Columns:
-    columns = Columns(FUNCTION_EXECUTIONS.columns)
+    columns = Columns(FUNCTION_EXECUTIONS.columns, FUNCTION_EXECUTIONS.schema)
     columns.add([dict(record) for record in records])
     return columns
 
