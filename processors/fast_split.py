@@ -28,8 +28,9 @@ slow path, which is exact by definition):
   path does not repeat: the slow path decides.
 - Duplicate keys: msgspec keeps the last value, as orjson does; a duplicate `topic`
   fails decoding (the slow path routes by the last one).
-- Only a JSON array (after the same `bytes.strip` as log_stream.parse_events) is taken;
-  JSONL, agent usage and every other topic go the slow way.
+- The body is read as log_stream.parse_events reads it: `bytes.strip`, then a JSON array
+  if it starts with `[`, else JSONL split at `\n` with blank lines skipped, each line one
+  event. Agent usage and every other topic go the slow way.
 
 tests/unit/test_fast_split.py checks the equivalence on the bench's and the load
 generator's bodies, on hostile bodies, and on bodies hypothesis builds.
@@ -136,6 +137,7 @@ class LogStreamEgress(msgspec.Struct, tag_field="topic", tag="log_stream_egress"
 
 Event = FunctionExecution | CurrentStorageUsage | StorageApiBandwidth | LogStreamEgress
 _DECODER = msgspec.json.Decoder(list[Event])  # type: ignore[valid-type]
+_LINE_DECODER = msgspec.json.Decoder(Event)
 
 ROUTE_OF: dict[type, str] = {
     FunctionExecution: events.FUNCTION_EXECUTION.route,
@@ -153,10 +155,14 @@ def fast_columns(body: bytes, partition: int, offset: int) -> dict[str, Columns]
     """Per route, the columns of the body's records, as `split_body` would normalise them
     with no dead letter; None when the body needs the slow path (module docstring)."""
     text = body.strip()
-    if text[:1] != b"[":
-        return None
     try:
-        decoded = _DECODER.decode(text)
+        if text[:1] == b"[":
+            decoded = _DECODER.decode(text)
+        elif not text:
+            return None  # parse_events: "empty body", a dead letter
+        else:  # JSONL, split as parse_events splits it
+            decode = _LINE_DECODER.decode
+            decoded = [decode(line) for line in text.split(b"\n") if line.strip()]
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     by_route: dict[str, tuple[list[Any], list[int]]] = {}

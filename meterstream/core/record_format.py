@@ -22,7 +22,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +84,9 @@ def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
                 raise EncodeError(f"{event_type.table}: columns of different lengths")
             arrays.append(_ARRAY[type_](column))
         batch = pa.RecordBatch.from_arrays(arrays, schema=fields)
+        # Only pa.array (bools, maps) makes nulls: the buffers built here have none.
+        if any(arrays[at].null_count for at in _nullable(event_type)):
+            raise EncodeError(f"{event_type.table}: a value is missing (None)")
     except EncodeError:
         raise
     except TypeError as exc:  # None, or a value of another type
@@ -91,8 +94,6 @@ def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
                           f"column's type: {exc}") from None
     except (pa.ArrowException, ValueError, OverflowError, UnicodeError) as exc:
         raise EncodeError(f"{event_type.table}: {exc}") from None
-    if any(array.null_count for array in arrays):
-        raise EncodeError(f"{event_type.table}: a value is missing (None)")
     # The stream's framing written once per schema (its schema message, then the end
     # marker): only the batch's message is built per call. decode() reads it as the
     # stream ipc.new_stream writes (tests/unit/test_record_format.py).
@@ -101,6 +102,13 @@ def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
 
 _END = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 """The IPC stream's end-of-stream marker (continuation token, zero length)."""
+
+
+@cache
+def _nullable(event_type: EventType) -> tuple[int, ...]:
+    """The columns converted by pa.array, where a None becomes a null."""
+    return tuple(at for at, (_, type_) in enumerate(event_type.columns)
+                 if _ARRAY[type_] not in (_strings, *_FIXED))
 
 
 @cache
@@ -126,17 +134,19 @@ def _strings(column: Sequence[object]) -> pa.Array:
     count = len(texts)
     joined = "".join(texts)  # TypeError for a value that is not a string (None)
     data = joined.encode()
-    offsets = np.zeros(count + 1, dtype=np.int32)
-    if count and texts.count(texts[0]) == count and len(data) == len(joined):
-        # One ASCII value throughout (a body's deployment, region, status): no per-value
-        # work at all.
-        np.cumsum(np.full(count, len(texts[0]), dtype=np.int32), out=offsets[1:])
-    elif len(data) == len(joined):  # ASCII: a string's byte length is its length
-        np.cumsum(np.fromiter(map(len, texts), dtype=np.int32, count=count),
-                  out=offsets[1:])
+    offsets: array[int] | np.ndarray[Any, Any]
+    if count and len(data) == len(joined) and texts.count(texts[0]) == count:
+        # One ASCII value throughout (a body's deployment, region, status).
+        step = len(texts[0])
+        offsets = array("i", range(0, (count + 1) * step, step) if step else [0] * (count + 1))
     else:
-        np.cumsum(np.fromiter((len(text.encode()) for text in texts), dtype=np.int32,
-                              count=count), out=offsets[1:])
+        lengths = (np.fromiter(map(len, texts), dtype=np.int32, count=count)
+                   if len(data) == len(joined)  # ASCII: a string's byte length is its length
+                   else np.fromiter((len(text.encode()) for text in texts), dtype=np.int32,
+                                    count=count))
+        offsets = np.empty(count + 1, dtype=np.int32)
+        offsets[0] = 0
+        lengths.cumsum(out=offsets[1:])
     return pa.Array.from_buffers(_STRING, count,
                                  [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
@@ -150,13 +160,15 @@ def _typed(type_: pa.DataType) -> Callable[[Sequence[object]], pa.Array]:
     return convert
 
 
+_FIXED = (_fixed("I", pa.uint32()), _fixed("Q", pa.uint64()),
+          _fixed("q", ARROW_TYPES[events.TIME]))
 _ARRAY: dict[str, Callable[[Sequence[object]], pa.Array]] = {
     events.STRING: _strings,
     events.LOW: _strings,
     events.BOOL: _typed(pa.bool_()),
-    events.U32: _fixed("I", pa.uint32()),
-    events.U64: _fixed("Q", pa.uint64()),
-    events.TIME: _fixed("q", ARROW_TYPES[events.TIME]),
+    events.U32: _FIXED[0],
+    events.U64: _FIXED[1],
+    events.TIME: _FIXED[2],
     events.U64_MAP: _typed(ARROW_TYPES[events.U64_MAP]),
 }
 assert set(_ARRAY) == set(ARROW_TYPES)

@@ -227,9 +227,10 @@ def columns_usage(routed: Mapping[str, Columns]) -> MessageUsage:
         sums = SUMS_OF_ROUTE.get(route)
         if sums is None:
             raise ValueError(f"columns_usage does not take {route} records")
+        action = route == events.FUNCTION_EXECUTION.route
         timestamps = columns["timestamp"]
-        if not timestamps:
-            continue
+        if not timestamps or not (sums or action):
+            continue  # as message_usage: no minute for a route that feeds no metric
         starts = [timestamp - timestamp % 60_000 for timestamp in timestamps]
         first = starts[0]
         if starts.count(first) == len(starts):
@@ -242,7 +243,6 @@ def columns_usage(routed: Mapping[str, Columns]) -> MessageUsage:
                     groups[start] = [row]
                 else:
                     rows.append(row)
-        action = route == events.FUNCTION_EXECUTION.route
         for start, rows in groups.items():
             delta = minutes.get(start)
             if delta is None:
