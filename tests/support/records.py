@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ import pyarrow as pa
 
 from meterstream.core import events, record_format
 
-Headers = list[tuple[str, bytes]] | None
+Headers = Sequence[tuple[str, bytes]] | None
 
 
 def rows_of(route: str, value: bytes, headers: Headers) -> list[dict[str, Any]]:
