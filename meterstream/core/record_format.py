@@ -88,8 +88,8 @@ def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
                 for column, (_, type_) in zip(columns, event_type.columns, strict=True)])
         else:
             message = _pyarrow_message(event_type, columns)
-    except EncodeError:
-        raise
+    except EncodeError as exc:
+        raise EncodeError(f"{event_type.table}: {exc}") from None
     except TypeError as exc:  # None, or a value of another type
         raise EncodeError(f"{event_type.table}: a value is missing (None) or not of its "
                           f"column's type: {exc}") from None
@@ -166,6 +166,8 @@ def _bools(column: Sequence[object]) -> Nodes:
 def _maps(column: Sequence[object]) -> Nodes:
     """Map(String, UInt64): a list (offsets) of key/value structs."""
     maps = cast(Sequence[dict[str, int]], column)
+    if not all(type(one) is dict for one in maps):
+        raise EncodeError("a map is missing (None) or not a dict")
     offsets = array("i", accumulate(map(len, maps), initial=0))
     keys = [key for one in maps for key in one]
     if not all(type(key) is str for key in keys):

@@ -13,9 +13,9 @@ import pytest
 
 from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.support.agent_steps import AI_SDK
-from tests.support.records import rows_of
 from tests.support.function_totals import stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.records import rows_of
 
 pytestmark = pytest.mark.kafka
 
