@@ -74,11 +74,14 @@ def test_a_value_that_does_not_fit_its_column_is_refused(type_: str, bad: Any) -
         theirs = pyarrows_own(event_type, columns)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         theirs = None
+    if theirs is None or bad is None:
+        with pytest.raises(EncodeError, match=f"^{event_type.table}: "):
+            record_format.encode(event_type, columns)
+        return
     try:
         ours = record_format.encode(event_type, columns)
-    except EncodeError as exc:
-        assert str(exc).startswith(f"{event_type.table}: ")
-        return
+    except EncodeError:
+        return  # stricter than pyarrow (a float for an integer): version 1 then
     # Taken (a bool's truthiness, an int for a bool): then exactly as pyarrow writes it, and
     # never a value pyarrow refuses or a None (pyarrow would write a null).
     assert bad is not None
