@@ -157,10 +157,13 @@ def _string_buffers(texts: Sequence[str]) -> list[Buffer]:
 
 
 def _bools(column: Sequence[object]) -> Nodes:
-    values = pa.array(column, type=pa.bool_())
-    if values.null_count:
-        raise EncodeError("a value is missing (None)")
-    return [(len(column), [values.buffers()[1]])]
+    count = len(column)
+    # bools only (1 and 0 compare equal to them and pyarrow takes them alike); None or
+    # anything else is refused.
+    if column.count(True) + column.count(False) != count:
+        raise EncodeError("a value is missing (None) or not a bool")
+    bits = np.packbits(np.fromiter(column, dtype=np.bool_, count=count), bitorder="little")
+    return [(count, [bits])]
 
 
 def _maps(column: Sequence[object]) -> Nodes:
