@@ -43,8 +43,8 @@ from processors.due_alerts import RunawayDetector
 from processors.ordered_store import FaustPartitions, rocksdb_options
 from processors.priced_models import priced_model_keys
 from processors.quota_status import quota_report
-from processors.raw_agent import RawAgent, Send
-from processors.raw_processor import RawProcessor
+from processors.raw_agent import RawAgent
+from processors.raw_processor import RawProcessor, Send
 from processors.split import ALL_ROUTES
 from processors.stall_guard import CommittedOffsets, StallGuard, untrack
 from processors.state import CachedTable, UsageState
@@ -180,11 +180,13 @@ def producer_send(app: faust.App, destinations: dict[str, faust.TopicT]) -> Send
     """Sends (route, key, value) to the route's topic; returns the delivery future."""
     names = {route: topic.get_topic_name() for route, topic in destinations.items()}
 
-    async def send(route: str, key: bytes, value: bytes) -> Any:
+    async def send(route: str, key: bytes, value: bytes,
+                   headers: list[tuple[str, bytes]] | None = None) -> Any:
         # Straight to the producer: Faust's Topic.send costs more per message than
         # splitting a whole body (channels, FutureMessage, a debug log record).
+        # `headers`: the record format's (meterstream/core/record_format.py).
         return await app.producer.send(names[route], key, value,
-                                       partition=None, timestamp=None, headers=None)
+                                       partition=None, timestamp=None, headers=headers)
 
     return send
 

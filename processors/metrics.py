@@ -74,3 +74,8 @@ WRONG_ORIGIN = Counter(
     "Events dead-lettered because their type may not come through the door their message "
     "came in by (agent_usage in a webhook body).",
 )
+JSON_RECORDS = Counter(
+    "meterstream_worker_json_records_total",
+    "Records forwarded as record format version 1 (JSON) because a value did not fit its "
+    "column in version 2 (Arrow); the sink dead-letters the record that cannot be stored.",
+)

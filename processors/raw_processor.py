@@ -25,24 +25,72 @@ here, before the next message is judged (processors/alert_log.py).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
+from meterstream.core import events as event_types
 from meterstream.core.quotas import quotas_from_record
+from meterstream.core.record_format import ARROW, FORMAT_HEADER, EncodeError, encode
 from meterstream.core.records import Record
 from meterstream.core.registry import RegistryView
 from meterstream.core.topics import AGENT_ORIGIN
-from meterstream.core.usage import message_usage
+from meterstream.core.usage import MessageUsage, columns_usage, message_usage
 from processors import metrics
 from processors.alert_log import AlertLog
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector, due_quota_alerts
+from processors.fast_split import fast_columns, record_columns
 from processors.split import OTHER, SplitBatch, dead_letter, split_body
 from processors.state import UsageState
 
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
-"""(route or "dead_letter", key, value) -> a future that completes when Kafka stored it"""
+Headers = list[tuple[str, bytes]]
+
+
+class Send(Protocol):
+    """(route or "dead_letter", key, value, headers) -> a future that completes when Kafka
+    stored it"""
+
+    def __call__(self, route: str, key: bytes, value: bytes,
+                 headers: Headers | None = None, /) -> Awaitable[Awaitable[Any]]: ...
+
+
+ARROW_HEADERS: Headers = [(FORMAT_HEADER, ARROW)]
+"""A version 2 record message's headers (meterstream/core/record_format.py)."""
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One message to a record topic: a route's records of one raw message."""
+
+    route: str
+    value: bytes
+    headers: Headers | None
+    """ARROW_HEADERS for version 2, None for version 1 (JSON)"""
+    count: int
+
+
+@dataclass
+class Plan:
+    """What a raw message yields, all of it computed before anything is written."""
+
+    forwarded: list[Forward]
+    dead_letters: list[Record]
+    usage: MessageUsage
+
+
+def forward_of(route: str, records: list[Record]) -> Forward:
+    """A route's records as version 2 (Arrow), or as version 1 (JSON) when a value does not
+    fit its column: the sink then dead-letters that record and keeps the others."""
+    event_type = event_types.BY_TOPIC.get(route, event_types.OTHER)
+    try:
+        columns = record_columns(event_type, records)
+        value = encode(event_type, [columns[name] for name, _ in event_type.columns])
+    except EncodeError:
+        metrics.JSON_RECORDS.inc(len(records))
+        return Forward(route, orjson.dumps(records), None, len(records))
+    return Forward(route, value, ARROW_HEADERS, len(records))
 
 AGENT_ROUTE = "agent_usage"
 
@@ -90,19 +138,18 @@ class RawProcessor:
             return None
         self.stage = "split"
         deployment = key.decode(errors="replace")
-        batch = split_body(body, partition, offset)
-        self._divert_wrong_door(batch, origin)
-        self._divert_strays(batch, deployment, received_at)
-        self._drop_repeated_usage(batch, partition, offset, now_ms)
-        usage = message_usage(batch.routed, self.priced)
-        metrics.MODELS_FOLDED.inc(usage.models_folded)
-        forwarded = [(route, orjson.dumps(records)) for route, records in batch.routed.items()]
-        for route, value in forwarded:
-            if len(value) + len(key) > self.max_forward_bytes:
-                raise ForwardTooLarge(f"the {len(batch.routed[route])} {route} records are "
-                                      f"{len(value)} bytes, over the producer's "
+        plan = self._fast(body, deployment, partition, offset, received_at, origin)
+        if plan is None:
+            plan = self._slow(body, deployment, partition, offset, received_at, now_ms,
+                              origin)
+        metrics.MODELS_FOLDED.inc(plan.usage.models_folded)
+        for forward in plan.forwarded:
+            if len(forward.value) + len(key) > self.max_forward_bytes:
+                raise ForwardTooLarge(f"the {forward.count} {forward.route} records are "
+                                      f"{len(forward.value)} bytes, over the producer's "
                                       f"{self.max_forward_bytes}")
         self.stage = "state"
+        usage = plan.usage
         self.state.apply(deployment, usage, partition, offset, received_at)
         record = self.registry.get(deployment)
         quotas = quotas_from_record(record.quotas) if record is not None else ()
@@ -111,16 +158,54 @@ class RawProcessor:
 
         self.stage = "forward"
         sent = []
-        for route, value in forwarded:
-            sent.append(await self.send(route, key, value))
-            metrics.EVENTS.labels(route).inc(len(batch.routed[route]))
-        for letter in batch.dead_letters:
+        for forward in plan.forwarded:
+            sent.append(await self.send(forward.route, key, forward.value, forward.headers))
+            metrics.EVENTS.labels(forward.route).inc(forward.count)
+        for letter in plan.dead_letters:
             sent.append(await self.send("dead_letter", key, orjson.dumps(letter)))
         self.stage = "alerts"
         await self.alerts.publish(partition, due)
         self.stage = "done"
-        metrics.EVENTS.labels("dead_letter").inc(len(batch.dead_letters))
+        metrics.EVENTS.labels("dead_letter").inc(len(plan.dead_letters))
         return sent
+
+    def _fast(self, body: bytes, deployment: str, partition: int, offset: int,
+              received_at: int, origin: bytes | None) -> Plan | None:
+        """The plan of a body that needs no judgement (processors/fast_split.py): every
+        event valid, of the message's deployment, within the grace, in by the webhook
+        door, every value fitting its column; None for any other body, which the slow
+        path then takes whole (and decides as it always did)."""
+        if origin == AGENT_ORIGIN:  # webhook events only: by the agent door, dead letters
+            return None
+        routed = fast_columns(body, partition, offset)
+        if routed is None:
+            return None
+        earliest, latest = received_at - self.grace_ms, received_at + self.grace_ms
+        for columns in routed.values():
+            timestamps, deployments = columns["timestamp"], columns["deployment"]
+            if (min(timestamps) < earliest or max(timestamps) > latest
+                    or deployments.count(deployment) != len(deployments)):
+                return None
+        forwarded = []
+        for route, columns in routed.items():
+            event_type = event_types.BY_TOPIC[route]
+            try:
+                value = encode(event_type, [columns[name] for name, _ in event_type.columns])
+            except EncodeError:
+                return None
+            forwarded.append(Forward(route, value, ARROW_HEADERS, len(columns["timestamp"])))
+        return Plan(forwarded, [], columns_usage(routed))
+
+    def _slow(self, body: bytes, deployment: str, partition: int, offset: int,
+              received_at: int, now_ms: int, origin: bytes | None) -> Plan:
+        """The plan of any body, event by event (processors/split.py)."""
+        batch = split_body(body, partition, offset)
+        self._divert_wrong_door(batch, origin)
+        self._divert_strays(batch, deployment, received_at)
+        self._drop_repeated_usage(batch, partition, offset, now_ms)
+        usage = message_usage(batch.routed, self.priced)
+        forwarded = [forward_of(route, records) for route, records in batch.routed.items()]
+        return Plan(forwarded, batch.dead_letters, usage)
 
     def _drop_repeated_usage(self, batch: SplitBatch, partition: int, offset: int,
                              now_ms: int) -> None:

@@ -15,6 +15,7 @@ from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.support.agent_steps import AI_SDK
 from tests.support.function_totals import stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.records import rows_of
 
 pytestmark = pytest.mark.kafka
 
@@ -90,7 +91,7 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
         def routed(route: str) -> list[dict]:
             return [record for message in read_topic(kafka_bootstrap,
                                                      f"{pipeline.namespace}.{route}")
-                    for record in orjson.loads(message.value)]
+                    for record in rows_of(route, message.value, message.headers)]
 
         assert [r["total_document_size_bytes"] for r in routed("current_storage_usage")] == \
             [104857600] * 4
@@ -145,7 +146,7 @@ def test_agent_usage_records_count_once_per_id(kafka_bootstrap: str, tmp_path: P
         def stored() -> list[str]:
             return sorted(record["id"] for message in read_topic(
                 kafka_bootstrap, f"{pipeline.namespace}.agent_usage")
-                for record in orjson.loads(message.value))
+                for record in rows_of("agent_usage", message.value, message.headers))
 
         # Forwards are published when the raw offsets are committed.
         wait_for(lambda: len(stored()) >= 2, timeout=30, what="the usage records forwarded")

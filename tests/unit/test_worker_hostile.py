@@ -42,6 +42,7 @@ from processors.state import (
     window_key,
 )
 from tests.support import recent_events
+from tests.support.records import rows_of
 
 GRACE = DAY_MS
 NOW = 1_795_000_000_000  # a fixed clock: 2026-11-17T08:26:40Z, mid-day, mid-month
@@ -343,8 +344,10 @@ class Harness:
             RunawayDetector(self.state, 10, 1000), Registry(quotas),  # type: ignore[arg-type]
             self._send, GRACE, lambda: {0}, PRICED, max_forward_bytes)
 
-    async def _send(self, route: str, key: bytes, value: bytes) -> Any:
-        self.sent.append((route, key, orjson.loads(value)))
+    async def _send(self, route: str, key: bytes, value: bytes,
+                    headers: list[tuple[str, bytes]] | None = None) -> Any:
+        self.sent.append((route, key, orjson.loads(value) if route == "dead_letter"
+                          else rows_of(route, value, headers)))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
