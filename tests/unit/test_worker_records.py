@@ -22,6 +22,7 @@ from processors.alert_log import AlertLog
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector
 from processors.fast_split import fast_columns, record_columns
+from processors.ordered_store import MemoryPartitions
 from processors.raw_processor import ARROW_HEADERS, RawProcessor
 from processors.split import split_body
 from processors.state import UsageState
@@ -54,7 +55,8 @@ class Worker:
         self.sent: list[tuple[str, bytes, bytes, Any]] = []
         state = UsageState(self.table, DAY_MS)
         self.processor = RawProcessor(
-            Deduplicator({}, 7 * DAY_MS), state, Alerts(), RunawayDetector(state, 10, 10**9),
+            Deduplicator(MemoryPartitions(), 7 * DAY_MS), state, Alerts(),
+            RunawayDetector(state, 10, 10**9),
             Registry(), self._send, DAY_MS, lambda: {0}, None)  # type: ignore[arg-type]
 
     async def _send(self, route: str, key: bytes, value: bytes,
