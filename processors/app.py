@@ -36,6 +36,7 @@ from meterstream.core.config import Settings
 from meterstream.core.quotas import quotas_from_record
 from meterstream.core.registry import RegistryView
 from meterstream.core.topics import Topics
+from processors import metrics
 from processors.alert_log import AlertLog
 from processors.alert_webhooks import attach_alert_delivery
 from processors.dedup import Deduplicator
@@ -196,11 +197,17 @@ def add_agent(app: faust.App, raw: faust.TopicT, registry: RegistryView,
     """The agent on the raw topic, the registry it waits for, and its stall check."""
 
     # mode's SignalHandlerT requires a `signal` argument typed by a name no receiver can
-    # match, so every receiver fails the check: the two ignores below.
+    # match, so every receiver fails the check: the ignores below.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(_: faust.App, revoked: set[Any], **__: Any) -> None:
         raw_name = raw.get_topic_name()
         agent.forget_partitions({tp.partition for tp in revoked if tp.topic == raw_name})
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def count_assigned(_: faust.App, assigned: set[Any], **__: Any) -> None:
+        # Faust sends the whole new assignment, not only what was added.
+        raw_name = raw.get_topic_name()
+        metrics.RAW_PARTITIONS.set(sum(1 for tp in assigned if tp.topic == raw_name))
 
     @app.task
     async def follow_registry() -> None:

@@ -1,8 +1,10 @@
 """Prometheus metrics of the worker."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RAW_BATCHES = Counter("meterstream_worker_raw_batches_total", "Raw webhook bodies processed.")
+RAW_PARTITIONS = Gauge("meterstream_worker_raw_partitions",
+                       "Partitions of the raw topic this worker owns (after the last rebalance).")
 EVENTS = Counter(
     "meterstream_worker_events_total",
     "Events split out of raw bodies, by where they went.",

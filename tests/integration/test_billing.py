@@ -380,7 +380,6 @@ def _october_pipeline(client: Client, engine_path: Path, kafka_bootstrap: str,
                               "METERSTREAM_CLICKHOUSE": f"chdb://{engine_path}", **(extra or {})})
 
 
-@pytest.mark.kafka
 def test_the_schedule_invoices_the_month_before_once_due(
         client: Client, db: Database, engine_path: Path, kafka_bootstrap: str) -> None:
     settings = _october_pipeline(client, engine_path, kafka_bootstrap)
@@ -424,7 +423,6 @@ async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]
         await consumer.stop()
 
 
-@pytest.mark.kafka
 def test_the_schedule_waits_for_the_worker_and_the_sink_to_catch_up(
         client: Client, db: Database, engine_path: Path, kafka_bootstrap: str) -> None:
     """After October's cut-off the raw topic holds bodies the worker's group has not

@@ -18,8 +18,6 @@ from tests.support import meterstream
 from tests.support.billing_data import publish_registry
 from tests.support.october import ANONYMOUS, EU_APP, REGISTRY, US_APP, USER, october_usage
 
-pytestmark = pytest.mark.kafka
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> dict[str, str]:

@@ -15,14 +15,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
-import pytest
 
 from billing.periods import Period
 from tests.support import convex_examples, meterstream, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import running_pipeline
-
-pytestmark = pytest.mark.kafka
 
 DEPLOYMENT = "happy-otter-123"
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"

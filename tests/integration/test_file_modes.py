@@ -6,8 +6,6 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from tests.support import meterstream, own_broker_env
 
 
@@ -25,7 +23,6 @@ def open_to_others(root: Path) -> list[str]:
     return found
 
 
-@pytest.mark.kafka
 def test_broker_and_chdb_files_are_private(tmp_path: Path) -> None:
     # own_broker_env makes <data dir>/kafka with this test's umask (0755): as an older
     # version left it.

@@ -10,8 +10,6 @@ from aiokafka import AIOKafkaProducer
 
 from tests.support import free_port, meterstream, own_broker_env, read_topic
 
-pytestmark = pytest.mark.kafka
-
 
 async def _produce(bootstrap: str, value: bytes) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")

@@ -10,15 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from meterstream.core.usage import OTHER_MODEL
 from meterstream.loadgen.expected import METRICS, TABLE_SUMS
 from processors.priced_models import priced_model_keys
 from tests.support import meterstream, metric_sample, wait_for
 from tests.support.pipeline import Pipeline, running_pipeline
-
-pytestmark = pytest.mark.kafka
 
 
 def _worker(pipeline: Pipeline, path: str) -> bytes:

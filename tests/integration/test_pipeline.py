@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.support.agent_steps import AI_SDK
@@ -17,7 +16,6 @@ from tests.support.function_totals import stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.records import rows_of
 
-pytestmark = pytest.mark.kafka
 
 def _stored_rows(pipeline: Pipeline) -> int:
     """Rows so far; 0 while the sink has not created its table yet."""

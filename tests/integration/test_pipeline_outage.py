@@ -11,15 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.support import convex_examples, free_port, meterstream, own_broker_env, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.sink_load import sink_metric, start_sink
 from tests.support.workers import start_worker, worker_processes
-
-pytestmark = pytest.mark.kafka
 
 SECRET = "outage-secret-0123456789"
 DEPLOYMENT = "outage-otter-1"

@@ -14,8 +14,6 @@ from tests.support import free_port, meterstream, recent_events, wait_for
 from tests.support.convex_standin import ConvexStandIn, Stream
 from tests.support.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
 
-pytestmark = pytest.mark.kafka
-
 DEPLOY_KEY = "prod:app-one|eyJ2IjoiZGVwbG95LWtleS1mb3ItdGVzdHMifQ"
 
 

@@ -23,8 +23,6 @@ from tests.support.clock import settled
 from tests.support.load import function_load
 from tests.support.pipeline import running_pipeline
 
-pytestmark = pytest.mark.kafka
-
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 ALERT_SECRET = "alert-secret-0123456789abcdef-0123"
 

@@ -21,8 +21,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.support import REPO, wait_for
 from tests.support.pipeline import running_pipeline
 
@@ -92,7 +90,6 @@ def _bash(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=180, check=False)
 
 
-@pytest.mark.kafka
 def test_run_it_prints_what_the_readme_shows(kafka_bootstrap: str, tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text()
     blocks = run_it_blocks(readme)

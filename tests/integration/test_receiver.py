@@ -18,8 +18,6 @@ from tests.support import convex_examples, meterstream, read_topic
 from tests.support.agent_steps import AI_SDK, TOKENS, V_USAGE
 from tests.support.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
 
-pytestmark = pytest.mark.kafka
-
 VECTOR = convex_examples()["signature_test_vector"]
 SECRET = VECTOR["secret"]
 INGEST_TOKEN = "ingest-token-for-happy-otter"

@@ -7,12 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.support import convex_examples, meterstream, own_broker_env, read_topic, wait_for
 from tests.support.pipeline import running_pipeline
-
-pytestmark = pytest.mark.kafka
 
 SECRET = "outage-secret-0123456789"
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from meterstream.core import events, record_format
@@ -36,8 +35,6 @@ from tests.support.sink_load import (
     stored_or_none,
 )
 from tests.support.workers import worker_processes
-
-pytestmark = pytest.mark.kafka
 
 PARTITIONS = 4
 V1, V2 = 1, 2

@@ -12,14 +12,11 @@ import uuid
 from pathlib import Path
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from meterstream.core.secret_box import key_id
 from tests.support import REPO, free_port, meterstream, read_topic, recent_events, wait_for
 from tests.support.pipeline import Pipeline, running_pipeline
-
-pytestmark = pytest.mark.kafka
 
 NAME = "sealed-otter-123"
 SECRET = "whsec-registry-0123456789abcdef"

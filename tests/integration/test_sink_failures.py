@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.support import free_port, meterstream, own_broker_env, read_topic, wait_for
 from tests.support.clock import settled
@@ -33,8 +32,6 @@ from tests.support.workers import (
     start_worker,
     worker_processes,
 )
-
-pytestmark = pytest.mark.kafka
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 TOKEN = "ingest-token-0123456789abcdef"

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
-import pytest
 from aiokafka import AIOKafkaProducer
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
@@ -84,23 +84,31 @@ def _produce(bootstrap: str, topic: str, messages: list[list[dict] | bytes]) -> 
     asyncio.run(run())
 
 
-@pytest.mark.kafka
+def _sink_env(bootstrap: str, tmp_path: Path,
+              max_attempts: int) -> tuple[dict[str, str], Callable[..., str]]:
+    """A sink's environment in a namespace of its own, and `sql(query, write=False)` on its
+    engine."""
+    env = {"METERSTREAM_KAFKA": bootstrap,
+           "METERSTREAM_NAMESPACE": f"t{int(time.time() * 1000) % 10**9}",
+           "METERSTREAM_PARTITIONS": "4", "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
+           "METERSTREAM_SINK_PORT": str(free_port()),
+           "METERSTREAM_SINK_BATCH_SECONDS": "0.5",
+           "METERSTREAM_SINK_MAX_ATTEMPTS": str(max_attempts)}
+
+    def sql(query: str, write: bool = False) -> str:
+        return meterstream(["sql", *(["--write"] if write else []), query], env).stdout.strip()
+
+    return env, sql
+
+
 def test_a_message_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """A CHECK constraint makes ClickHouse refuse the rows with storage_id 'poison' (checks
     the sink itself does not know): the batch holding them is refused 3 times, then
     stored message by message; the poison message's two records are dead letters and the
     good ones before and after it, in the same batch and later, are stored once each."""
-    namespace = f"t{int(time.time() * 1000) % 10**9}"
-    env = {"METERSTREAM_KAFKA": kafka_bootstrap, "METERSTREAM_NAMESPACE": namespace,
-           "METERSTREAM_PARTITIONS": "4", "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
-           "METERSTREAM_SINK_PORT": str(free_port()),
-           "METERSTREAM_SINK_BATCH_SECONDS": "0.5", "METERSTREAM_SINK_MAX_ATTEMPTS": "3"}
-    port = env["METERSTREAM_SINK_PORT"]
-
-    def sql(query: str, write: bool = False) -> str:
-        return meterstream(["sql", *(["--write"] if write else []), query], env).stdout.strip()
-
+    env, sql = _sink_env(kafka_bootstrap, tmp_path, max_attempts=3)
+    namespace, port = env["METERSTREAM_NAMESPACE"], env["METERSTREAM_SINK_PORT"]
     topic = f"{namespace}.storage_api_bandwidth"
     with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
@@ -134,23 +142,14 @@ def test_a_message_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on
                for x in letters)
 
 
-@pytest.mark.kafka
 def test_every_way_a_message_of_either_format_fails_is_dead_lettered_with_its_reason(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     """On one partition: an Arrow message that is not Arrow, one holding the rows of two raw
     bodies, a JSON message with a record of a bad field, and an Arrow message ClickHouse
     refuses (a CHECK constraint) go to the dead letters with their reasons; the good rows of
     both formats around them are stored once each."""
-    namespace = f"t{int(time.time() * 1000) % 10**9}"
-    env = {"METERSTREAM_KAFKA": kafka_bootstrap, "METERSTREAM_NAMESPACE": namespace,
-           "METERSTREAM_PARTITIONS": "4", "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
-           "METERSTREAM_SINK_PORT": str(free_port()),
-           "METERSTREAM_SINK_BATCH_SECONDS": "0.5", "METERSTREAM_SINK_MAX_ATTEMPTS": "2"}
-    port = env["METERSTREAM_SINK_PORT"]
-
-    def sql(query: str, write: bool = False) -> str:
-        return meterstream(["sql", *(["--write"] if write else []), query], env).stdout.strip()
-
+    env, sql = _sink_env(kafka_bootstrap, tmp_path, max_attempts=2)
+    namespace, port = env["METERSTREAM_NAMESPACE"], env["METERSTREAM_SINK_PORT"]
     topic = f"{namespace}.storage_api_bandwidth"
     with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))

@@ -10,13 +10,9 @@ import os
 import socket
 from pathlib import Path
 
-import pytest
-
 from tests.integration.test_loadgen_pipeline import _folded, _live_usage
 from tests.support import free_port, meterstream, metric_sample, wait_for
 from tests.support.pipeline import running_pipeline
-
-pytestmark = pytest.mark.kafka
 
 
 def _two_free_ports() -> int:
@@ -71,6 +67,12 @@ def test_two_workers_share_the_partitions_and_land_exact_totals(kafka_bootstrap:
         assert sorted(p.name for p in (tmp_path / "ms" / "worker").iterdir()) == sorted(
             f"port-{port}" for port in ports)
 
+        # Both in the group before any traffic: else the first to join may take it all.
+        def shared() -> bool:
+            owned = [metric_sample(port, "meterstream_worker_raw_partitions") for port in ports]
+            return all(count > 0 for count in owned) and sum(owned) == 8
+
+        wait_for(shared, timeout=120, what="the two workers to share the 8 raw partitions")
         # 8 deployments over the 8 raw partitions: each worker gets some of them.
         run = meterstream(["loadgen", "--deployments", "8", "--users", "3", "--events", "3000",
                            "--duplicates", "0.2", "--late", "0.05", "--seed", "5",

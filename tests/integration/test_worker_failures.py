@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.support import free_port, read_topic, wait_for
 from tests.support.load import Load, function_load
@@ -25,8 +24,6 @@ from tests.support.workers import (
     start_worker,
     worker_processes,
 )
-
-pytestmark = pytest.mark.kafka
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 CHECKED = ("function_calls", "database_io_bytes", "data_egress_bytes", "file_downloads")

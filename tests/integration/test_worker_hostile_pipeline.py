@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from meterstream.core.usage import OTHER_MODEL
@@ -18,8 +17,6 @@ from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.support.agent_steps import AI_SDK
 from tests.support.function_totals import stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
-
-pytestmark = pytest.mark.kafka
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 VICTIM = "happy-otter-123"  # the deployment of tests/support/data's webhook events

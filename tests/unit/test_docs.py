@@ -282,3 +282,17 @@ def test_the_image_runs_as_a_non_root_user_owning_its_data() -> None:
                      dockerfile)
     # Nothing after USER switches back.
     assert dockerfile.rindex("USER ") > dockerfile.rindex("RUN ")
+
+
+
+def test_every_worker_metric_is_listed_in_the_worker_docs() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from processors import metrics
+
+    text = (REPO / "docs" / "worker-and-quotas.md").read_text()
+    # prometheus_client keeps a counter's name without the `_total` it exposes.
+    exposed = [value._name + ("_total" if value._type == "counter" else "")
+               for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
+    assert len(exposed) > 10
+    assert [name for name in exposed if f"`{name}" not in text] == []
