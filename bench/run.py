@@ -41,7 +41,7 @@ from bench.report import machine, put_section
 
 REPO = Path(__file__).resolve().parent.parent
 
-GOALS = {"receiver": 0.9, "worker": 100_000, "sink": 0.7, "end_to_end": 50_000,
+GOALS = {"receiver": 0.95, "worker": 0.5, "sink": 0.8, "end_to_end": 50_000,
          "alert_p99_ms": 1000, "state_rss_bytes": 1 << 30, "state_restart_s": 30}
 
 
@@ -73,7 +73,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         f"| worker: events/s (CPU s per M events) | {worker['events_per_s']:,.0f} "
         f"({worker['cpu_s_per_m']:.1f}) | bare aiokafka consumer + orjson "
         f"{worker['raw_events_per_s']:,.0f} ({worker['raw_cpu_s_per_m']:.1f}) | "
-        f"{worker['events_per_s'] / worker['raw_events_per_s']:.2f} | >= 100,000 events/s |",
+        f"{worker['events_per_s'] / worker['raw_events_per_s']:.2f} | "
+        f">= {GOALS['worker']}x (about 100,000 events/s, <= 10 CPU s per M) |",
         f"| sink: rows/s into ClickHouse | {sink['rows_per_s']:,.0f} | "
         f"clickhouse-connect insert_arrow {sink['raw_rows_per_s']:,.0f} | "
         f"{sink['rows_per_s'] / sink['raw_rows_per_s']:.2f} | >= {GOALS['sink']}x |",
