@@ -198,7 +198,12 @@ def apply(client: Client, cluster: str = "") -> list[int]:
         replicas = check_cluster(client, cluster)
         _check_replicated(client, cluster)
         log.info("migrating a cluster", extra={"cluster": cluster, "replicas": replicas})
-    client.command(ledger(cluster))
+        # Every start would otherwise run the ledger's CREATE ON CLUSTER, which waits for
+        # every replica: a sink could not start while one is down, even with nothing to do.
+        if not client.command("EXISTS TABLE schema_migrations"):
+            client.command(ledger(cluster))
+    else:
+        client.command(ledger())
     done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
     applied = []
     for migration in migrations():

@@ -227,6 +227,54 @@ def test_the_sink_syncs_replicas_exactly_when_a_cluster_is_set() -> None:
         assert {table.high_water.sync_replica for table in sink.tables.values()} == {sync}
 
 
+class _Cluster:
+    """A client of one replica of a one-shard cluster of three: answers what `apply` asks
+    and records every statement it sends."""
+
+    def __init__(self, ledger_exists: bool, applied: list[int]) -> None:
+        self.ledger_exists = ledger_exists
+        self.applied = applied
+        self.sent: list[str] = []
+
+    def command(self, sql: str) -> int | None:
+        self.sent.append(sql)
+        return int(self.ledger_exists) if sql.startswith("EXISTS TABLE") else None
+
+    def query(self, sql: str, **_: Any) -> Any:
+        self.sent.append(sql)
+        rows: list[tuple[int, ...]] = []
+        if "system.clusters" in sql:
+            rows = [(1, 3)]
+        elif "FROM schema_migrations" in sql:
+            rows = [(version,) for version in self.applied]
+        return type("Result", (), {"result_rows": rows})()
+
+    def insert(self, table: str, rows: list[list[Any]], **_: Any) -> None:
+        self.sent.append(f"insert {table} {rows[0][0]}")
+
+
+def test_a_cluster_is_migrated_with_the_cluster_statements_in_order() -> None:
+    client: Any = _Cluster(ledger_exists=False, applied=[])
+    versions = [m.version for m in migrate.migrations()]
+    assert migrate.apply(client, CLUSTER) == versions
+    ddl = [sql for sql in client.sent if not sql.startswith(("SELECT", "EXISTS", "insert"))]
+    assert ddl == [cluster for _, _, cluster in _pairs()]
+    assert [sql for sql in client.sent if sql.startswith("insert")] == [
+        f"insert schema_migrations {version}" for version in versions]
+    # Checked before and after: the shape, then no table left unreplicated.
+    assert "system.clusters" in client.sent[0]
+    assert "system.tables" in client.sent[1]
+    assert "system.tables" in client.sent[-1]
+
+
+def test_a_migrated_cluster_starts_without_a_statement_on_cluster() -> None:
+    """Nothing to do: no ON CLUSTER statement, which would wait for every replica, so a
+    sink starts while one replica is down."""
+    client: Any = _Cluster(ledger_exists=True, applied=[m.version for m in migrate.migrations()])
+    assert migrate.apply(client, CLUSTER) == []
+    assert not [sql for sql in client.sent if "ON CLUSTER" in sql or sql.startswith("insert")]
+
+
 # --- The real parser (the embedded engine; one chdb path per process, so one module) ---
 
 @pytest.fixture(scope="module")
