@@ -533,9 +533,9 @@ def _bootstrap(name: str, value: str) -> str:
     return ",".join(servers)
 
 
-# A database name in the URL's path: what ClickHouse takes unquoted, so that it needs no
-# escaping wherever it is used.
-_DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,205}")
+# The database in the URL's path: one name (clickhouse-connect would ignore what follows a
+# second '/'), of the characters database names are made of in practice.
+_DATABASE = re.compile(r"[\w.-]{1,206}")
 # A cluster name as the servers' <remote_servers> configuration spells it (an XML element
 # name); it is written backquoted in `ON CLUSTER`, so no character of it needs escaping.
 _CLUSTER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,205}")
@@ -566,7 +566,7 @@ def _clickhouse(name: str, value: str) -> ClickHouseTarget:
     database = unquote(parts.path.strip("/"))
     if database and not _DATABASE.fullmatch(database):
         problems.append(f"{name}: the URL's path must be one database name (letters, digits, "
-                        f"'_'), got {database[:100]!r}")
+                        f"'_', '.', '-'), got {database[:100]!r}")
     # clickhouse-connect would take query parameters as client options or server settings
     # (verify=false among them); meterstream sets those itself, so none is accepted.
     if parts.query or parts.fragment:

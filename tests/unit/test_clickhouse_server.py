@@ -48,6 +48,9 @@ SERVER_URLS: list[tuple[str, bool, dict[str, Any]]] = [
     ("http://localhost/meterstream", False,
      {"interface": "http", "secure": False, "host": "localhost", "port": 8123,
       "username": None, "password": "", "database": "meterstream"}),
+    ("https://metering@ch.example:8443/metering-prod.eu", False,
+     {"interface": "https", "secure": True, "host": "ch.example", "port": 8443,
+      "username": "metering", "password": "", "database": "metering-prod.eu", "verify": True}),
     # Percent-encoded user and password, an IPv6 address.
     ("https://me%40corp:p%3Ass%2Fw%40rd@[::1]:8443/db_1", False,
      {"interface": "https", "secure": True, "host": "::1", "port": 8443,
