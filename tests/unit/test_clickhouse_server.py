@@ -17,6 +17,7 @@ import pytest
 
 from meterstream.core.clickhouse import client_arguments, connect
 from meterstream.core.config import ClickHouseTarget, ConfigError, Settings
+from tests.support import meterstream
 
 PASSWORD = "s3cret-Pa55"
 
@@ -202,3 +203,12 @@ def test_a_ca_file_needs_https(tmp_path: Path) -> None:
     (problem,) = _problems({"METERSTREAM_CLICKHOUSE": "http://127.0.0.1:8123/db",
                             "METERSTREAM_CLICKHOUSE_CA_FILE": str(ca)})
     assert problem.startswith("METERSTREAM_CLICKHOUSE_CA_FILE needs an https://")
+
+
+def test_the_sink_refuses_a_cluster_on_the_embedded_engine_at_start(tmp_path: Path) -> None:
+    result = meterstream(["sink"], {"METERSTREAM_DATA_DIR": str(tmp_path),
+                                    "METERSTREAM_CLICKHOUSE": "",
+                                    "METERSTREAM_CLICKHOUSE_CLUSTER": "prod"}, check=False)
+    assert result.returncode == 1
+    assert "METERSTREAM_CLICKHOUSE_CLUSTER needs a ClickHouse server" in result.stderr
+    assert not (tmp_path / "clickhouse").exists()  # refused before the engine was opened
