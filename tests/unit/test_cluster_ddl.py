@@ -309,12 +309,21 @@ def test_a_cluster_the_server_does_not_know_stops_migrations_before_any_statemen
         migrate.apply(client, CLUSTER)
     assert client.command("SELECT count() FROM system.tables "
                           "WHERE database = currentDatabase()") == 0
+    # What a cluster's start asks before creating the ledger, answered by the real engine.
+    assert client.command("EXISTS TABLE schema_migrations") == 0
+
+
+def test_clickhouse_parses_the_replica_sync(client: Client) -> None:
+    recorded: Any = _Recording()
+    HighWater(FILE_DOWNLOADS, sync_replica=True).load(recorded, [0])
+    assert _formatted(client, recorded.sent[0]) == "SYSTEM SYNC REPLICA file_downloads"
 
 
 def test_a_single_server_schema_is_named_and_not_taken_for_a_cluster(client: Client) -> None:
     """What `apply` on a cluster checks before and after migrating: here the one server's
     schema, whose every table the query names (a real query on the real system.tables)."""
     migrate.apply(client)
+    assert client.command("EXISTS TABLE schema_migrations") == 1
     tables = {name for _, kind, name, _, _ in CLUSTER_DDL if kind == "CREATE TABLE"}
     assert set(migrate.unreplicated_tables(client)) == tables
     with pytest.raises(ClusterError, match="do not replicate: agent_usage, alerts"):
