@@ -69,17 +69,31 @@ class PartitionMismatch(RuntimeError):
 
 
 class HighWater:
-    def __init__(self, spec: TableSpec) -> None:
+    def __init__(self, spec: TableSpec, sync_replica: bool = False) -> None:
         self.spec = spec
+        self.sync_replica = sync_replica
+        """On a cluster (METERSTREAM_CLICKHOUSE_CLUSTER): bring this replica up to date
+        before reading the marks (see `load`)."""
         self.marks: dict[Key, int] = {}
         self._times = itemgetter(spec.time_field)
         self._origin = itemgetter(*spec.origin_fields)
 
     def load(self, client: Client, partitions: list[int]) -> None:
-        """Sets the marks of `partitions` to what ClickHouse holds (forgets the others)."""
+        """Sets the marks of `partitions` to what ClickHouse holds (forgets the others).
+
+        On a cluster, the partitions' previous owner may have inserted through another
+        replica, and an insert is acknowledged once its part is on that replica and in
+        the table's replication log, before this replica fetched it. Marks read here
+        before the fetch would be too low and the rows read again counted twice, so
+        `SYSTEM SYNC REPLICA` first waits until this replica has every part the log
+        held: a replica that cannot fetch one (its only holder down) makes this raise
+        after the server's timeout, and the sink keeps its partitions paused and
+        retries rather than guess."""
         self.marks.clear()
         if not partitions:
             return
+        if self.sync_replica:
+            client.command(f"SYSTEM SYNC REPLICA {self.spec.table}")
         origin_partition, origin_offset = self.spec.origin_fields
         rows = client.query(
             f"SELECT {origin_partition}, toYYYYMM({self.spec.time_field}), "

@@ -159,7 +159,7 @@ class Sink:
                 spec, topic, TableWriter(client, spec),
                 BatchBuffer(spec.columns, spec.schema, settings.sink_batch_rows,
                             settings.sink_batch_seconds),
-                HighWater(spec))
+                HighWater(spec, sync_replica=bool(settings.clickhouse.cluster)))
         # Held while messages are admitted or batches flushed, and by the rebalance
         # callbacks, which aiokafka runs in its own task.
         self.lock = asyncio.Lock()

@@ -13,6 +13,8 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -27,11 +29,59 @@ class EngineBusy(RuntimeError):
     """Another process holds the embedded engine."""
 
 
+class ClientArguments(dict[str, Any]):
+    """The keyword arguments of clickhouse_connect.get_client; shown without the password
+    (an argument list that reaches a log or a traceback's locals display is no leak)."""
+
+    def __repr__(self) -> str:
+        return repr({name: "***" if name == "password" and value else value
+                     for name, value in self.items()})
+
+    __str__ = __repr__
+
+
+def client_arguments(target: ClickHouseTarget) -> ClientArguments:
+    """What `connect` passes to clickhouse_connect.get_client.
+
+    A server's arguments are spelled out rather than left to get_client's `dsn` parsing,
+    which takes TLS from the port alone (https://host:9440 would be plain HTTP, the
+    password in clear) and query parameters as options (verify=false among them):
+
+    - `interface` and `secure` both from the scheme, consistently: get_client turns TLS on
+      for port 443 or 8443 whatever the scheme unless the interface is given;
+    - the port from the URL, else ClickHouse's HTTP(S) default, 8443 or 8123;
+    - user and password percent-decoded (the URL carries them encoded); no user: the
+      server's `default` user, as clickhouse-connect does;
+    - the database from the path; none: the user's default database;
+    - `verify` always on: the server's certificate is checked against the system's CAs,
+      or against METERSTREAM_CLICKHOUSE_CA_FILE (`ca_cert`) for a private CA. There is
+      no switch to turn it off: the password would go to whoever answers.
+    """
+    if target.chdb_path is not None:
+        return ClientArguments(dsn=target.url)
+    parts = urlsplit(target.url)
+    secure = parts.scheme == "https"
+    arguments = ClientArguments(
+        interface=parts.scheme,
+        secure=secure,
+        host=parts.hostname,
+        port=parts.port or (8443 if secure else 8123),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else "",
+        database=unquote(parts.path.strip("/")) or None,
+    )
+    if secure:
+        arguments["verify"] = True
+        if target.ca_file is not None:
+            arguments["ca_cert"] = str(target.ca_file)
+    return arguments
+
+
 def connect(target: ClickHouseTarget) -> Client:
     """A clickhouse-connect client. For chdb, call only while holding the EngineLock."""
     if target.chdb_path is not None:
         target.chdb_path.mkdir(parents=True, exist_ok=True)
-    return clickhouse_connect.get_client(dsn=target.url)
+    return clickhouse_connect.get_client(**client_arguments(target))
 
 
 def socket_path(chdb_path: Path) -> Path:

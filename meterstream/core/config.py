@@ -14,10 +14,10 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "Settings"]
 
@@ -52,7 +52,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_CLICKHOUSE", "chdb:///<data dir>/clickhouse",
              "chdb:///path selects the embedded ClickHouse engine at that path; "
              "http(s)://user:password@host:port/database selects a ClickHouse server (https:// "
-             "unless loopback when it has a password). Or METERSTREAM_CLICKHOUSE_FILE."),
+             "unless loopback when it has a password; user and password percent-encoded; no "
+             "query string). Or METERSTREAM_CLICKHOUSE_FILE. See docs/clickhouse-server.md."),
+    Variable("METERSTREAM_CLICKHOUSE_CA_FILE", "",
+             "PEM file of the certificate authority that signed the ClickHouse server's "
+             "certificate (a private CA); empty means the system's trusted CAs. The "
+             "certificate is verified either way. Only with an https:// "
+             "METERSTREAM_CLICKHOUSE."),
+    Variable("METERSTREAM_CLICKHOUSE_CLUSTER", "",
+             "Name of a ClickHouse cluster of one shard and any number of replicas: "
+             "migrations run ON CLUSTER it with Replicated*MergeTree engines, and the sink "
+             "syncs its replica before loading its high-water marks. Empty: one server. "
+             "Not with the embedded engine (docs/clickhouse-server.md)."),
     Variable("METERSTREAM_DATA_DIR", "./.meterstream",
              "Local state: broker jars and data, the embedded ClickHouse data."),
     Variable("METERSTREAM_NAMESPACE", "meterstream",
@@ -212,10 +223,16 @@ def _collecting() -> Iterator[list[str]]:
 
 @dataclass(frozen=True)
 class ClickHouseTarget:
-    """Where the counters go: the embedded engine at a path, or a server URL."""
+    """Where the counters go: the embedded engine at a path, or a server URL (with its CA
+    file and cluster, if any; meterstream/core/clickhouse.py turns it into clickhouse-connect
+    arguments)."""
 
     url: str = field(repr=False)
     chdb_path: Path | None
+    ca_file: Path | None = None
+    """METERSTREAM_CLICKHOUSE_CA_FILE: the CA the server's certificate is verified against."""
+    cluster: str = ""
+    """METERSTREAM_CLICKHOUSE_CLUSTER; empty: one server (or the embedded engine)."""
 
     @property
     def embedded(self) -> bool:
@@ -235,7 +252,9 @@ class ClickHouseTarget:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     def __repr__(self) -> str:
-        return f"ClickHouseTarget({self.display!r})"
+        extras = "".join(f", {name}={value!r}" for name, value in
+                         (("ca_file", self.ca_file), ("cluster", self.cluster)) if value)
+        return f"ClickHouseTarget({self.display!r}{extras})"
 
 
 # The numeric settings: field -> (variable, type, smallest, largest allowed value).
@@ -345,6 +364,12 @@ class Settings:
             else ClickHouseTarget(url=f"chdb://{data_dir / 'clickhouse'}",
                                   chdb_path=data_dir / "clickhouse")
         )
+        clickhouse = replace(
+            clickhouse,
+            ca_file=_file("METERSTREAM_CLICKHOUSE_CA_FILE",
+                          env.get("METERSTREAM_CLICKHOUSE_CA_FILE", "").strip()),
+            cluster=_cluster("METERSTREAM_CLICKHOUSE_CLUSTER",
+                             env.get("METERSTREAM_CLICKHOUSE_CLUSTER", "").strip()))
         numbers: dict[str, Any] = {field: _number(name, raw(name), kind, low, high)
                                    for field, (name, kind, low, high) in NUMBERS.items()}
         return cls(
@@ -421,6 +446,7 @@ class Settings:
             ("METERSTREAM_CONVEX_API_URL", self.convex_api_url),
             *(("METERSTREAM_ALERT_WEBHOOKS", url) for url in self.alert_webhooks),
         ]
+        problems += _clickhouse_combination_problems(self.clickhouse)
         if not self.clickhouse.embedded and urlsplit(self.clickhouse.url).password:
             credentialed.append(("METERSTREAM_CLICKHOUSE", self.clickhouse.url))
         for name, url in credentialed:
@@ -507,6 +533,14 @@ def _bootstrap(name: str, value: str) -> str:
     return ",".join(servers)
 
 
+# The database in the URL's path: one name (clickhouse-connect would ignore what follows a
+# second '/'), of the characters database names are made of in practice.
+_DATABASE = re.compile(r"[\w.-]{1,206}")
+# A cluster name as the servers' <remote_servers> configuration spells it (an XML element
+# name); it is written backquoted in `ON CLUSTER`, so no character of it needs escaping.
+_CLUSTER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,205}")
+
+
 def _clickhouse(name: str, value: str) -> ClickHouseTarget:
     stand_in = ClickHouseTarget(url="chdb:///invalid", chdb_path=Path("/invalid"))
     parts = urlsplit(value)
@@ -517,18 +551,54 @@ def _clickhouse(name: str, value: str) -> ClickHouseTarget:
                             stand_in)
         path = Path(location).expanduser().resolve()
         return ClickHouseTarget(url=f"chdb://{path}", chdb_path=path)
-    if parts.scheme in ("http", "https"):
-        if not parts.hostname:
-            return _problem(f"{name}: a ClickHouse server URL needs a host, got {value!r}",
-                            stand_in)
-        try:
-            _ = parts.port
-        except ValueError:
-            return _problem(f"{name}: bad port in the ClickHouse URL", stand_in)
-        return ClickHouseTarget(url=value, chdb_path=None)
-    return _problem(
-        f"{name} must start with chdb:// (embedded engine) or http(s):// (server), "
-        f"got scheme {parts.scheme or 'none'!r}", stand_in)
+    if parts.scheme not in ("http", "https"):
+        return _problem(
+            f"{name} must start with chdb:// (embedded engine) or http(s):// (server), "
+            f"got scheme {parts.scheme or 'none'!r}", stand_in)
+    # Every problem of the URL at once, never quoting the URL back: it may hold a password.
+    problems = []
+    if not parts.hostname:
+        problems.append(f"{name}: a ClickHouse server URL needs a host")
+    try:
+        _ = parts.port
+    except ValueError:
+        problems.append(f"{name}: bad port in the ClickHouse URL")
+    database = unquote(parts.path.strip("/"))
+    if database and not _DATABASE.fullmatch(database):
+        problems.append(f"{name}: the URL's path must be one database name (letters, digits, "
+                        f"'_', '.', '-'), got {database[:100]!r}")
+    # clickhouse-connect would take query parameters as client options or server settings
+    # (verify=false among them); meterstream sets those itself, so none is accepted.
+    if parts.query or parts.fragment:
+        problems.append(f"{name}: the URL must have no query string or fragment (TLS: "
+                        "https:// and METERSTREAM_CLICKHOUSE_CA_FILE)")
+    if parts.password is not None and not parts.username:
+        problems.append(f"{name}: a password in the URL needs a user name "
+                        "(https://user:password@host:8443/database)")
+    for problem in problems:
+        _problem(problem, None)
+    # A server stand-in, so that the server-only checks of the other variables hold.
+    return (ClickHouseTarget(url="https://invalid", chdb_path=None) if problems
+            else ClickHouseTarget(url=value, chdb_path=None))
+
+
+def _clickhouse_combination_problems(target: ClickHouseTarget) -> list[str]:
+    problems = []
+    if target.embedded and target.cluster:
+        problems.append("METERSTREAM_CLICKHOUSE_CLUSTER needs a ClickHouse server "
+                        "(METERSTREAM_CLICKHOUSE=https://...): the embedded engine is one "
+                        "process's own and has no cluster")
+    if target.ca_file is not None and urlsplit(target.url).scheme != "https":
+        problems.append("METERSTREAM_CLICKHOUSE_CA_FILE needs an https:// "
+                        "METERSTREAM_CLICKHOUSE (it verifies the server's TLS certificate)")
+    return problems
+
+
+def _cluster(name: str, value: str) -> str:
+    if value and not _CLUSTER.fullmatch(value):
+        return _problem(f"{name} must be a cluster name of the servers' configuration "
+                        f"(letters, digits, '_', '.', '-'), got {value[:100]!r}", "")
+    return value
 
 
 Number = TypeVar("Number", int, float)

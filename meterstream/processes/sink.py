@@ -54,8 +54,9 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         insert_client = connect(target)
         if target.chdb_path is not None:
             runners.append(await serve_queries(connect(target), target.chdb_path))
-        applied = await asyncio.to_thread(migrate.apply, insert_client)
-        log.info("schema ready", extra={"clickhouse": target.display, "applied": applied})
+        applied = await asyncio.to_thread(migrate.apply, insert_client, target.cluster)
+        log.info("schema ready", extra={"clickhouse": target.display, "applied": applied,
+                                        "cluster": target.cluster or None})
         site = web.Application()
         site.router.add_get("/healthz", healthz)
         site.router.add_get("/metrics", metrics_page)
@@ -82,6 +83,6 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
 def main(settings: Settings) -> None:
     try:
         asyncio.run(serve(settings))
-    except PartitionMismatch as exc:
+    except (PartitionMismatch, migrate.ClusterError) as exc:
         log.error("sink stopped: %s", exc)
         raise SystemExit(1) from None
