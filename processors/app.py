@@ -143,7 +143,7 @@ def watch_readiness(app: faust.App, registry: RegistryView, readiness: Readiness
     assigned = False
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def note_assignment(_: faust.App, **__: Any) -> None:
+    async def note_assignment(_: faust.App, _assigned: set[Any], **__: Any) -> None:
         nonlocal assigned
         assigned = True
 

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from faust.exceptions import SameNode
 
 from meterstream.core.config import Settings
+from meterstream.core.service import Readiness
 from processors import metrics
 from processors.app import create_app
 from processors.web_access import TokenCheck, api_guard
@@ -232,3 +233,31 @@ def test_the_guard_on_any_aiohttp_application() -> None:
         assert (await client.get("/healthz")).status == 200
 
     _serve(app, scenario)
+
+
+def test_the_worker_is_ready_once_assigned_with_its_tables_restored_and_not_while_moving(
+        tmp_path: Path) -> None:
+    readiness = Readiness()
+    settings = Settings.from_env({"METERSTREAM_DATA_DIR": str(tmp_path),
+                                  "METERSTREAM_READ_TOKEN": READ})
+    app = create_app(settings, priced=frozenset(), readiness=readiness)
+    recovery = cast(Any, app.tables).recovery
+    seen = [readiness.state()]
+
+    async def scenario() -> None:
+        # What Faust does on a rebalance: the signal with the new assignment, then the
+        # tables' recovery; the registry is followed meanwhile.
+        await app.on_partitions_assigned.send(set())
+        seen.append(readiness.state())
+        recovery.completed.set()
+        seen.append(readiness.state())
+        app.rebalancing = app.in_recovery = True  # the next rebalance
+        seen.append(readiness.state())
+
+    asyncio.run(scenario())
+    assert seen == [
+        {"registry": False, "partitions": False, "tables": False},
+        {"registry": False, "partitions": True, "tables": False},
+        {"registry": False, "partitions": True, "tables": True},
+        {"registry": False, "partitions": False, "tables": False},
+    ]
