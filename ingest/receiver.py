@@ -4,9 +4,10 @@ meterstream/processes/receiver.py).
 Public port (METERSTREAM_BIND_HOST:METERSTREAM_RECEIVER_PORT):
     POST /v1/convex/logs    Convex log-stream webhooks (JSON array or JSONL, signed)
     POST /v1/agent/usage    agent token usage records (Bearer: the deployment's ingest token)
-    GET  /healthz /readyz /metrics
+    GET  /healthz /readyz /metrics   unless METERSTREAM_METRICS_HOST is set: then on
+                            METERSTREAM_METRICS_HOST:METERSTREAM_RECEIVER_METRICS_PORT
 Admin port (METERSTREAM_ADMIN_HOST:METERSTREAM_ADMIN_PORT, loopback by default):
-    /v1/deployments...      the registry's admin API (ingest/admin.py), GET /healthz
+    /v1/deployments...      the registry's admin API (ingest/admin.py), GET /healthz /readyz
 
 A body is answered 200 only after Kafka acknowledged it with acks=all. What
 is refused for good gets a 4xx, which makes Convex drop the batch; what may
@@ -39,7 +40,7 @@ from meterstream.core import signature
 from meterstream.core.config import Settings
 from meterstream.core.log_stream import BatchError, check_batch, claimed_deployment
 from meterstream.core.registry import Deployment, RegistryView, RegistryWriter
-from meterstream.core.service import healthz, metrics_page
+from meterstream.core.service import Readiness, add_probes, healthz
 from meterstream.core.topics import (
     AGENT_ORIGIN,
     ORIGIN_HEADER,
@@ -100,28 +101,34 @@ class Receiver:
         # What one raw message may hold: the producer's largest request is
         # max_body_bytes + 64 KiB (ingest/producer.py), which leaves room for key and headers.
         self.message_budget = settings.max_body_bytes
+        # Ready once the producer is connected and the registry caught up: before, every
+        # webhook would be a 503.
+        self.readiness = Readiness()
+        self.readiness.add("kafka", lambda: self.producer.healthy)
+        self.readiness.add("registry", lambda: self.registry.loaded)
 
     def app(self) -> web.Application:
-        """The public port: the two ingest doors and the probes, nothing else."""
+        """The public port: the two ingest doors, and the probes unless they have a
+        listener of their own (`probe_app`)."""
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post(CONVEX_LOGS, self.convex_logs)
         app.router.add_post(AGENT_USAGE, self.agent_usage)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", metrics_page)
+        if not self.settings.metrics_host:
+            add_probes(app, self.readiness)
         return app
 
+    def probe_app(self) -> web.Application:
+        """The probes alone, for METERSTREAM_METRICS_HOST:METERSTREAM_RECEIVER_METRICS_PORT."""
+        return add_probes(web.Application(), self.readiness)
+
     def admin_app(self) -> web.Application:
-        """The admin port: the registry's admin API."""
+        """The admin port: the registry's admin API, and whether this listener is alive and
+        the receiver ready (no metrics: they belong with the other probes)."""
         app = web.Application(client_max_size=ADMIN_MAX_BODY)
         self.admin.add_routes(app)
         app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", self.readiness.readyz)
         return app
-
-    async def readyz(self, _: web.Request) -> web.Response:
-        checks = {"kafka": self.producer.healthy, "registry": self.registry.loaded}
-        return web.json_response({"ready": all(checks.values()), **checks},
-                                 status=200 if all(checks.values()) else 503)
 
     async def _body(self, request: web.Request, endpoint: str) -> bytes | web.Response:
         """The raw body, at most max_body_bytes of it; a response when it is refused.

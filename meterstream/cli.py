@@ -144,7 +144,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"meterstream up: {workers} workers need ports {settings.worker_port} to "
                   f"{settings.worker_port + workers - 1}: past 65535", file=sys.stderr)
             return 2
-        return supervisor.run(workers, settings.worker_port)
+        metrics_port = settings.worker_metrics_port if settings.metrics_host else None
+        if metrics_port is not None:
+            problem = _probe_ports_problem(workers, settings.worker_port, metrics_port)
+            if problem:
+                print(f"meterstream up: {problem}", file=sys.stderr)
+                return 2
+        return supervisor.run(workers, settings.worker_port, metrics_port)
     elif args.command == "sql":
         return _sql(args.query, settings, write=args.write)
     elif args.command == "deployments":
@@ -160,6 +166,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return billing_cli.run(args, settings)
     return 0
+
+
+def _probe_ports_problem(workers: int, api_port: int, metrics_port: int) -> str | None:
+    """Why `workers` workers cannot have probe ports from `metrics_port` next to API ports
+    from `api_port`, or None when they can."""
+    last = metrics_port + workers - 1
+    if last > 65535:
+        return f"{workers} workers need probe ports {metrics_port} to {last}: past 65535"
+    if metrics_port <= api_port + workers - 1 and api_port <= last:
+        return (f"the workers' probe ports {metrics_port} to {last} overlap their API ports "
+                f"{api_port} to {api_port + workers - 1}")
+    return None
 
 
 def _sql(query: str, settings: Settings, write: bool = False) -> int:

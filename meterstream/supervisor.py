@@ -8,8 +8,9 @@ with it and each keeps its own event loop (Faust's worker wants its own).
 Faust consumer group, so the raw topic's partitions (METERSTREAM_PARTITIONS) spread
 over them and the worker stage is not capped by one Python process. Worker i (from 0)
 serves its web pages (/v1/quota, forwarded by Faust to the owner of the deployment's
-partition, and /metrics) on METERSTREAM_WORKER_PORT + i and keeps its table files in
-a directory of its own (meterstream/processes/worker.py).
+partition, and the probes) on METERSTREAM_WORKER_PORT + i (its probes on
+METERSTREAM_WORKER_METRICS_PORT + i when METERSTREAM_METRICS_HOST is set) and keeps its
+table files in a directory of its own (meterstream/processes/worker.py).
 
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only
 the supervisor, which stops the children in pipeline order: the receiver
@@ -66,9 +67,14 @@ def worker_names(count: int) -> list[str]:
     return ["worker"] if count == 1 else [f"worker-{i}" for i in range(count)]
 
 
-def worker_env(base_port: int, index: int) -> dict[str, str]:
-    """What worker `index` gets besides `up`'s environment: its own web port."""
-    return {**os.environ, "METERSTREAM_WORKER_PORT": str(base_port + index)}
+def worker_env(base_port: int, index: int, metrics_port: int | None = None) -> dict[str, str]:
+    """What worker `index` gets besides `up`'s environment: its own web port, and its own
+    probe port when the probes have a listener of their own (`metrics_port` is then the
+    first worker's)."""
+    env = {**os.environ, "METERSTREAM_WORKER_PORT": str(base_port + index)}
+    if metrics_port is not None:
+        env["METERSTREAM_WORKER_METRICS_PORT"] = str(metrics_port + index)
+    return env
 
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -106,15 +112,16 @@ def _stop(children: dict[str, subprocess.Popen[bytes]]) -> bool:
     return clean
 
 
-def run(workers: int, worker_port: int) -> int:
+def run(workers: int, worker_port: int, metrics_port: int | None = None) -> int:
     """Runs the pipeline with `workers` worker processes, whose web ports start at
-    `worker_port`, until SIGTERM or SIGINT or until a child exits."""
+    `worker_port` (and their probe ports at `metrics_port`, if given), until SIGTERM or
+    SIGINT or until a child exits."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     children = {"sink": _spawn("sink", os.environ.copy())}
     for index, name in enumerate(worker_names(workers)):
-        children[name] = _spawn("worker", worker_env(worker_port, index))
+        children[name] = _spawn("worker", worker_env(worker_port, index, metrics_port))
     children["receiver"] = _spawn("receiver", os.environ.copy())
     log.info("pipeline started", extra={name: c.pid for name, c in children.items()})
     died: str | None = None

@@ -6,7 +6,11 @@ records of each event type present to that type's topic (`<ns>.function_executio
 ..., `<ns>.other`), keeps the live usage windows in the `usage` table and publishes
 alerts to `<ns>.alerts`. Working per body, not per event, spreads Faust's
 per-message cost over up to 128 events. The web server answers
-`GET /v1/quota/{deployment}`, routed to the worker that owns the deployment.
+`GET /v1/quota/{deployment}`, routed to the worker that owns the deployment, to a
+bearer token only (processors/web_access.py), and the probes /healthz, /readyz and
+/metrics (unless METERSTREAM_METRICS_HOST moves them to a listener of their own,
+meterstream/processes/worker.py). Faust's built-in pages (/table/... serves table
+contents, /router/... the cluster's layout, /graph, /stats, /performance) are off.
 
 A raw message whose processing raises is tried METERSTREAM_WORKER_MAX_ATTEMPTS times,
 then dead-lettered and acked (processors/poison.py), so no tenant's message can stop
@@ -35,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meterstream.core.config import Settings
 from meterstream.core.quotas import quotas_from_record
 from meterstream.core.registry import RegistryView
+from meterstream.core.service import Readiness
 from meterstream.core.topics import Topics
 from processors import metrics
 from processors.alert_log import AlertLog
@@ -49,14 +54,19 @@ from processors.raw_processor import RawProcessor, Send
 from processors.split import ALL_ROUTES
 from processors.stall_guard import CommittedOffsets, StallGuard, untrack
 from processors.state import CachedTable, UsageState
+from processors.web_access import api_guard
 
 TABLES = ("seen", "usage")
 
 
-def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faust.App:
+def create_app(settings: Settings, priced: frozenset[str] | None = None,
+               readiness: Readiness | None = None) -> faust.App:
     """The worker's Faust app: its topics, tables, agent, timers and pages. `priced`: the
     provider/model keys the live windows keep by name (None: read from the price book,
-    processors/priced_models.py)."""
+    processors/priced_models.py). `readiness` gets the worker's checks (registry,
+    partitions, tables), for /readyz wherever it is served."""
+    if readiness is None:
+        readiness = Readiness()
     if priced is None:
         priced = priced_model_keys(settings.price_book)
     topics = Topics.of(settings)
@@ -120,8 +130,45 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
     add_agent(app, raw, registry, agent, committed)
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
     add_quota_page(app, raw, registry, state)
-    app.page("/metrics")(metrics_page)
+    watch_readiness(app, registry, readiness)
+    if not settings.metrics_host:
+        add_probe_pages(app, readiness)
     return app
+
+
+def watch_readiness(app: faust.App, registry: RegistryView, readiness: Readiness) -> None:
+    """Ready once the registry is read, partitions were assigned, and the tables of the
+    partitions it owns are restored; not ready again while a rebalance moves partitions
+    and their tables are restored (its quota answers would then be wrong or missing)."""
+    assigned = False
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def note_assignment(_: faust.App, _assigned: set[Any], **__: Any) -> None:
+        nonlocal assigned
+        assigned = True
+
+    readiness.add("registry", lambda: registry.loaded)
+    readiness.add("partitions", lambda: assigned and not app.rebalancing)
+    # Recovery's `completed` is set once the first assignment's tables are restored (or
+    # none needed restoring); `in_recovery` while a later rebalance's are.
+    readiness.add("tables", lambda: cast(Any, app.tables).recovery.completed.is_set()
+                  and not app.in_recovery)
+
+
+def add_probe_pages(app: faust.App, readiness: Readiness) -> None:
+    """/healthz, /readyz and /metrics on the worker's own web server, open to all
+    (processors/web_access.py lets them through)."""
+
+    @app.page("/healthz")
+    async def healthz(web: Any, _request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, _request: Any) -> Any:
+        status, body = readiness.answer()
+        return web.json(body, status=status)
+
+    app.page("/metrics")(metrics_page)
 
 
 def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
@@ -154,6 +201,24 @@ def faust_app(settings: Settings, max_request_size: int) -> faust.App:
         web_bind=settings.bind_host,
         web_port=settings.worker_port,
         web_host=settings.bind_host,
+        # Every route of the web server but the probes needs a token, checked before
+        # any view runs (and before Faust forwards a request to another worker).
+        web_application_options={"middlewares": [
+            api_guard(settings.read_token, settings.admin_token)]},
+        # Faust's built-in pages are off: /table/... serves every table's contents (all
+        # tenants' usage), /router/... the cluster's layout, /graph, /stats and
+        # /performance its internals. The quota page's forwarding to the owning worker
+        # does not need them: it asks the partition assignor, not /router.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        debug=False,
+        # Faust lets an environment variable override any of these (APP_WEB_TABLES_ENABLED
+        # would reopen /table); meterstream reads its configuration from its own variables
+        # only (meterstream/core/config.py), so Faust gets an empty environment.
+        env={},
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         producer_acks=-1,

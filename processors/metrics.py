@@ -81,3 +81,9 @@ JSON_RECORDS = Counter(
     "Records forwarded as record format version 1 (JSON) because a value did not fit its "
     "column in version 2 (Arrow); the sink dead-letters the record that cannot be stored.",
 )
+API_REFUSED = Counter(
+    "meterstream_worker_api_refused_total",
+    "Requests to the worker's web server refused before any view ran (processors/"
+    "web_access.py), by reason: api_disabled, unauthenticated, forbidden.",
+    ["reason"],
+)

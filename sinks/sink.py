@@ -72,6 +72,7 @@ from meterstream.core.config import Settings
 from meterstream.core.events import EventType
 from meterstream.core.record_format import DecodeError
 from meterstream.core.records import Record
+from meterstream.core.service import Readiness
 from meterstream.core.tables import SPECS, BadMessage, TableSpec
 from meterstream.core.topics import Topics, partition_counts
 from sinks import metrics
@@ -167,10 +168,18 @@ class Sink:
         self.need_high_water = False
         self.high_water_retry_at = 0.0
         self.high_water_backoff = FIRST_BACKOFF_SECONDS
+        self.assigned = False
+        """True from an assignment to the next revoke: the sink owns its partitions."""
 
     @property
     def topics(self) -> list[str]:
         return list(self.tables)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the sink owns its partitions and has their high-water marks, so that
+        it stores what it reads (before, it holds its partitions paused)."""
+        return self.assigned and not self.need_high_water
 
     async def prepare(self) -> None:
         for table in self.tables.values():
@@ -425,12 +434,14 @@ class Sink:
             await self.committer.commit()
             self.committer.forget()
             self.need_high_water = True
+            self.assigned = False
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.lock:
             for table in self.tables.values():
                 table.partitions = {tp.partition for tp in assigned if tp.topic == table.topic}
             self.need_high_water = True
+            self.assigned = True
             self.high_water_retry_at = 0.0
             await self._load_high_water()
             self._apply_pauses()
@@ -491,9 +502,11 @@ async def check_partition_counts(bootstrap: str, topics: Topics, names: list[str
                 "counts exactly once only when they are equal (recreate the topic)")
 
 
-async def consume(settings: Settings, client: Client, stop: asyncio.Event) -> None:
+async def consume(settings: Settings, client: Client, stop: asyncio.Event,
+                  readiness: Readiness | None = None) -> None:
     """Consumes into ClickHouse through `client` until `stop` is set, then stores and
-    commits what is buffered."""
+    commits what is buffered. `readiness` gets the check "partitions": assigned, and
+    their high-water marks loaded."""
     topics = Topics.of(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -508,6 +521,8 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event) -> No
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                                 enable_idempotence=True, max_request_size=16 * 1024 * 1024)
     sink = Sink(settings, client, consumer, producer, stop)
+    if readiness is not None:
+        readiness.add("partitions", lambda: sink.ready)
     await sink.prepare()
     await consumer.start()
     await producer.start()

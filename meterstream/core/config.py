@@ -75,16 +75,35 @@ VARIABLES: tuple[Variable, ...] = (
              "Address the receiver, worker and sink HTTP servers listen on; 0.0.0.0 to "
              "accept Convex's webhooks from outside."),
     Variable("METERSTREAM_RECEIVER_PORT", "8686", "Port of the webhook receiver."),
-    Variable("METERSTREAM_WORKER_PORT", "6066", "Port of the Faust worker's web server."),
-    Variable("METERSTREAM_SINK_PORT", "8687", "Port of the sink's /metrics and /healthz."),
+    Variable("METERSTREAM_WORKER_PORT", "6066",
+             "Port of the Faust worker's web server: its API (GET /v1/quota/..., with a "
+             "token) and, unless METERSTREAM_METRICS_HOST is set, its probes."),
+    Variable("METERSTREAM_SINK_PORT", "8687",
+             "Port of the sink's /metrics, /healthz and /readyz (on METERSTREAM_METRICS_HOST "
+             "when that is set)."),
+    Variable("METERSTREAM_METRICS_HOST", "",
+             "Address of the probes (/metrics, /healthz, /readyz) of every service, on a "
+             "listener of their own, e.g. an internal interface; they then leave the "
+             "receiver's public port and the worker's API port. Empty: each service serves "
+             "them on its own port."),
+    Variable("METERSTREAM_RECEIVER_METRICS_PORT", "8689",
+             "Port of the receiver's probes when METERSTREAM_METRICS_HOST is set."),
+    Variable("METERSTREAM_WORKER_METRICS_PORT", "6166",
+             "Port of the worker's probes when METERSTREAM_METRICS_HOST is set (worker i of "
+             "`meterstream up --workers N`: this port + i)."),
     Variable("METERSTREAM_MAX_BODY_BYTES", "8388608",
              "Largest webhook body the receiver accepts (bytes); larger ones get 413."),
     Variable("METERSTREAM_MAX_IN_FLIGHT", "256",
              "Produces the receiver lets wait for Kafka at once; beyond it requests get 429 "
              "(Convex retries them) instead of growing memory."),
     Variable("METERSTREAM_ADMIN_TOKEN", "",
-             "Bearer token of the admin API (/v1/deployments); empty disables the admin API. "
+             "Bearer token of the admin API (/v1/deployments), which also opens the worker's "
+             "read API; empty disables the admin API. "
              "Or METERSTREAM_ADMIN_TOKEN_FILE: a file holding it."),
+    Variable("METERSTREAM_READ_TOKEN", "",
+             "Bearer token of the worker's read API (GET /v1/quota/...), which the admin "
+             "token opens too; with neither set the worker's API is off. Or "
+             "METERSTREAM_READ_TOKEN_FILE: a file holding it."),
     Variable("METERSTREAM_ADMIN_HOST", "127.0.0.1",
              "Address the receiver's admin API (/v1/deployments) listens on, apart from the "
              "public webhook port; loopback by default."),
@@ -189,7 +208,8 @@ VARIABLES: tuple[Variable, ...] = (
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
-SECRET_VARIABLES = ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_ALERT_WEBHOOK_SECRET",
+SECRET_VARIABLES = ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_READ_TOKEN",
+                    "METERSTREAM_ALERT_WEBHOOK_SECRET",
                     "METERSTREAM_SECRET_KEY", "METERSTREAM_SECRET_OLD_KEYS",
                     "METERSTREAM_CLICKHOUSE")
 """Each may be given as <NAME>_FILE instead: the value is that file's content (docker and
@@ -334,6 +354,12 @@ class Settings:
     """METERSTREAM_SECRET_KEY; None: the data directory's key (meterstream/core/secret_box.py)."""
     secret_old_keys: tuple[bytes, ...] = field(default=(), repr=False)
     insecure_http_hosts: tuple[str, ...] = ()
+    read_token: str = field(default="", repr=False)
+    """METERSTREAM_READ_TOKEN: opens the worker's read API (so does the admin token)."""
+    metrics_host: str = ""
+    """METERSTREAM_METRICS_HOST; empty: each service serves its probes on its own port."""
+    receiver_metrics_port: int = 8689
+    worker_metrics_port: int = 6166
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -370,6 +396,7 @@ class Settings:
                           env.get("METERSTREAM_CLICKHOUSE_CA_FILE", "").strip()),
             cluster=_cluster("METERSTREAM_CLICKHOUSE_CLUSTER",
                              env.get("METERSTREAM_CLICKHOUSE_CLUSTER", "").strip()))
+        metrics_host = env.get("METERSTREAM_METRICS_HOST", "").strip()
         numbers: dict[str, Any] = {field: _number(name, raw(name), kind, low, high)
                                    for field, (name, kind, low, high) in NUMBERS.items()}
         return cls(
@@ -386,6 +413,13 @@ class Settings:
             sink_port=_port("METERSTREAM_SINK_PORT", raw("METERSTREAM_SINK_PORT")),
             admin_token=_admin_token("METERSTREAM_ADMIN_TOKEN",
                                      env.get("METERSTREAM_ADMIN_TOKEN", "").strip()),
+            read_token=_admin_token("METERSTREAM_READ_TOKEN",
+                                    env.get("METERSTREAM_READ_TOKEN", "").strip()),
+            metrics_host=_host("METERSTREAM_METRICS_HOST", metrics_host) if metrics_host else "",
+            receiver_metrics_port=_port("METERSTREAM_RECEIVER_METRICS_PORT",
+                                        raw("METERSTREAM_RECEIVER_METRICS_PORT")),
+            worker_metrics_port=_port("METERSTREAM_WORKER_METRICS_PORT",
+                                      raw("METERSTREAM_WORKER_METRICS_PORT")),
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
                                  env.get("METERSTREAM_ADMIN_URL", "").strip(),
                                  raw("METERSTREAM_ADMIN_PORT"),
@@ -431,6 +465,20 @@ class Settings:
                 or not self.alert_webhook_secret.isprintable()):
             problems.append(f"METERSTREAM_ALERT_WEBHOOK_SECRET must be printable ASCII of at "
                             f"least {MIN_ALERT_SECRET_LENGTH} characters")
+        # Whoever may read usage would otherwise hold the registry's keys too.
+        if self.read_token and self.read_token == self.admin_token:
+            problems.append("METERSTREAM_READ_TOKEN must differ from METERSTREAM_ADMIN_TOKEN "
+                            "(the admin token opens the read API too)")
+        if self.metrics_host:
+            # Probes moved off a port that is still that service's: they would not bind.
+            for name, port, taken in (
+                    ("METERSTREAM_RECEIVER_METRICS_PORT", self.receiver_metrics_port,
+                     {self.receiver_port: "METERSTREAM_RECEIVER_PORT",
+                      self.admin_port: "METERSTREAM_ADMIN_PORT"}),
+                    ("METERSTREAM_WORKER_METRICS_PORT", self.worker_metrics_port,
+                     {self.worker_port: "METERSTREAM_WORKER_PORT"})):
+                if port in taken:
+                    problems.append(f"{name} ({port}) must differ from {taken[port]}")
         # A body replayed after its hash was forgotten but while its events still count as
         # late would be counted twice.
         if self.dedup_retention < self.late_grace:

@@ -31,6 +31,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
+from meterstream.core.config import Settings
+
 CONNECTIONS_CUT = Counter(
     "meterstream_http_connections_cut_total",
     "Connections an HTTP server closed because a limit bit: header_timeout, body_timeout, "
@@ -63,7 +65,47 @@ async def metrics_page(_: web.Request) -> web.Response:
 
 
 async def healthz(_: web.Request) -> web.Response:
+    """Liveness: the process runs and its event loop answers."""
     return web.json_response({"status": "ok"})
+
+
+PROBES = ("/healthz", "/readyz", "/metrics")
+"""What every service answers without a token: they say how it is, never what it holds."""
+
+
+class Readiness:
+    """Named conditions a service needs before it can do its work; `/readyz` answers 200
+    when all hold, else 503, naming each (`{"ready": false, "kafka": true, ...}`), so that
+    a load balancer or an orchestrator sends it work only once it can take it."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, Callable[[], bool]] = {}
+
+    def add(self, name: str, check: Callable[[], bool]) -> None:
+        """Adds a check, or replaces the one of that name (a stand-in until the part
+        that knows the answer is built)."""
+        self._checks[name] = check
+
+    def state(self) -> dict[str, bool]:
+        return {name: bool(check()) for name, check in self._checks.items()}
+
+    def answer(self) -> tuple[int, dict[str, bool]]:
+        """The status and body of /readyz."""
+        state = self.state()
+        ready = all(state.values())
+        return (200 if ready else 503), {"ready": ready, **state}
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        status, body = self.answer()
+        return web.json_response(body, status=status)
+
+
+def add_probes(app: web.Application, readiness: Readiness) -> web.Application:
+    """Adds /healthz, /readyz and /metrics to `app`; returns it."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readiness.readyz)
+    app.router.add_get("/metrics", metrics_page)
+    return app
 
 
 @dataclass(frozen=True)
@@ -74,6 +116,13 @@ class ConnectionLimits:
     body: float = 30.0
     keepalive: float = 15.0
     max_connections: int = 1024
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConnectionLimits:
+        """The limits the configuration sets (METERSTREAM_HEADER_TIMEOUT, ...)."""
+        return cls(header=settings.header_timeout, body=settings.body_timeout,
+                   keepalive=settings.keepalive_timeout,
+                   max_connections=settings.max_connections)
 
 
 class _Guard(asyncio.Protocol):

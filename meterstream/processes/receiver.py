@@ -18,9 +18,7 @@ SHUTDOWN_SECONDS = 20.0
 
 
 def limits(settings: Settings) -> ConnectionLimits:
-    return ConnectionLimits(header=settings.header_timeout, body=settings.body_timeout,
-                            keepalive=settings.keepalive_timeout,
-                            max_connections=settings.max_connections)
+    return ConnectionLimits.of(settings)
 
 
 async def serve(settings: Settings) -> None:
@@ -37,16 +35,24 @@ async def serve(settings: Settings) -> None:
                               limits(settings))
     admin_runner = await start_site(receiver.admin_app(), settings.admin_host,
                                     settings.admin_port, limits(settings))
+    runners = [runner, admin_runner]
+    probes = f"http://{settings.bind_host}:{settings.receiver_port}"
+    if settings.metrics_host:
+        # The probes on an interface of their own, off the public port.
+        runners.append(await start_site(receiver.probe_app(), settings.metrics_host,
+                                        settings.receiver_metrics_port, limits(settings)))
+        probes = f"http://{settings.metrics_host}:{settings.receiver_metrics_port}"
     log.info("receiver listening", extra={
         "url": f"http://{settings.bind_host}:{settings.receiver_port}{CONVEX_LOGS}",
         "admin_url": f"http://{settings.admin_host}:{settings.admin_port}",
+        "probes_url": probes,
         "topic": topics.raw.name, "admin_api": bool(settings.admin_token)})
     try:
         await stop.wait()
         log.info("receiver stopping: finishing in-flight requests")
         # Stops accepting, then waits for the handlers still running.
-        await runner.cleanup()
-        await admin_runner.cleanup()
+        for each in runners:
+            await each.cleanup()
     finally:
         await registry.stop()
         try:

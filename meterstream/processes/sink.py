@@ -2,9 +2,14 @@
 
 Around the consumption it holds the embedded ClickHouse's lock (a `meterstream sql`
 started meanwhile asks this process over its socket instead, meterstream/core/query.py),
-applies the schema migrations, serves /healthz and /metrics on METERSTREAM_SINK_PORT,
+applies the schema migrations, serves /healthz, /readyz and /metrics on
+METERSTREAM_SINK_PORT (on METERSTREAM_METRICS_HOST when set, else METERSTREAM_BIND_HOST),
 ensures the topics, runs the invoice scheduler (billing/scheduler.py) and stops on
 SIGTERM or SIGINT after storing and committing what is buffered.
+
+The probes listen from the start, before the migrations (which can take a while on a
+server): /healthz answers at once, /readyz says 503 until the schema is applied and the
+sink owns its partitions with their high-water marks loaded.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from meterstream.core import migrate
 from meterstream.core.clickhouse import EngineLock, connect
 from meterstream.core.config import Settings
 from meterstream.core.query import serve_queries
-from meterstream.core.service import healthz, metrics_page, start_site, stop_event
+from meterstream.core.service import (
+    ConnectionLimits,
+    Readiness,
+    add_probes,
+    start_site,
+    stop_event,
+)
 from meterstream.core.tables import SPECS
 from meterstream.core.topics import Topics, ensure_topics
 from sinks.high_water import PartitionMismatch
@@ -49,18 +60,22 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     topics = Topics.of(settings)
     target = settings.clickhouse
     runners: list[web.AppRunner] = []
+    readiness = Readiness()
+    schema_ready = False
+    readiness.add("schema", lambda: schema_ready)
+    readiness.add("partitions", lambda: False)  # consume() puts the sink's own check here
     try:
+        runners.append(await start_site(add_probes(web.Application(), readiness),
+                                        settings.metrics_host or settings.bind_host,
+                                        settings.sink_port, ConnectionLimits.of(settings)))
         # One client for inserts and one for user queries: each is used by one thread at a time.
         insert_client = connect(target)
         if target.chdb_path is not None:
             runners.append(await serve_queries(connect(target), target.chdb_path))
         applied = await asyncio.to_thread(migrate.apply, insert_client, target.cluster)
+        schema_ready = True
         log.info("schema ready", extra={"clickhouse": target.display, "applied": applied,
                                         "cluster": target.cluster or None})
-        site = web.Application()
-        site.router.add_get("/healthz", healthz)
-        site.router.add_get("/metrics", metrics_page)
-        runners.append(await start_site(site, settings.bind_host, settings.sink_port))
         await ensure_topics(settings.kafka_bootstrap, [
             topics.raw, topics.dead_letters, topics.alerts,
             *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
@@ -71,7 +86,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         # generation costs a quarter of the sink's time at the default thresholds.
         gc.set_threshold(50_000, 20, 100)
         try:
-            await consume(settings, insert_client, stop)
+            await consume(settings, insert_client, stop, readiness)
         finally:
             await schedule.stop()
     finally:

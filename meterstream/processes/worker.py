@@ -1,14 +1,25 @@
-"""`meterstream worker`: the Faust worker process around processors/app.py's app."""
+"""`meterstream worker`: the Faust worker process around processors/app.py's app.
+
+With METERSTREAM_METRICS_HOST set, the probes (/healthz, /readyz, /metrics) are served
+by a listener of their own, METERSTREAM_METRICS_HOST:METERSTREAM_WORKER_METRICS_PORT,
+and not on the API port. That listener is a service the Faust worker starts before the
+app and stops after it: Faust starts the app's own tasks and services only once table
+recovery is over, and a liveness probe must answer while a worker restores its tables.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import faust
+from aiohttp import web
+from mode import Service
 
 from meterstream.core.config import Settings
 from meterstream.core.logs import logging_config
+from meterstream.core.service import ConnectionLimits, Readiness, add_probes, start_site
 from meterstream.core.topics import Topics, ensure_topics
 from processors.app import TABLES, create_app, worker_datadir
 from processors.ordered_store import mark_clean, open_local_state
@@ -28,11 +39,16 @@ def main(settings: Settings) -> None:
          *(topics.records(r) for r in ALL_ROUTES)],
     ))
     worker_datadir(settings).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    readiness = Readiness()
+    app = create_app(settings, readiness=readiness)
     tabledir = Path(app.conf.tabledir)
     open_local_state(tabledir)
+    probes = ([ProbeServer(readiness, settings.metrics_host, settings.worker_metrics_port,
+                           ConnectionLimits.of(settings), loop=loop)]
+              if settings.metrics_host else [])
     worker = faust.Worker(
         app,
+        *probes,
         loop=loop,
         loglevel=settings.log_level,
         logging_config=logging_config("worker", settings.log_level),
@@ -47,3 +63,24 @@ def main(settings: Settings) -> None:
         if stop.code in (0, None):
             mark_clean(tabledir)
         raise
+
+
+class ProbeServer(Service):
+    """The worker's probes on a listener of their own (METERSTREAM_METRICS_HOST)."""
+
+    def __init__(self, readiness: Readiness, host: str, port: int, limits: ConnectionLimits,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.readiness = readiness
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self._runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        self._runner = await start_site(add_probes(web.Application(), self.readiness),
+                                        self.host, self.port, self.limits)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

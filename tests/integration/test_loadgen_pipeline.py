@@ -5,7 +5,6 @@ repeated bodies and late events in the load."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,11 @@ from meterstream.core.usage import OTHER_MODEL
 from meterstream.loadgen.expected import METRICS, TABLE_SUMS
 from processors.priced_models import priced_model_keys
 from tests.support import meterstream, metric_sample, wait_for
-from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.pipeline import Pipeline, running_pipeline, worker_page
 
 
 def _worker(pipeline: Pipeline, path: str) -> bytes:
-    port = pipeline.env["METERSTREAM_WORKER_PORT"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-        return answer.read()
+    return worker_page(pipeline.env["METERSTREAM_WORKER_PORT"], path)
 
 
 def _worker_metric(pipeline: Pipeline, name: str) -> float:

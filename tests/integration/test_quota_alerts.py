@@ -21,7 +21,7 @@ import pytest
 from tests.support import free_port, read_topic, recent_events, wait_for
 from tests.support.clock import settled
 from tests.support.load import function_load
-from tests.support.pipeline import running_pipeline
+from tests.support.pipeline import running_pipeline, worker_page
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 ALERT_SECRET = "alert-secret-0123456789abcdef-0123"
@@ -58,9 +58,7 @@ def hook() -> Iterator[tuple[Hook, str]]:
 
 
 def _quota(port: str, deployment: str, query: str = "") -> dict:
-    url = f"http://127.0.0.1:{port}/v1/quota/{deployment}{query}"
-    with urllib.request.urlopen(url, timeout=10) as page:
-        return json.loads(page.read())
+    return json.loads(worker_page(port, f"/v1/quota/{deployment}{query}"))
 
 
 def _day_calls(port: str, deployment: str, at_ms: int) -> int | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import orjson
 
 from tests.support import free_port, read_topic, wait_for
 from tests.support.load import Load, function_load
-from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.pipeline import Pipeline, running_pipeline, worker_page
 from tests.support.workers import (
     minute_ago,
     quota_alert_ids,
@@ -31,8 +30,7 @@ CHECKED = ("function_calls", "database_io_bytes", "data_egress_bytes", "file_dow
 
 def _get(port: int, path: str) -> dict | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as page:
-            return json.loads(page.read())
+        return json.loads(worker_page(port, path))
     except OSError:
         return None
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -16,7 +15,7 @@ from meterstream.core.usage import OTHER_MODEL
 from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.support.agent_steps import AI_SDK
 from tests.support.function_totals import stored_totals, totals
-from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.pipeline import Pipeline, running_pipeline, worker_page
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 VICTIM = "happy-otter-123"  # the deployment of tests/support/data's webhook events
@@ -35,9 +34,7 @@ def _metric(pipeline: Pipeline, name: str) -> float:
 def _quota_report(pipeline: Pipeline, deployment: str) -> dict | None:
     port = pipeline.env["METERSTREAM_WORKER_PORT"]
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/quota/{deployment}",
-                                    timeout=10) as page:
-            return orjson.loads(page.read())
+        return orjson.loads(worker_page(port, f"/v1/quota/{deployment}"))
     except OSError:
         return None
 

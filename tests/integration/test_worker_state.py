@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from meterstream.core.config import Settings
 from meterstream.core.topics import Topics, ensure_topics
 from tests.support import free_port, metric_sample, read_topic, wait_for
 from tests.support.load import Load, function_load
-from tests.support.pipeline import running_pipeline
+from tests.support.pipeline import running_pipeline, worker_page
 from tests.support.workers import minute_ago, raw_batches, start_worker, worker_processes
 
 SECRET = "5b2e8c1d9f0a4e7b6c3d2a1f0e9b8c7d"
@@ -91,9 +90,7 @@ def test_a_clean_restart_keeps_dedup_state_on_disk_without_replaying_the_changel
 
 def _function_calls(port: int, deployment: str, at_ms: int) -> int | None:
     try:
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/v1/quota/{deployment}?at={at_ms}", timeout=10) as page:
-            report = json.loads(page.read())
+        report = json.loads(worker_page(port, f"/v1/quota/{deployment}?at={at_ms}"))
     except OSError:
         return None
     return int(report["periods"]["month"]["usage"]["function_calls"])

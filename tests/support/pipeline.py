@@ -26,6 +26,18 @@ from tests.support import (
 )
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+READ_TOKEN = "test-read-token-0123456789"
+
+
+def worker_page(port: int | str, path: str, token: str | None = READ_TOKEN,
+                timeout: float = 10) -> bytes:
+    """The body of GET `path` on the worker's web server at `port`, with `token` as bearer
+    (None: without one); raises urllib.error.HTTPError (an OSError) on a non-2xx answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        body: bytes = answer.read()
+        return body
 
 
 @dataclass
@@ -98,6 +110,7 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
     """A pipeline on its own namespace (topics, groups) and its own embedded ClickHouse."""
     env = {
         "METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
+        "METERSTREAM_READ_TOKEN": READ_TOKEN,
         "METERSTREAM_KAFKA": kafka_bootstrap,
         "METERSTREAM_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
         "METERSTREAM_DATA_DIR": str(workdir / "ms"),

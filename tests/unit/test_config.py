@@ -176,3 +176,58 @@ def test_the_command_lists_every_bad_variable() -> None:
     assert "configuration errors:" in result.stderr
     assert "  - METERSTREAM_RECEIVER_PORT must be a int" in result.stderr
     assert "  - METERSTREAM_CONVEX_API_URL must be an https:// URL" in result.stderr
+
+
+READ_TOKEN = "read-token-0123456789abcdef"
+
+
+def test_the_read_token_is_validated_like_the_admin_token(tmp_path: Path) -> None:
+    assert Settings.from_env({}).read_token == ""
+    assert Settings.from_env({"METERSTREAM_READ_TOKEN": READ_TOKEN}).read_token == READ_TOKEN
+    for bad in ("short", "ünïcödé-token-0123456789", "tab\ttoken-0123456789"):
+        with pytest.raises(ConfigError, match="METERSTREAM_READ_TOKEN must be printable"):
+            Settings.from_env({"METERSTREAM_READ_TOKEN": bad})
+    # A secret: kept out of repr, and given as a file (docker and systemd secrets).
+    assert READ_TOKEN not in repr(Settings.from_env({"METERSTREAM_READ_TOKEN": READ_TOKEN}))
+    token_file = tmp_path / "read-token"
+    token_file.write_text(READ_TOKEN + "\n")
+    settings = Settings.from_env({"METERSTREAM_READ_TOKEN_FILE": str(token_file)})
+    assert settings.read_token == READ_TOKEN
+    with pytest.raises(ConfigError, match="METERSTREAM_READ_TOKEN or METERSTREAM_READ_TOKEN_FILE"):
+        Settings.from_env({"METERSTREAM_READ_TOKEN_FILE": str(token_file),
+                           "METERSTREAM_READ_TOKEN": READ_TOKEN})
+
+
+def test_the_read_token_must_not_be_the_admin_token() -> None:
+    with pytest.raises(ConfigError, match="METERSTREAM_READ_TOKEN must differ"):
+        Settings.from_env({"METERSTREAM_READ_TOKEN": READ_TOKEN,
+                           "METERSTREAM_ADMIN_TOKEN": READ_TOKEN})
+
+
+def test_the_probes_stay_on_the_service_ports_unless_a_metrics_host_is_set() -> None:
+    settings = Settings.from_env({})
+    assert (settings.metrics_host, settings.receiver_metrics_port,
+            settings.worker_metrics_port) == ("", 8689, 6166)
+    settings = Settings.from_env({"METERSTREAM_METRICS_HOST": "10.0.0.5",
+                                  "METERSTREAM_RECEIVER_METRICS_PORT": "9100",
+                                  "METERSTREAM_WORKER_METRICS_PORT": "9200"})
+    assert (settings.metrics_host, settings.receiver_metrics_port,
+            settings.worker_metrics_port) == ("10.0.0.5", 9100, 9200)
+    with pytest.raises(ConfigError, match="METERSTREAM_METRICS_HOST must be a host"):
+        Settings.from_env({"METERSTREAM_METRICS_HOST": "10.0.0.5/24"})
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"METERSTREAM_RECEIVER_METRICS_PORT": "8686"},
+     "METERSTREAM_RECEIVER_METRICS_PORT (8686) must differ from METERSTREAM_RECEIVER_PORT"),
+    ({"METERSTREAM_RECEIVER_METRICS_PORT": "8688"},
+     "METERSTREAM_RECEIVER_METRICS_PORT (8688) must differ from METERSTREAM_ADMIN_PORT"),
+    ({"METERSTREAM_WORKER_METRICS_PORT": "6066"},
+     "METERSTREAM_WORKER_METRICS_PORT (6066) must differ from METERSTREAM_WORKER_PORT"),
+])
+def test_a_probe_port_cannot_be_its_services_own(env: dict[str, str], problem: str) -> None:
+    # Without a metrics host the probe ports are not used, so nothing clashes.
+    Settings.from_env(env)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"METERSTREAM_METRICS_HOST": "127.0.0.1", **env})
+    assert caught.value.problems == (problem,)

@@ -221,11 +221,28 @@ def test_compose_publishes_only_the_receiver() -> None:
     assert "ports:" not in blocks["x-meterstream"]
 
 
+def test_compose_keeps_the_worker_api_inside_with_a_read_token_only() -> None:
+    services = _compose_blocks()
+    worker = services["services.worker"]
+    port = re.search(r'METERSTREAM_WORKER_PORT: "(\d+)"', services["x-meterstream"])
+    assert port is not None
+    # Not published: neither by the worker nor by any other service for it.
+    published = [p for text in services.values() for p in _published(text)]
+    assert not [p for p in published if p.split(":")[-1] == port.group(1)]
+    # Its API is on (a token) and opens with the read token alone: whoever reads usage
+    # does not get the registry's admin API with it.
+    assert "METERSTREAM_READ_TOKEN_FILE: /run/meterstream-secrets/read-token" in worker
+    assert "METERSTREAM_ADMIN_TOKEN" not in worker
+    # No METERSTREAM_METRICS_HOST: the probes stay on the (unpublished) service ports.
+    assert "METERSTREAM_METRICS_HOST" not in "".join(services.values())
+
+
 def test_compose_writes_no_credential_and_reads_generated_ones() -> None:
     compose = (REPO / "docker-compose.yml").read_text()
     assert not re.search(r"PASSWORD:\s*\S", compose)
     assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", compose), "a URL with a password"
-    for name in ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_SECRET_KEY", "METERSTREAM_CLICKHOUSE"):
+    for name in ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_READ_TOKEN", "METERSTREAM_SECRET_KEY",
+                 "METERSTREAM_CLICKHOUSE"):
         assert not re.search(rf"\b{name}:", compose), f"{name} given in clear"
         assert re.search(rf"\b{name}_FILE: /run/meterstream-secrets/[\w-]+\n", compose)
     generator = (REPO / "deploy" / "compose-secrets.sh").read_text()
@@ -251,12 +268,15 @@ def test_compose_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
     subprocess.run(["sh", str(script), str(secrets)], env=env, check=True,
                    capture_output=True)
     first = {path.name: path.read_text() for path in secrets.iterdir()}
-    assert set(first) == {"clickhouse-password", "clickhouse-url", "admin-token", "secret-key"}
+    assert set(first) == {"clickhouse-password", "clickhouse-url", "admin-token", "read-token",
+                          "secret-key"}
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     for path in secrets.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(base64.b64decode(first["secret-key"].strip())) == 32
     assert len(first["admin-token"]) >= 32
+    assert len(first["read-token"]) >= 32
+    assert first["read-token"] != first["admin-token"]
     subprocess.run(["sh", str(script), str(secrets)], env=env, check=True,
                    capture_output=True)
     assert {path.name: path.read_text() for path in secrets.iterdir()} == first
@@ -264,10 +284,12 @@ def test_compose_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
         "METERSTREAM_CLICKHOUSE_FILE": str(secrets / "clickhouse-url"),
         "METERSTREAM_INSECURE_HTTP_HOSTS": "clickhouse",
         "METERSTREAM_ADMIN_TOKEN_FILE": str(secrets / "admin-token"),
+        "METERSTREAM_READ_TOKEN_FILE": str(secrets / "read-token"),
         "METERSTREAM_SECRET_KEY_FILE": str(secrets / "secret-key")})
     assert settings.clickhouse.url == (
         f"http://meterstream:{first['clickhouse-password']}@clickhouse:8123/meterstream")
     assert settings.admin_token == first["admin-token"]
+    assert settings.read_token == first["read-token"]
 
 
 def test_the_image_runs_as_a_non_root_user_owning_its_data() -> None:

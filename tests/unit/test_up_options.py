@@ -24,12 +24,27 @@ def test_each_worker_gets_the_next_port() -> None:
         ["6066", "6067", "6068"]
 
 
+def test_each_worker_gets_the_next_probe_port_when_the_probes_have_their_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("METERSTREAM_WORKER_METRICS_PORT", raising=False)
+    assert [supervisor.worker_env(6066, i, 6166)["METERSTREAM_WORKER_METRICS_PORT"]
+            for i in range(3)] == ["6166", "6167", "6168"]
+    # Without METERSTREAM_METRICS_HOST the probes are on the web port: nothing to set.
+    assert "METERSTREAM_WORKER_METRICS_PORT" not in supervisor.worker_env(6066, 1)
+
+
 @pytest.mark.parametrize(("args", "env", "error"), [
     (["--workers", "0"], {}, "argument --workers: 0: from 1 to 64"),
     (["--workers", "65"], {}, "argument --workers: 65: from 1 to 64"),
     (["--workers", "two"], {}, "argument --workers: not a number: 'two'"),
     (["--workers", "2"], {"METERSTREAM_WORKER_PORT": "65535"},
      "2 workers need ports 65535 to 65536: past 65535"),
+    (["--workers", "3"], {"METERSTREAM_METRICS_HOST": "127.0.0.1",
+                          "METERSTREAM_WORKER_METRICS_PORT": "6068"},
+     "the workers' probe ports 6068 to 6070 overlap their API ports 6066 to 6068"),
+    (["--workers", "2"], {"METERSTREAM_METRICS_HOST": "127.0.0.1",
+                          "METERSTREAM_WORKER_METRICS_PORT": "65535"},
+     "2 workers need probe ports 65535 to 65536: past 65535"),
 ])
 def test_workers_that_cannot_run_are_refused(tmp_path: Path, args: list[str],
                                              env: dict[str, str], error: str) -> None:
