@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from bench.kafka import kafka
 from tests.support.load import function_load
 from tests.support.pipeline import running_pipeline
 
@@ -38,7 +39,7 @@ async def tail_alerts(bootstrap: str, topic: str, seen: dict[str, float],
                       offset_reset: str = "earliest") -> None:
     """Notes in `seen` when each deployment's first alert arrives; calls `ready` once the
     consumer is assigned and fetching, and runs until `stopped()` (or is cancelled)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(topic, **kafka(bootstrap).client_options(), group_id=None,
                                 auto_offset_reset=offset_reset, fetch_max_wait_ms=5)
     await consumer.start()
     try:

@@ -19,6 +19,7 @@ from billing import scheduler as invoice_schedule
 from meterstream.core import migrate
 from meterstream.core.clickhouse import EngineLock, connect
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.query import serve_queries
 from meterstream.core.service import healthz, metrics_page, start_site, stop_event
 from meterstream.core.tables import SPECS
@@ -60,7 +61,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         site.router.add_get("/healthz", healthz)
         site.router.add_get("/metrics", metrics_page)
         runners.append(await start_site(site, settings.bind_host, settings.sink_port))
-        await ensure_topics(settings.kafka_bootstrap, [
+        await ensure_topics(KafkaConnection.of(settings), [
             topics.raw, topics.dead_letters, topics.alerts,
             *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
         # Invoices a month once its late grace passed and the worker and this sink caught
