@@ -256,7 +256,7 @@ sasl_ssl_prepare() {
 }
 
 sasl_ssl_certificates() {
-  [ -s "$sasl_dir/broker.pem" ] && return
+  [ -s "$sasl_dir/broker.p12" ] && return
   echo "kafka: making a CA and the broker's certificate in $sasl_dir" >&2
   local ext="$sasl_dir/broker.ext"
   printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$ext"
@@ -268,9 +268,14 @@ sasl_ssl_certificates() {
     openssl x509 -req -in "$sasl_dir/broker.csr" -CA "$sasl_dir/ca.pem" -CAkey "$sasl_dir/ca.key" \
       -CAcreateserial -days 825 -extfile "$ext" -out "$sasl_dir/broker.crt"
   } > "$sasl_dir/openssl.log" 2>&1 || { cat "$sasl_dir/openssl.log" >&2; die "openssl could not make the certificates"; }
-  # Kafka's PEM key store: the (unencrypted PKCS#8) key, then the certificate chain.
-  cat "$sasl_dir/broker.key" "$sasl_dir/broker.crt" "$sasl_dir/ca.pem" > "$sasl_dir/broker.pem.tmp"
-  mv "$sasl_dir/broker.pem.tmp" "$sasl_dir/broker.pem"
+  # A PKCS#12 key store: Kafka takes a PEM key store file only with an encrypted key, whose
+  # PBES2 encryption not every Java reads; PKCS#12 of OpenSSL 3 Java 17 reads.
+  head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$sasl_dir/keystore-password"
+  openssl pkcs12 -export -name broker -in "$sasl_dir/broker.crt" -inkey "$sasl_dir/broker.key" \
+    -certfile "$sasl_dir/ca.pem" -passout "file:$sasl_dir/keystore-password" \
+    -out "$sasl_dir/broker.p12.tmp" 2>> "$sasl_dir/openssl.log" \
+    || { cat "$sasl_dir/openssl.log" >&2; die "openssl could not make the key store"; }
+  mv "$sasl_dir/broker.p12.tmp" "$sasl_dir/broker.p12"
 }
 
 # Appended to the properties write_properties wrote: Java's Properties keeps the last value
@@ -286,8 +291,10 @@ inter.broker.listener.name=SASL_SSL
 sasl.enabled.mechanisms=$sasl_mechanism
 sasl.mechanism.inter.broker.protocol=$sasl_mechanism
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$sasl_user" password="$(cat "$sasl_dir/password")";
-ssl.keystore.type=PEM
-ssl.keystore.location=$sasl_dir/broker.pem
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$sasl_dir/broker.p12
+ssl.keystore.password=$(cat "$sasl_dir/keystore-password")
+ssl.key.password=$(cat "$sasl_dir/keystore-password")
 ssl.truststore.type=PEM
 ssl.truststore.location=$sasl_dir/ca.pem
 ssl.client.auth=none

@@ -4,6 +4,7 @@ services do): `meterstream kafka start --sasl-ssl` on a broker of this module's 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +104,35 @@ def test_a_wrong_password_stops_the_start_in_seconds_naming_the_setting(
         "METERSTREAM_KAFKA_USERNAME=meterstream (SCRAM-SHA-512): check "
         "METERSTREAM_KAFKA_PASSWORD (and METERSTREAM_KAFKA_SASL_MECHANISM)")
     assert "not-the-password" not in result.stderr + result.stdout
+
+
+def test_a_start_in_the_other_mode_of_the_running_broker_is_refused(
+        sasl_broker: dict[str, str]) -> None:
+    home = {"METERSTREAM_KAFKA": sasl_broker["METERSTREAM_KAFKA"],
+            "METERSTREAM_DATA_DIR": str(Path(sasl_broker["METERSTREAM_KAFKA_CA_FILE"]).parents[2])}
+    plain = meterstream(["kafka", "start"], home, check=False)
+    assert plain.returncode == 1
+    assert plain.stderr.strip().endswith("runs with SASL_SSL: start it with --sasl-ssl, or "
+                                         "stop it first")
+
+
+def test_sasl_ssl_refuses_a_broker_running_without_it_or_storage_without_its_user(
+        tmp_path: Path) -> None:
+    """Neither starts a broker: the refusals come before Java runs one."""
+    env = own_broker_env(tmp_path)
+    kafka_home = Path(env["METERSTREAM_DATA_DIR"]) / "kafka"
+    kafka_home.mkdir(parents=True, exist_ok=True)
+    # A broker of this home running in clear (this test's own process stands in for it).
+    (kafka_home / "kafka.pid").write_text(f"{os.getpid()}\n")
+    running = meterstream(["kafka", "start", "--sasl-ssl"], env, check=False)
+    assert running.returncode == 1
+    assert running.stderr.strip().endswith("runs without SASL_SSL: stop it first")
+
+    # Storage formatted by a start without --sasl-ssl has no SCRAM user.
+    (kafka_home / "kafka.pid").unlink()
+    (kafka_home / "data").mkdir()
+    (kafka_home / "data" / "meta.properties").write_text("version=1\n")
+    formatted = meterstream(["kafka", "start", "--sasl-ssl"], env, check=False)
+    assert formatted.returncode == 1
+    assert "formatted without the SCRAM user that --sasl-ssl needs" in formatted.stderr
+    assert (kafka_home / "data" / "meta.properties").read_text() == "version=1\n"
