@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from bench.kafka import kafka
 from meterstream.core.topics import partition_counts
 from tests.support.load import function_load
 from tests.support.pipeline import running_pipeline
@@ -42,9 +43,9 @@ async def tail_alerts(bootstrap: str, topic: str, seen: dict[str, float],
     # Subscribing to a topic that does not exist yet would have the broker create it with
     # one partition (auto-creation), before the pipeline creates it partitioned like raw.
     # The broker has no event to await for that: ask until the topic is there.
-    while not (await partition_counts(bootstrap, [topic]))[topic]:  # noqa: ASYNC110
+    while not (await partition_counts(kafka(bootstrap), [topic]))[topic]:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(topic, **kafka(bootstrap).client_options(), group_id=None,
                                 auto_offset_reset=offset_reset, fetch_max_wait_ms=5)
     await consumer.start()
     try:

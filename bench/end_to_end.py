@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.alert_latency import tail_alerts
+from bench.kafka import kafka
 from bench.receiver import start_broker
 from meterstream import supervisor
 from meterstream.core.config import Settings
@@ -128,8 +129,8 @@ class LagMeter:
         base = int(pipeline.env["METERSTREAM_WORKER_PORT"])
         self.worker_ports = [base + i for i in range(workers)]
         self.topics = Topics.of(Settings.from_env({**os.environ, **pipeline.env}))
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self.consumer = AIOKafkaConsumer(**kafka(self.bootstrap).client_options())
+        self.admin = AIOKafkaAdminClient(**kafka(self.bootstrap).client_options())
 
     async def start(self) -> None:
         await self.consumer.start()

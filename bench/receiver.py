@@ -34,7 +34,9 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from bench.kafka import kafka
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.signature import HEADER, sign
 from meterstream.core.topics import Topics, ensure_topics
 from tests.support import free_port, receiver_ready, wait_for
@@ -84,7 +86,7 @@ def summarise(latencies: list[float], seconds: float, errors: int) -> Result:
 
 async def run_raw(bootstrap: str, topic: str, payloads: list[tuple[str, str, bytes]],
                   seconds: float, connections: int) -> Result:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(**kafka(bootstrap).client_options(), acks="all",
                                 enable_idempotence=True, linger_ms=1,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
@@ -187,7 +189,7 @@ def main() -> None:
            "METERSTREAM_MAX_IN_FLIGHT": str(max(256, args.connections * 4))}
     settings = Settings.from_env({**os.environ, **env})
     raw_topic = Topics.of(settings).raw.name
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, [Topics.of(settings).raw]))
+    asyncio.run(ensure_topics(KafkaConnection.of(settings), [Topics.of(settings).raw]))
     payloads = bodies()
     receiver = subprocess.Popen([sys.executable, "-m", "meterstream", "receiver"], cwd=REPO,
                                 env={**os.environ, **env})

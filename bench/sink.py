@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from bench.kafka import kafka
 from bench.receiver import cli, start_broker
 from bench.report import machine, put_section
 from bench.worker import (
@@ -126,7 +127,7 @@ async def fill(bootstrap: str, namespace: str, partitions: int, builder: BodyBui
     from meterstream.core import record_format
     from processors.split import split_body
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(**kafka(bootstrap).client_options(), acks="all",
                                 enable_idempotence=True, linger_ms=5,
                                 max_batch_size=1024 * 1024, max_request_size=8 * 1024 * 1024)
     await producer.start()
@@ -167,12 +168,12 @@ async def read_messages(bootstrap: str, namespace: str
 
     settings = Settings.from_env({**os.environ, "METERSTREAM_NAMESPACE": namespace})
     topics = [topic_of(Topics.of(settings), spec) for spec in SPECS]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka(bootstrap).client_options(), enable_auto_commit=False,
                                 auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
     try:
-        counts = await partition_counts(bootstrap, topics)
+        counts = await partition_counts(kafka(bootstrap), topics)
         partitions = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
@@ -356,7 +357,7 @@ def measure(bootstrap: str, events: int = 1_000_000, deployments: int = 100, run
                 try:
                     from processors.split import ALL_ROUTES
 
-                    asyncio.run(ensure_topics(bootstrap, [
+                    asyncio.run(ensure_topics(kafka(bootstrap), [
                         topics.raw, topics.alerts, topics.dead_letters,
                         *(topics.records(route) for route in ALL_ROUTES)]))
                     rows = asyncio.run(fill(bootstrap, namespace, partitions,

@@ -43,9 +43,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.stores.rocksdb import RocksDBOptions
 from rocksdict import WriteBatch
 
+from bench.kafka import kafka
 from bench.receiver import cli, start_broker
 from bench.worker import BodyBuilder, delete_namespace_topics, fill, worker_metrics
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics, ensure_topics
 from processors.app import worker_datadir
 from processors.ordered_store import CLEAN_MARK, rocksdb_options
@@ -111,7 +113,7 @@ async def produce(bootstrap: str, topic: str, entries: Any,
                   disk: DiskTables | None = None) -> int:
     """Writes (partition, key, value) entries in whole batches (one `send` per message
     would take minutes for millions), and to `disk` too if given."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1,
+    producer = AIOKafkaProducer(**kafka(bootstrap).client_options(), acks=1,
                                 max_batch_size=1024 * 1024, max_request_size=8 << 20,
                                 compression_type="lz4")
     await producer.start()
@@ -174,7 +176,7 @@ class DiskTables:
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**kafka(bootstrap).client_options())
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -255,7 +257,7 @@ def main() -> None:
             settings = Settings.from_env({**os.environ, **env})
             topics = Topics.of(settings)
             try:
-                asyncio.run(ensure_topics(settings.kafka_bootstrap, [
+                asyncio.run(ensure_topics(KafkaConnection.of(settings), [
                     topics.raw, topics.changelog("seen"), topics.changelog("usage")]))
                 now = int(time.time() * 1000)
                 rng = random.Random(hashlib.sha256(namespace.encode()).digest())

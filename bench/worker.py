@@ -52,9 +52,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.kafka import kafka
 from bench.receiver import cli, start_broker
 from bench.report import machine, put_section
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics, ensure_topics
 from tests.support import convex_examples, free_port, stop_process, wait_for
 
@@ -206,7 +208,7 @@ class BodyBuilder:
 
 async def fill(bootstrap: str, topic: str, builder: BodyBuilder) -> int:
     """Produces builder.messages bodies with acks=all; returns their total size in bytes."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(**kafka(bootstrap).client_options(), acks="all",
                                 enable_idempotence=True, linger_ms=5,
                                 max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
@@ -257,7 +259,7 @@ class Progress:
 
 async def consume_raw(bootstrap: str, topic: str, group: str, messages: int) -> Result:
     """The raw path: read `messages` messages and orjson-decode each value."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(topic, **kafka(bootstrap).client_options(), group_id=group,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES)
     await consumer.start()
@@ -368,8 +370,8 @@ async def group_lag(env: dict[str, str]) -> int:
     """Messages of the raw topic not yet committed by the worker's group (the namespace)."""
     settings = Settings.from_env({**os.environ, **env})
     topic = Topics.of(settings).raw.name
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**KafkaConnection.of(settings).client_options())
+    consumer = AIOKafkaConsumer(**KafkaConnection.of(settings).client_options())
     await admin.start()
     await consumer.start()
     try:
@@ -385,7 +387,7 @@ async def group_lag(env: dict[str, str]) -> int:
 
 async def delete_namespace_topics(bootstrap: str, namespace: str) -> None:
     """Deletes the run's topics: `<ns>.*` and Faust's `<ns>-*` (changelog, assignor)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka(bootstrap).client_options())
     await admin.start()
     try:
         ours = [t for t in await admin.list_topics()
@@ -441,7 +443,7 @@ def main() -> None:
                 settings = Settings.from_env({**os.environ, **env})
                 raw_topic = Topics.of(settings).raw
                 try:
-                    asyncio.run(ensure_topics(settings.kafka_bootstrap, [raw_topic]))
+                    asyncio.run(ensure_topics(KafkaConnection.of(settings), [raw_topic]))
                     builder = BodyBuilder(args.deployments, messages, seed=run)
                     body_bytes = asyncio.run(fill(settings.kafka_bootstrap, raw_topic.name,
                                                   builder))

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import Deployment, RegistryView
 from meterstream.core.topics import Topics, ensure_topics
 
@@ -40,8 +41,9 @@ def owner_of(registry: Owners, deployment: str) -> Owner:
 async def load(settings: Settings, seconds: float = LOAD_SECONDS) -> dict[str, Owner]:
     """The registry as it is now, read from Kafka; raises TimeoutError naming the topic."""
     topic = Topics.of(settings).deployments
-    await ensure_topics(settings.kafka_bootstrap, [topic])
-    view = RegistryView(settings.kafka_bootstrap, topic.name)
+    kafka = KafkaConnection.of(settings)
+    await ensure_topics(kafka, [topic])
+    view = RegistryView(kafka, topic.name)
     view.start()
     try:
         async with asyncio.timeout(seconds):

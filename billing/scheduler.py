@@ -55,6 +55,7 @@ from billing.pricebook import PriceBook
 from billing.registry import owners
 from meterstream.core.clickhouse import connect
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import RegistryView
 from meterstream.core.tables import (
     AGENT_USAGE,
@@ -202,18 +203,18 @@ class KafkaProgress:
     """End, earliest and committed offsets from the broker, with clients opened per look
     (the gate looks every POLL_SECONDS for a short while each month)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self.kafka = kafka
 
     async def _partitions(self, topics: list[str]) -> list[TopicPartition]:
-        counts = await partition_counts(self.bootstrap, topics)
+        counts = await partition_counts(self.kafka, topics)
         return [TopicPartition(t, p) for t in topics for p in range(counts[t])]
 
     async def _offsets(self, topics: list[str], end: bool) -> dict[TopicPartition, int]:
         partitions = await self._partitions(topics)
         if not partitions:
             return {}
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(),
                                     client_id="meterstream-invoice-gate",
                                     enable_auto_commit=False)
         await consumer.start()
@@ -233,7 +234,7 @@ class KafkaProgress:
     async def committed(self, group: str, topics: list[str]
                         ) -> dict[TopicPartition, int | None]:
         partitions = await self._partitions(topics)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+        admin = AIOKafkaAdminClient(**self.kafka.client_options(),
                                     client_id="meterstream-invoice-gate")
         await admin.start()
         try:
@@ -345,16 +346,16 @@ def start(settings: Settings, clock: Clock = time.time, progress: Progress | Non
         log.error("unusable price book", extra={"error": str(exc)})
         raise SystemExit(f"meterstream: {exc}") from None
     topic = Topics.of(settings).deployments
-    view = RegistryView(settings.kafka_bootstrap, topic.name)
+    view = RegistryView(KafkaConnection.of(settings), topic.name)
     task = asyncio.create_task(
-        _run(settings, book, view, clock, progress or KafkaProgress(settings.kafka_bootstrap),
+        _run(settings, book, view, clock, progress or KafkaProgress(KafkaConnection.of(settings)),
              poll_seconds), name="invoice-schedule")
     return Schedule(task, view)
 
 
 async def _run(settings: Settings, book: PriceBook, view: RegistryView, clock: Clock,
                progress: Progress, poll_seconds: float) -> None:
-    await ensure_topics(settings.kafka_bootstrap, [Topics.of(settings).deployments])
+    await ensure_topics(KafkaConnection.of(settings), [Topics.of(settings).deployments])
     view.start()
     await view.wait_loaded()
     # Its own client (clients share the process's embedded engine), kept for the process.

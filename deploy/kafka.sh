@@ -3,6 +3,9 @@
 # 127.0.0.1, run from the broker jars on Maven Central. No Docker needed.
 #
 #   deploy/kafka.sh start|stop|status --home DIR --port N --controller-port N [--heap SIZE]
+#                  [--sasl-ssl]
+#
+# --sasl-ssl: the client listener speaks SASL_SSL with SCRAM-SHA-512 (see its block below).
 #
 # `meterstream kafka start|stop|status` calls this with values from the
 # project's configuration (meterstream/core/config.py holds the defaults).
@@ -19,11 +22,12 @@ pom="$here/kafka/pom.xml"
 log4j="$here/kafka/log4j2.properties"
 
 die() { echo "kafka: $*" >&2; exit 1; }
-usage() { die "usage: deploy/kafka.sh start|stop|status --home DIR --port N --controller-port N [--heap SIZE]"; }
+usage() { die "usage: deploy/kafka.sh start|stop|status --home DIR --port N --controller-port N [--heap SIZE] [--sasl-ssl]"; }
 
 [ $# -ge 1 ] || usage
 command=$1; shift
 home="" port="" controller_port="" heap="1g" ready_timeout=90
+sasl_ssl=""  # --sasl-ssl
 while [ $# -gt 0 ]; do
   case "$1" in
     --home) home=$2; shift 2 ;;
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
     --controller-port) controller_port=$2; shift 2 ;;
     --heap) heap=$2; shift 2 ;;
     --ready-timeout) ready_timeout=$2; shift 2 ;;
+    --sasl-ssl) sasl_ssl=1; shift ;;
     *) usage ;;
   esac
 done
@@ -114,7 +119,8 @@ format_storage() {
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   done
   echo "kafka: formatting KRaft storage in $data (cluster $cluster_id)" >&2
-  "${java_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$props" >> "$logfile" 2>&1 \
+  "${java_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$props" \
+    ${sasl_ssl_format_args[@]+"${sasl_ssl_format_args[@]}"} >> "$logfile" 2>&1 \
     || die "formatting storage failed; see $logfile"
 }
 
@@ -141,15 +147,18 @@ answers_metadata() {
 
 start() {
   require_java
+  sasl_ssl_prepare
   if pid=$(running_pid); then
     if answers_metadata; then
       echo "kafka: already running (pid $pid) on 127.0.0.1:$port"
+      sasl_ssl_report
       return
     fi
   else
     resolve_jars
     mkdir -p "$data"
     write_properties
+    sasl_ssl_properties
     format_storage
     echo "kafka: starting broker on 127.0.0.1:$port (controller $controller_port), log $logfile" >&2
     # setsid: the broker outlives the shell that started it and is not hit by its Ctrl-C.
@@ -169,6 +178,7 @@ start() {
     sleep 0.2
   done
   echo "kafka: ready (pid $pid) on 127.0.0.1:$port"
+  sasl_ssl_report
 }
 
 stop() {
@@ -205,6 +215,123 @@ status() {
     exit 4
   fi
 }
+
+# ---- SASL_SSL (--sasl-ssl) ----------------------------------------------------------------
+# With --sasl-ssl the client listener on --port speaks SASL_SSL with SCRAM-SHA-512, as managed
+# Kafka services do; the controller listener stays PLAINTEXT on 127.0.0.1 (internal to the
+# broker). Its state, made once and reused, is DIR/sasl: a CA (ca.pem, the clients'
+# METERSTREAM_KAFKA_CA_FILE), the broker's certificate for 127.0.0.1 and localhost signed by
+# it, and the SCRAM user's password. The user is created when the storage is formatted, so a
+# data directory formatted without it is refused rather than started with no user.
+# Every hook below does nothing without --sasl-ssl.
+sasl_dir="$home/sasl" sasl_user=meterstream sasl_mechanism=SCRAM-SHA-512
+sasl_ssl_format_args=()
+
+# Whether the broker DIR's properties describe runs (or ran) with a SASL_SSL listener.
+sasl_ssl_configured() { [ -f "$props" ] && grep -q '^listeners=SASL_SSL://' "$props"; }
+
+sasl_ssl_prepare() {
+  local running=""
+  if running_pid > /dev/null; then
+    running=plain
+    ! sasl_ssl_configured || running=sasl
+  fi
+  if [ -z "$sasl_ssl" ]; then
+    [ "$running" != sasl ] || die "the broker in $home runs with SASL_SSL: start it with --sasl-ssl, or stop it first"
+    # Storage formatted now has no SCRAM user.
+    [ -f "$data/meta.properties" ] || rm -f "$sasl_dir/user-formatted"
+    return 0
+  fi
+  [ "$running" != plain ] || die "the broker in $home runs without SASL_SSL: stop it first"
+  command -v openssl >/dev/null 2>&1 || die "--sasl-ssl needs openssl to make the certificates (Debian/Ubuntu: apt-get install openssl)"
+  mkdir -p "$sasl_dir"
+  sasl_ssl_certificates
+  [ -s "$sasl_dir/password" ] || head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$sasl_dir/password"
+  if [ ! -f "$data/meta.properties" ]; then
+    sasl_ssl_format_args=(--add-scram "$sasl_mechanism=[name=$sasl_user,password=$(cat "$sasl_dir/password")]")
+    touch "$sasl_dir/user-formatted"
+  elif [ ! -f "$sasl_dir/user-formatted" ]; then
+    die "$data was formatted without the SCRAM user that --sasl-ssl needs: remove $data (its topics) or use another --home"
+  fi
+}
+
+sasl_ssl_certificates() {
+  [ -s "$sasl_dir/broker.p12" ] && return
+  echo "kafka: making a CA and the broker's certificate in $sasl_dir" >&2
+  local ext="$sasl_dir/broker.ext"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$ext"
+  {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=meterstream local Kafka CA" -keyout "$sasl_dir/ca.key" -out "$sasl_dir/ca.pem"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$sasl_dir/broker.key" -out "$sasl_dir/broker.csr"
+    openssl x509 -req -in "$sasl_dir/broker.csr" -CA "$sasl_dir/ca.pem" -CAkey "$sasl_dir/ca.key" \
+      -CAcreateserial -days 825 -extfile "$ext" -out "$sasl_dir/broker.crt"
+  } > "$sasl_dir/openssl.log" 2>&1 || { cat "$sasl_dir/openssl.log" >&2; die "openssl could not make the certificates"; }
+  # A PKCS#12 key store: Kafka takes a PEM key store file only with an encrypted key, whose
+  # PBES2 encryption not every Java reads; PKCS#12 of OpenSSL 3 Java 17 reads.
+  head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$sasl_dir/keystore-password"
+  openssl pkcs12 -export -name broker -in "$sasl_dir/broker.crt" -inkey "$sasl_dir/broker.key" \
+    -certfile "$sasl_dir/ca.pem" -passout "file:$sasl_dir/keystore-password" \
+    -out "$sasl_dir/broker.p12.tmp" 2>> "$sasl_dir/openssl.log" \
+    || { cat "$sasl_dir/openssl.log" >&2; die "openssl could not make the key store"; }
+  mv "$sasl_dir/broker.p12.tmp" "$sasl_dir/broker.p12"
+}
+
+# Appended to the properties write_properties wrote: Java's Properties keeps the last value
+# of a key, so these lines replace its listener settings and leave the rest shared.
+sasl_ssl_properties() {
+  [ -n "$sasl_ssl" ] || return 0
+  cat >> "$props" <<PROPS
+# --sasl-ssl: SASL_SSL with $sasl_mechanism for clients; the controller stays PLAINTEXT on loopback.
+listeners=SASL_SSL://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=SASL_SSL://127.0.0.1:$port
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=$sasl_mechanism
+sasl.mechanism.inter.broker.protocol=$sasl_mechanism
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$sasl_user" password="$(cat "$sasl_dir/password")";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$sasl_dir/broker.p12
+ssl.keystore.password=$(cat "$sasl_dir/keystore-password")
+ssl.key.password=$(cat "$sasl_dir/keystore-password")
+ssl.truststore.type=PEM
+ssl.truststore.location=$sasl_dir/ca.pem
+ssl.client.auth=none
+PROPS
+}
+
+# Before a login a SASL_SSL listener answers only ApiVersions and SaslHandshake, so its
+# readiness probe is an ApiVersions request over TLS, verified against the CA.
+answers_api_versions_tls() {
+  local reply
+  # size=18 | api_key=18 api_version=0 correlation_id=7 client_id="ms-probe". s_client closes
+  # at the end of its input, so the sleep keeps the connection open until the answer is in;
+  # -brief sends its report to stderr, leaving stdout the broker's bytes.
+  reply=$( { printf '\x00\x00\x00\x12\x00\x12\x00\x00\x00\x00\x00\x07\x00\x08ms-probe'; sleep 1; } \
+    | timeout 3 openssl s_client -brief -verify_return_error -CAfile "$sasl_dir/ca.pem" \
+        -verify_ip 127.0.0.1 -connect "127.0.0.1:$port" 2>/dev/null \
+    | head -c 8 | od -An -tx1 | tr -d ' \n') || true
+  # bytes 4-7: correlation id
+  [ "${reply:8:8}" = "00000007" ]
+}
+if [ -n "$sasl_ssl" ] || { [ "$command" = status ] && sasl_ssl_configured; }; then
+  answers_metadata() { answers_api_versions_tls; }
+fi
+
+sasl_ssl_report() {
+  [ -n "$sasl_ssl" ] || return 0
+  cat <<REPORT
+kafka: SASL_SSL with $sasl_mechanism on 127.0.0.1:$port; connect with:
+  METERSTREAM_KAFKA=127.0.0.1:$port
+  METERSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+  METERSTREAM_KAFKA_SASL_MECHANISM=$sasl_mechanism
+  METERSTREAM_KAFKA_USERNAME=$sasl_user
+  METERSTREAM_KAFKA_PASSWORD_FILE=$sasl_dir/password
+  METERSTREAM_KAFKA_CA_FILE=$sasl_dir/ca.pem
+REPORT
+}
+# ---- end of SASL_SSL -----------------------------------------------------------------------
 
 case "$command" in
   start) start ;;

@@ -22,6 +22,7 @@ from aiokafka.errors import (
 
 from ingest import metrics
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger("meterstream.receiver.kafka")
@@ -100,7 +101,7 @@ class Producer:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **KafkaConnection.of(self.settings).client_options(),
             client_id=f"{self.settings.namespace}-receiver",
             acks="all",
             enable_idempotence=True,
@@ -133,7 +134,7 @@ class Producer:
             try:
                 # The topics exist before the first produce, or Kafka would auto-create
                 # them with one partition.
-                await ensure_topics(self.settings.kafka_bootstrap, self.topics)
+                await ensure_topics(KafkaConnection.of(self.settings), self.topics)
                 await producer.start()
             except (KafkaError, OSError, RuntimeError) as exc:
                 await producer.stop()

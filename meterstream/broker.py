@@ -21,12 +21,15 @@ def script_path() -> Path:
     return here
 
 
-def run(action: str, settings: Settings) -> int:
-    """Run the broker script for `action`; returns its exit code (its output goes to ours)."""
+def run(action: str, settings: Settings, sasl_ssl: bool = False) -> int:
+    """Run the broker script for `action`; returns its exit code (its output goes to ours).
+    `sasl_ssl`: the client listener speaks SASL_SSL with SCRAM-SHA-512 (deploy/kafka.sh
+    prints the settings to connect with)."""
     command = [
         "bash", str(script_path()), action,
         "--home", str(settings.kafka_home),
         "--port", str(settings.kafka_port),
         "--controller-port", str(settings.kafka_controller_port),
+        *(["--sasl-ssl"] if sasl_ssl else []),
     ]
     return subprocess.run(command, check=False).returncode

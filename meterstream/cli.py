@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     kafka = commands.add_parser("kafka", help="a local Apache Kafka broker (no Docker needed)")
     kafka.add_argument("action", choices=("start", "stop", "status"))
+    kafka.add_argument("--sasl-ssl", action="store_true",
+                       help="start: clients connect with SASL_SSL and SCRAM-SHA-512 (a CA, "
+                            "a broker certificate and a user are made; their settings are "
+                            "printed)")
     commands.add_parser("receiver", help="the Convex webhook receiver")
     commands.add_parser("worker", help="the Faust worker")
     commands.add_parser("sink", help="the ClickHouse sink")
@@ -89,11 +94,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"meterstream: configuration error: {exc}")
     # The receiver verifies webhooks: a registry record it cannot open stops its start.
     secret_box.install(keyring, strict=args.command == "receiver")
+    if command_name(args) in _KAFKA_COMMANDS:
+        check_kafka_login(settings)
     if args.command == "secrets":
         from meterstream import secrets_cli
 
         sys.exit(secrets_cli.run(args, settings, keyring))
     sys.exit(_run(args, settings))
+
+
+# Commands whose work starts by reaching Kafka.
+_KAFKA_COMMANDS = ("receiver", "worker", "sink", "up", "secrets status", "secrets reencrypt",
+                   "usage", "invoices generate")
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command, with its action for those that have one (`secrets status`)."""
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if isinstance(action, str) else args.command
+
+
+def check_kafka_login(settings: Settings) -> None:
+    """Exits with one line naming the setting when Kafka refuses the configured TLS or SASL
+    login: the clients would otherwise retry it in the background for ever, the services
+    looking started but never ready. Kafka out of reach is left to each command (the
+    receiver starts anyway and answers 503 until Kafka is back)."""
+    from meterstream.core.kafka_client import KafkaConnection, KafkaRefused, check_login
+
+    try:
+        asyncio.run(check_login(KafkaConnection.of(settings)))
+    except KafkaRefused as exc:
+        sys.exit(f"meterstream: {exc}")
 
 
 def close_data_dirs(settings: Settings) -> None:
@@ -120,7 +151,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream import broker
 
         try:
-            return broker.run(args.action, settings)
+            return broker.run(args.action, settings, sasl_ssl=args.sasl_ssl)
         except (ConfigError, FileNotFoundError) as exc:
             print(f"meterstream: {exc}", file=sys.stderr)
             return 2

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from meterstream.core import secret_box
 from meterstream.core.config import SECRET_KEY_BYTES, ConfigError, Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics
 
 SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")  # meterstream/core/registry.py's
@@ -56,13 +57,13 @@ def run(args: argparse.Namespace, settings: Settings, keyring: secret_box.Keyrin
     topic = Topics.of(settings).deployments.name
     try:
         if args.action == "status":
-            report = asyncio.run(_status(settings.kafka_bootstrap, topic, keyring))
+            report = asyncio.run(_status(KafkaConnection.of(settings), topic, keyring))
             print(f"current key id: {keyring.current_id}")
             print(f"old key ids: {', '.join(secret_box.key_id(k) for k in keyring.old) or '-'}")
             for kid, count in sorted(report.items()):
                 print(f"records sealed with {kid}: {count}")
             return 0
-        result = asyncio.run(reencrypt(settings.kafka_bootstrap, topic, keyring))
+        result = asyncio.run(reencrypt(KafkaConnection.of(settings), topic, keyring))
     except (ConfigError, TimeoutError, KafkaError, OSError) as exc:
         print(f"meterstream secrets: {exc or type(exc).__name__} "
               f"(Kafka at {settings.kafka_bootstrap})", file=sys.stderr)
@@ -84,11 +85,11 @@ class Reencrypted:
     unreadable: list[str] = field(default_factory=list)
 
 
-async def read_records(bootstrap: str, topic: str) -> tuple[dict[str, bytes], int]:
+async def read_records(kafka: KafkaConnection, topic: str) -> tuple[dict[str, bytes], int]:
     """The latest value of every deployment in the registry topic, and the end offset read
     up to (tombstones remove a deployment)."""
     tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 client_id="secrets-cli")
     await consumer.start()
@@ -112,9 +113,9 @@ async def read_records(bootstrap: str, topic: str) -> tuple[dict[str, bytes], in
         await consumer.stop()
 
 
-async def _end(bootstrap: str, topic: str) -> int:
+async def _end(kafka: KafkaConnection, topic: str) -> int:
     tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                 enable_auto_commit=False, client_id="secrets-cli")
     await consumer.start()
     try:
@@ -135,8 +136,8 @@ def _key_ids(value: bytes) -> list[str]:
     return ids
 
 
-async def _status(bootstrap: str, topic: str, keyring: secret_box.Keyring) -> Counter[str]:
-    records, _ = await read_records(bootstrap, topic)
+async def _status(kafka: KafkaConnection, topic: str, keyring: secret_box.Keyring) -> Counter[str]:
+    records, _ = await read_records(kafka, topic)
     counts: Counter[str] = Counter()
     for value in records.values():
         for kid in set(_key_ids(value)):
@@ -159,10 +160,10 @@ def resealed(name: str, value: bytes, keyring: secret_box.Keyring) -> bytes | No
     return orjson.dumps(record)
 
 
-async def reencrypt(bootstrap: str, topic: str, keyring: secret_box.Keyring) -> Reencrypted:
+async def reencrypt(kafka: KafkaConnection, topic: str, keyring: secret_box.Keyring) -> Reencrypted:
     """Rewrites the records not sealed under the current key (see the module's note)."""
     for _ in range(ATTEMPTS):
-        records, end = await read_records(bootstrap, topic)
+        records, end = await read_records(kafka, topic)
         result = Reencrypted()
         rewrites: dict[str, bytes] = {}
         for name, value in records.items():
@@ -177,9 +178,9 @@ async def reencrypt(bootstrap: str, topic: str, keyring: secret_box.Keyring) -> 
                 rewrites[name] = new
         if result.unreadable or not rewrites:
             return result
-        if await _end(bootstrap, topic) != end:
+        if await _end(kafka, topic) != end:
             continue  # the admin API wrote meanwhile: read again
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+        producer = AIOKafkaProducer(**kafka.client_options(), acks="all",
                                     enable_idempotence=True, client_id="secrets-cli")
         await producer.start()
         try:

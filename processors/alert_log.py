@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from meterstream.core.kafka_client import KafkaConnection
 from processors import metrics
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,9 @@ def bound_user_alerts(alerts: list[dict[str, Any]], alerted: dict[str, set[str]]
 
 
 class AlertLog:
-    def __init__(self, bootstrap: str, topic: str, publish: Publish,
+    def __init__(self, kafka: KafkaConnection, topic: str, publish: Publish,
                  max_user_alerts: int = DEFAULT_MAX_USER_ALERTS) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topic = topic
         self.publish_raw = publish
         self.max_user_alerts = max_user_alerts
@@ -126,7 +127,7 @@ class AlertLog:
                     self._remember(loaded, alert_id)
 
     async def _read_ids(self, partitions: set[int]) -> dict[int, set[str]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                     enable_auto_commit=False, client_id="alert-log",
                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await consumer.start()

@@ -48,6 +48,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from meterstream.core import signature
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from processors import metrics
 
 log = logging.getLogger(__name__)
@@ -297,10 +298,11 @@ async def deliver_alerts(settings: Settings, alerts_topic: str, dead_letters_top
                          group: str) -> None:
     """Delivers every alert of `alerts_topic` until cancelled, committing each after it
     was delivered or dead-lettered; what was not committed is delivered again later."""
-    consumer = AIOKafkaConsumer(alerts_topic, bootstrap_servers=settings.kafka_bootstrap,
+    kafka = KafkaConnection.of(settings)
+    consumer = AIOKafkaConsumer(alerts_topic, **kafka.client_options(),
                                 group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest", client_id="alert-delivery")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all",
                                 enable_idempotence=True, client_id="alert-delivery")
     delivery = AlertDelivery(settings.alert_webhooks, settings.alert_webhook_secret,
                              settings.alert_retry_seconds)

@@ -37,6 +37,7 @@ from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection, faust_credentials
 from meterstream.core.quotas import quotas_from_record
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import Readiness
@@ -78,7 +79,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
                     for route in ALL_ROUTES}
     destinations["dead_letter"] = _topic(app, topics.dead_letters.name, 1)
     alerts_topic = _topic(app, topics.alerts.name, partitions)
-    registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
+    registry = RegistryView(KafkaConnection.of(settings), topics.deployments.name)
     # Both tables live in RocksDB (faust_app's store), one database per partition, with
     # bounded memory (ordered_store.rocksdb_options). `seen` holds 21-byte keys and 8-byte
     # values, raw (processors/dedup.py); `usage` keeps its JSON keys and values, so
@@ -105,7 +106,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
     async def publish_alert(key: bytes, value: bytes) -> Any:
         return await alerts_topic.send(key=key, value=value)
 
-    alert_log = AlertLog(settings.kafka_bootstrap, topics.alerts.name, publish_alert,
+    alert_log = AlertLog(KafkaConnection.of(settings), topics.alerts.name, publish_alert,
                          settings.worker_max_user_alerts)
     processor = RawProcessor(
         Deduplicator(FaustPartitions(seen), int(settings.dedup_retention * 1000)),
@@ -116,7 +117,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
         lambda: {tp.partition for tp in app.consumer.assignment()
                  if tp.topic == raw.get_topic_name()},
         priced, max_request_size - 4096)
-    committed = CommittedOffsets(settings.kafka_bootstrap, settings.namespace)
+    committed = CommittedOffsets(KafkaConnection.of(settings), settings.namespace)
 
     async def start_offset(partition: int) -> int:
         tp = TP(raw.get_topic_name(), partition)
@@ -227,6 +228,8 @@ def faust_app(settings: Settings, max_request_size: int) -> faust.App:
         # (loopback or not) was the worker's single largest cost.
         producer_compression_type="zstd",
         consumer_auto_offset_reset="earliest",
+        # TLS and SASL as every other client (meterstream/core/kafka_client.py).
+        broker_credentials=faust_credentials(settings.kafka_security),
         # Faust's default of 60 s makes every start and rebalance slow.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,

@@ -46,6 +46,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from meterstream.core.kafka_client import KafkaConnection
 from processors import metrics
 
 log = logging.getLogger(__name__)
@@ -143,15 +144,15 @@ class CommittedOffsets:
     """The consumer group's committed offsets, read from the broker (not from Faust,
     which learns them only when it seeks after the recovery, the very race above)."""
 
-    def __init__(self, bootstrap: str, group: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, group: str) -> None:
+        self.kafka = kafka
         self.group = group
         self._admin: AIOKafkaAdminClient | None = None
 
     async def offset(self, topic: str, partition: int) -> int:
         """The next offset the group is to process; -1 when it committed none."""
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+            admin = AIOKafkaAdminClient(**self.kafka.client_options(),
                                         client_id="stall-guard")
             await admin.start()
             self._admin = admin

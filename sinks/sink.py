@@ -70,6 +70,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from meterstream.core import record_format
 from meterstream.core.config import Settings
 from meterstream.core.events import EventType
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.record_format import DecodeError
 from meterstream.core.records import Record
 from meterstream.core.service import Readiness
@@ -491,9 +492,10 @@ class Rebalance(ConsumerRebalanceListener):
         await self.sink.on_assigned(assigned)
 
 
-async def check_partition_counts(bootstrap: str, topics: Topics, names: list[str]) -> None:
+async def check_partition_counts(kafka: KafkaConnection, topics: Topics,
+                                 names: list[str]) -> None:
     """The high-water marks need each record topic partitioned like the raw topic."""
-    counts = await partition_counts(bootstrap, [topics.raw.name, *names])
+    counts = await partition_counts(kafka, [topics.raw.name, *names])
     raw = counts[topics.raw.name]
     for name in names:
         if name != topics.alerts.name and counts[name] != raw:
@@ -508,8 +510,9 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event,
     commits what is buffered. `readiness` gets the check "partitions": assigned, and
     their high-water marks loaded."""
     topics = Topics.of(settings)
+    kafka = KafkaConnection.of(settings)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka.client_options(),
         group_id=f"{settings.namespace}-sink",
         client_id=f"{settings.namespace}-sink",
         enable_auto_commit=False,
@@ -518,7 +521,7 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all",
                                 enable_idempotence=True, max_request_size=16 * 1024 * 1024)
     sink = Sink(settings, client, consumer, producer, stop)
     if readiness is not None:
@@ -527,7 +530,7 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event,
     await consumer.start()
     await producer.start()
     try:
-        await check_partition_counts(settings.kafka_bootstrap, topics, sink.topics)
+        await check_partition_counts(kafka, topics, sink.topics)
         consumer.subscribe(sink.topics, listener=Rebalance(sink))
         log.info("sink consuming", extra={"topics": sink.topics})
         committer = asyncio.create_task(sink.committer.run())

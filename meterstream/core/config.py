@@ -11,6 +11,7 @@ import binascii
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "Settings"]
+__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "KafkaSecurity", "Settings"]
 
 _T = TypeVar("_T")
 
@@ -49,6 +50,26 @@ VARIABLES: tuple[Variable, ...] = (
              "runs a local broker on this address's port."),
     Variable("METERSTREAM_KAFKA_CONTROLLER_PORT", "9093",
              "KRaft controller port of the local broker (`meterstream kafka start` only)."),
+    Variable("METERSTREAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+             "How every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
+             "(managed Kafka services: SASL_SSL). See docs/security.md."),
+    Variable("METERSTREAM_KAFKA_SASL_MECHANISM", "",
+             "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with SASL_PLAINTEXT and "
+             "SASL_SSL, refused with the other protocols."),
+    Variable("METERSTREAM_KAFKA_USERNAME", "",
+             "SASL user name; required with SASL_PLAINTEXT and SASL_SSL."),
+    Variable("METERSTREAM_KAFKA_PASSWORD", "",
+             "SASL password; required with SASL_PLAINTEXT and SASL_SSL. Or "
+             "METERSTREAM_KAFKA_PASSWORD_FILE: a file holding it."),
+    Variable("METERSTREAM_KAFKA_CA_FILE", "",
+             "PEM file of the certificate authorities that signed the brokers' certificates "
+             "(SSL, SASL_SSL); empty means the system's trusted authorities."),
+    Variable("METERSTREAM_KAFKA_CERT_FILE", "",
+             "PEM file of a client certificate presented to the brokers (SSL, SASL_SSL; "
+             "mutual TLS); it may hold the private key too."),
+    Variable("METERSTREAM_KAFKA_KEY_FILE", "",
+             "PEM file of the client certificate's private key, when not in "
+             "METERSTREAM_KAFKA_CERT_FILE (unencrypted)."),
     Variable("METERSTREAM_CLICKHOUSE", "chdb:///<data dir>/clickhouse",
              "chdb:///path selects the embedded ClickHouse engine at that path; "
              "http(s)://user:password@host:port/database selects a ClickHouse server (https:// "
@@ -211,7 +232,7 @@ DEFAULTS = {v.name: v.default for v in VARIABLES}
 SECRET_VARIABLES = ("METERSTREAM_ADMIN_TOKEN", "METERSTREAM_READ_TOKEN",
                     "METERSTREAM_ALERT_WEBHOOK_SECRET",
                     "METERSTREAM_SECRET_KEY", "METERSTREAM_SECRET_OLD_KEYS",
-                    "METERSTREAM_CLICKHOUSE")
+                    "METERSTREAM_CLICKHOUSE", "METERSTREAM_KAFKA_PASSWORD")
 """Each may be given as <NAME>_FILE instead: the value is that file's content (docker and
 systemd secrets), so that it appears in no process environment listing."""
 SECRET_KEY_BYTES = 32
@@ -275,6 +296,36 @@ class ClickHouseTarget:
         extras = "".join(f", {name}={value!r}" for name, value in
                          (("ca_file", self.ca_file), ("cluster", self.cluster)) if value)
         return f"ClickHouseTarget({self.display!r}{extras})"
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_VARIABLES = ("METERSTREAM_KAFKA_SASL_MECHANISM", "METERSTREAM_KAFKA_USERNAME",
+                   "METERSTREAM_KAFKA_PASSWORD")
+_TLS_VARIABLES = ("METERSTREAM_KAFKA_CA_FILE", "METERSTREAM_KAFKA_CERT_FILE",
+                  "METERSTREAM_KAFKA_KEY_FILE")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every Kafka client encrypts and authenticates. meterstream/core/kafka_client.py
+    turns it into the clients' options; nothing else reads it."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
 
 
 # The numeric settings: field -> (variable, type, smallest, largest allowed value).
@@ -360,6 +411,7 @@ class Settings:
     """METERSTREAM_METRICS_HOST; empty: each service serves its probes on its own port."""
     receiver_metrics_port: int = 8689
     worker_metrics_port: int = 6166
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -447,6 +499,7 @@ class Settings:
                 host.strip().lower()
                 for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
                 if host.strip()),
+            kafka_security=_kafka_security(env),
         )
 
     def __post_init__(self) -> None:
@@ -566,6 +619,87 @@ def _secret_key(name: str, value: str) -> bytes | None:
         return _problem(f"{name} must be base64 of {SECRET_KEY_BYTES} random bytes "
                         "(e.g. `head -c 32 /dev/urandom | base64`)", None)
     return key
+
+
+def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    """The METERSTREAM_KAFKA_* security variables, each problem of which is reported (so a
+    SASL protocol without its mechanism, user and password names all three at once)."""
+
+    def value(name: str) -> str:
+        return env.get(name, "").strip()
+
+    protocol = _choice("METERSTREAM_KAFKA_SECURITY_PROTOCOL",
+                       (value("METERSTREAM_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper(),
+                       SECURITY_PROTOCOLS)
+    mechanism = value("METERSTREAM_KAFKA_SASL_MECHANISM").upper()
+    username = value("METERSTREAM_KAFKA_USERNAME")
+    password = value("METERSTREAM_KAFKA_PASSWORD")
+    files = {name: _pem_file(name, value(name)) for name in _TLS_VARIABLES}
+    security = KafkaSecurity(protocol, mechanism, username, password,
+                             *(files[name] for name in _TLS_VARIABLES))
+    if security.sasl:
+        if mechanism not in SASL_MECHANISMS:
+            _problem(f"METERSTREAM_KAFKA_SASL_MECHANISM must be one of "
+                     f"{', '.join(SASL_MECHANISMS)} with METERSTREAM_KAFKA_SECURITY_PROTOCOL="
+                     f"{protocol}, got {mechanism!r}", None)
+        for name, given in (("METERSTREAM_KAFKA_USERNAME", username),
+                            ("METERSTREAM_KAFKA_PASSWORD", password)):
+            if not given:
+                _problem(f"{name} must be set with METERSTREAM_KAFKA_SECURITY_PROTOCOL="
+                         f"{protocol}", None)
+    else:
+        # Credentials set beside a protocol that never sends them: most likely the
+        # protocol was forgotten, and the clients would try to connect unauthenticated.
+        if given_sasl := [name for name in _SASL_VARIABLES if value(name)]:
+            _problem(f"{', '.join(given_sasl)} apply only with METERSTREAM_KAFKA_SECURITY_"
+                     f"PROTOCOL SASL_PLAINTEXT or SASL_SSL, not {protocol}", None)
+    if not security.tls:
+        if given_tls := [name for name in _TLS_VARIABLES if value(name)]:
+            _problem(f"{', '.join(given_tls)} apply only with METERSTREAM_KAFKA_SECURITY_"
+                     f"PROTOCOL SSL or SASL_SSL, not {protocol}", None)
+    elif security.key_file is not None and security.cert_file is None:
+        _problem("METERSTREAM_KAFKA_KEY_FILE needs METERSTREAM_KAFKA_CERT_FILE (the "
+                 "certificate it is the key of)", None)
+    elif all(files[name] is not None for name in _TLS_VARIABLES if value(name)):
+        # Only once each given file was found: a missing one is already reported.
+        _tls_material_problems(security)
+    return security
+
+
+def _tls_material_problems(security: KafkaSecurity) -> None:
+    """Loads the CA and client certificate as the clients will, so that a file that is not
+    PEM, or a key that does not match its certificate, is named at start."""
+    try:
+        context = ssl.create_default_context(
+            cafile=None if security.ca_file is None else str(security.ca_file))
+    except ssl.SSLError as exc:
+        _problem(f"METERSTREAM_KAFKA_CA_FILE: {str(security.ca_file)!r} holds no PEM "
+                 f"certificate ({exc.reason or exc})", None)
+        return
+    if security.cert_file is None:
+        return
+    try:
+        # An encrypted key would make OpenSSL prompt on the terminal; the empty password
+        # makes it fail instead.
+        context.load_cert_chain(str(security.cert_file),
+                                None if security.key_file is None else str(security.key_file),
+                                password=lambda: b"")
+    except ssl.SSLError as exc:
+        name = ("METERSTREAM_KAFKA_KEY_FILE" if security.key_file is not None
+                else "METERSTREAM_KAFKA_CERT_FILE")
+        _problem(f"{name}: cannot load the client certificate and its key "
+                 f"({exc.reason or exc}); they must be PEM, the key unencrypted", None)
+
+
+def _pem_file(name: str, value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        return _problem(f"{name}: {value!r} is not a file", None)
+    if not os.access(path, os.R_OK):
+        return _problem(f"{name}: {value!r} is not readable", None)
+    return path
 
 
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")

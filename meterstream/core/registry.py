@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from meterstream.core import secret_box
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.signature import verify
 
 log = logging.getLogger("meterstream.registry")
@@ -186,8 +187,8 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
 class RegistryView:
     """The registry as this process sees it, following the topic."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        self.kafka = kafka
         self.topic = topic
         self._deployments: dict[str, Deployment] = {}
         self._by_token: dict[str, str] = {}
@@ -247,7 +248,7 @@ class RegistryView:
         backoff = 0.5
         while True:
             # earliest: compaction may have removed the offsets before the first record kept.
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+            consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
                                         enable_auto_commit=False, client_id="registry-view",
                                         auto_offset_reset="earliest")
             try:

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ class Topics:
         return cls(settings.namespace, settings.partitions)
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
+async def ensure_topics(kafka: KafkaConnection, specs: list[TopicSpec]) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="meterstream-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="meterstream-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -111,9 +112,9 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
         await admin.close()
 
 
-async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+async def partition_counts(kafka: KafkaConnection, names: list[str]) -> dict[str, int]:
     """Partitions of each named topic (0 for a topic that does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="meterstream-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="meterstream-admin")
     await admin.start()
     try:
         described = await admin.describe_topics(names)

@@ -8,6 +8,7 @@ import logging
 from ingest.producer import Producer
 from ingest.receiver import CONVEX_LOGS, Receiver
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import ConnectionLimits, start_site, stop_event
 from meterstream.core.topics import Topics
@@ -27,7 +28,7 @@ async def serve(settings: Settings) -> None:
     # With Kafka away the receiver still starts, answers 503 and is not ready until the
     # producer connects.
     producer = Producer(settings, [topics.raw, topics.deployments])
-    registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
+    registry = RegistryView(KafkaConnection.of(settings), topics.deployments.name)
     producer.start()
     registry.start(after=producer.connected)
     receiver = Receiver(settings, producer, registry, topics)

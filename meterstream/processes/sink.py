@@ -24,6 +24,7 @@ from billing import scheduler as invoice_schedule
 from meterstream.core import migrate
 from meterstream.core.clickhouse import EngineLock, connect
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.query import serve_queries
 from meterstream.core.service import (
     ConnectionLimits,
@@ -76,7 +77,7 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         schema_ready = True
         log.info("schema ready", extra={"clickhouse": target.display, "applied": applied,
                                         "cluster": target.cluster or None})
-        await ensure_topics(settings.kafka_bootstrap, [
+        await ensure_topics(KafkaConnection.of(settings), [
             topics.raw, topics.dead_letters, topics.alerts,
             *(topics.records(spec.route) for spec in SPECS if spec.route != "alerts")])
         # Invoices a month once its late grace passed and the worker and this sink caught

@@ -18,6 +18,7 @@ from aiohttp import web
 from mode import Service
 
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.logs import logging_config
 from meterstream.core.service import ConnectionLimits, Readiness, add_probes, start_site
 from meterstream.core.topics import Topics, ensure_topics
@@ -33,7 +34,7 @@ def main(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     topics = Topics.of(settings)
     loop.run_until_complete(ensure_topics(
-        settings.kafka_bootstrap,
+        KafkaConnection.of(settings),
         [topics.raw, topics.dead_letters, topics.alerts, topics.deployments,
          *(topics.changelog(table) for table in TABLES),
          *(topics.records(r) for r in ALL_ROUTES)],

@@ -30,6 +30,7 @@ from billing.scheduler import cut_off_ms, last_due, run_time
 from meterstream.core import migrate
 from meterstream.core.clickhouse import EngineLock, connect
 from meterstream.core.config import ClickHouseTarget, Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics, ensure_topics
 from tests.support.billing_data import (
     GIB,
@@ -450,7 +451,8 @@ def test_the_schedule_waits_for_the_worker_and_the_sink_to_catch_up(
         await until(lambda: looks(stage) >= before + 3, f"three looks at the {stage}")
 
     async def scenario() -> list[invoices.Invoice]:
-        await ensure_topics(kafka_bootstrap, [topics.raw, topics.records("function_execution")])
+        await ensure_topics(KafkaConnection(kafka_bootstrap),
+                            [topics.raw, topics.records("function_execution")])
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         await producer.start()
         try:

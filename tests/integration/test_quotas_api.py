@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.quotas import (
     METRICS,
     InvalidQuotas,
@@ -234,7 +235,7 @@ def _write_directly(receiver: Pipeline, bootstrap: str, name: str, value: dict) 
 
 
 async def _fresh_view(bootstrap: str, topic: str, name: str) -> Deployment | None:
-    view = RegistryView(bootstrap, topic)
+    view = RegistryView(KafkaConnection(bootstrap), topic)
     view.start()
     try:
         await asyncio.wait_for(view.wait_loaded(), 30)

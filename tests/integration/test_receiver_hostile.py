@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from meterstream.core.config import ConfigError, Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import Deployment, RegistryView, token_digest
 from meterstream.core.service import CONNECTIONS_CUT, ConnectionLimits, healthz, start_site
 from meterstream.core.signature import sign
@@ -463,7 +464,7 @@ def test_refused_requests_leave_nothing_in_kafka(receiver: Pipeline,
 
 
 def test_the_token_index_follows_updates_and_deletes() -> None:
-    view = RegistryView("127.0.0.1:1", "unused")
+    view = RegistryView(KafkaConnection("127.0.0.1:1"), "unused")
     first = Deployment(name="a", ingest_token_sha256=token_digest("token-one-0123456789"))
     view._apply(b"a", first.to_json())
     assert view.by_token("token-one-0123456789") == first

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from meterstream.core import events, record_format
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics, ensure_topics
 from tests.integration.test_sink_failures import direct_load_times
 from tests.support import free_port, meterstream, wait_for
@@ -119,7 +120,7 @@ def test_an_upgrade_with_version_1_records_in_flight_stores_every_record_once(
     topics = Topics.of(Settings.from_env(env))
     from processors.split import ALL_ROUTES
 
-    asyncio.run(ensure_topics(kafka_bootstrap, [
+    asyncio.run(ensure_topics(KafkaConnection(kafka_bootstrap), [
         topics.raw, topics.alerts, topics.dead_letters,
         *(topics.records(route) for route in ALL_ROUTES)]))
 

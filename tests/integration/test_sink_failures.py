@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from meterstream.core.kafka_client import KafkaConnection
 from tests.support import free_port, meterstream, own_broker_env, read_topic, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import Pipeline, running_pipeline
@@ -340,7 +341,7 @@ def test_the_sink_refuses_record_topics_partitioned_unlike_the_raw_topic(
     from meterstream.core.topics import TopicSpec, ensure_topics
 
     namespace = f"t{int(time.time() * 1000) % 10**9}"
-    asyncio.run(ensure_topics(kafka_bootstrap, [
+    asyncio.run(ensure_topics(KafkaConnection(kafka_bootstrap), [
         TopicSpec(f"{namespace}.raw", 4), TopicSpec(f"{namespace}.storage_api_bandwidth", 2)]))
     env = {"METERSTREAM_KAFKA": kafka_bootstrap, "METERSTREAM_NAMESPACE": namespace,
            "METERSTREAM_PARTITIONS": "4", "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from rocksdict import AccessType, Options, Rdict
 
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics, ensure_topics
 from tests.support import free_port, metric_sample, read_topic, wait_for
 from tests.support.load import Load, function_load
@@ -110,7 +111,7 @@ def test_old_dedup_entries_are_migrated_and_expired_ones_deleted_through_the_cha
         receiver.register(deployment, webhook_secret=SECRET)
         settings = Settings.from_env({**os.environ, **receiver.env})
         spec = Topics.of(settings).changelog("seen")
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, [spec]))
+        asyncio.run(ensure_topics(KafkaConnection.of(settings), [spec]))
         changelog = spec.name
         # What the worker before the upgrade left: the body, seen at another offset, in
         # every partition (whichever the deployment's is).

@@ -8,6 +8,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.records import AGENT_TOKENS, FUNCTION_EXECUTION_FIELDS, USAGE_COUNTERS
 
 GIB = 1 << 30
@@ -88,7 +89,8 @@ def publish_registry(bootstrap: str, namespace: str,
 
     async def publish() -> None:
         topic = f"{namespace}.deployments"
-        await ensure_topics(bootstrap, [TopicSpec(topic, 1, {"cleanup.policy": "compact"})])
+        await ensure_topics(KafkaConnection(bootstrap),
+                            [TopicSpec(topic, 1, {"cleanup.policy": "compact"})])
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         try:

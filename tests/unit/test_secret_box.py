@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from meterstream.core import secret_box
 from meterstream.core.config import ConfigError, Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import Deployment, RegistryView
 from meterstream.core.secret_box import Keyring, UndecryptableSecret, key_id
 from meterstream.core.signature import sign
@@ -132,7 +133,7 @@ def test_the_registry_view_refuses_to_load_what_the_receiver_cannot_open() -> No
     secret_box.install(Keyring(OLD))
     stored = record().to_json()
     secret_box.install(Keyring(NEW), strict=True)
-    view = RegistryView("127.0.0.1:1", "registry")
+    view = RegistryView(KafkaConnection("127.0.0.1:1"), "registry")
     view._apply(b"happy-otter-123", stored)
     with pytest.raises(SystemExit) as caught:
         view._finish_loading()
@@ -156,7 +157,7 @@ def test_only_the_latest_value_of_a_record_must_open() -> None:
     secret_box.install(Keyring(NEW))
     current = record().to_json()
     secret_box.install(Keyring(NEW), strict=True)
-    view = RegistryView("127.0.0.1:1", "registry")
+    view = RegistryView(KafkaConnection("127.0.0.1:1"), "registry")
     view._apply(b"happy-otter-123", retired)
     view._apply(b"happy-otter-123", current)
     view._apply(b"gone-deployment", retired.replace(b"happy-otter-123", b"gone-deployment"))
@@ -170,7 +171,7 @@ def test_processes_that_verify_nothing_keep_the_record_locked() -> None:
     secret_box.install(Keyring(OLD))
     stored = record().to_json()
     secret_box.install(None)
-    view = RegistryView("127.0.0.1:1", "registry")
+    view = RegistryView(KafkaConnection("127.0.0.1:1"), "registry")
     view._apply(b"happy-otter-123", stored)
     kept = view.get("happy-otter-123")
     assert kept is not None
@@ -179,7 +180,7 @@ def test_processes_that_verify_nothing_keep_the_record_locked() -> None:
 
 def test_a_record_under_another_deployments_key_is_skipped() -> None:
     secret_box.install(Keyring(NEW))
-    view = RegistryView("127.0.0.1:1", "registry")
+    view = RegistryView(KafkaConnection("127.0.0.1:1"), "registry")
     view._apply(b"someone-else", record().to_json())
     assert view.get("someone-else") is None
 

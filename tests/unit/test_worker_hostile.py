@@ -17,6 +17,7 @@ import pytest
 
 from meterstream.core.catalogue import LIVE_TOKEN_KINDS as TOKEN_KINDS
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.quotas import Quota
 from meterstream.core.registry import Deployment
 from meterstream.core.topics import AGENT_ORIGIN as AGENT
@@ -250,7 +251,7 @@ class FakeAlerts(AlertLog):
 
     def __init__(self, max_user_alerts: int = 100, stored: list[str] | None = None) -> None:
         self.topic_ids: list[str] = list(stored or [])
-        super().__init__("", "alerts", self._store, max_user_alerts)
+        super().__init__(KafkaConnection(""), "alerts", self._store, max_user_alerts)
 
     async def _store(self, key: bytes, value: bytes) -> Any:
         self.topic_ids.append(orjson.loads(value)["id"])

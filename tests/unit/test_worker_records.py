@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from meterstream.core import events, record_format
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import AGENT_ORIGIN, WEBHOOK_ORIGIN
 from meterstream.core.windows import DAY_MS
 from meterstream.loadgen.traffic import AGENT, LOGS, TrafficModel, TrafficOptions
@@ -35,7 +36,7 @@ EXAMPLES = convex_examples()["events"]
 
 class Alerts(AlertLog):
     def __init__(self) -> None:
-        super().__init__("", "alerts", self._store, 100)
+        super().__init__(KafkaConnection(""), "alerts", self._store, 100)
 
     async def _store(self, key: bytes, value: bytes) -> Any:
         raise AssertionError("no alert expected")
