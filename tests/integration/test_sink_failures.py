@@ -21,6 +21,7 @@ from tests.support.sink_load import (
     mixed_load,
     produce_split,
     sink_metric,
+    sink_ready,
     start_sink,
     stored,
     stored_or_none,
@@ -216,8 +217,7 @@ def test_a_batch_stored_but_not_committed_is_not_stored_again(tmp_path: Path) ->
         with worker_processes() as processes:
             processes.append(start_sink(env, tmp_path / "sink.log"))
             port = env["METERSTREAM_SINK_PORT"]
-            wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
-                     timeout=60, what="the sink to start")
+            wait_for(lambda: sink_ready(port), timeout=60, what="the sink to answer /readyz")
             produce_split(broker["METERSTREAM_KAFKA"], namespace, bodies, 4, alerts)
             wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == rows,
                      timeout=60, what=f"{rows} rows buffered")
@@ -265,8 +265,7 @@ def test_a_refusing_table_pauses_its_partitions_and_loses_nothing(
     half = len(bodies) // 2
     with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
-        wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
-                 timeout=60, what="the sink to start")
+        wait_for(lambda: sink_ready(port), timeout=60, what="the sink to answer /readyz")
         produce_split(kafka_bootstrap, namespace, bodies[:half], 4)
         wait_for(lambda: (stored_or_none(sql) or {}).get("file_downloads", (0, 0))[0] > 0,
                  timeout=60, what="file downloads stored")

@@ -21,7 +21,7 @@ from meterstream.core import events, record_format
 from sinks.batching import Columns
 from sinks.sink import about_the_data
 from tests.support import free_port, meterstream, read_topic, wait_for
-from tests.support.sink_load import sink_metric, start_sink
+from tests.support.sink_load import sink_metric, sink_ready, start_sink
 from tests.support.workers import worker_processes
 
 DEPLOYMENT = "direct-otter-1"
@@ -112,8 +112,7 @@ def test_a_message_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on
     topic = f"{namespace}.storage_api_bandwidth"
     with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
-        wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
-                 timeout=60, what="the sink to start")
+        wait_for(lambda: sink_ready(port), timeout=60, what="the sink to answer /readyz")
         sql("ALTER TABLE file_downloads ADD CONSTRAINT no_poison CHECK storage_id != 'poison'",
             write=True)
         _produce(kafka_bootstrap, topic, [
@@ -153,8 +152,7 @@ def test_every_way_a_message_of_either_format_fails_is_dead_lettered_with_its_re
     topic = f"{namespace}.storage_api_bandwidth"
     with worker_processes() as processes:
         processes.append(start_sink(env, tmp_path / "sink.log"))
-        wait_for(lambda: sink_metric(port, "meterstream_sink_buffered_rows") == 0,
-                 timeout=60, what="the sink to start")
+        wait_for(lambda: sink_ready(port), timeout=60, what="the sink to answer /readyz")
         sql("ALTER TABLE file_downloads ADD CONSTRAINT no_poison CHECK storage_id != 'poison'",
             write=True)
         _produce(kafka_bootstrap, topic, [

@@ -132,6 +132,18 @@ def stored_or_none(sql: Callable[[str], str]) -> dict[str, tuple[int, int]] | No
         return None
 
 
+def sink_ready(port: str) -> bool:
+    """Whether the sink on `port` answers /readyz with 200: schema applied, topics there,
+    partitions assigned with their high-water marks (meterstream/processes/sink.py)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def start_sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     import os
 
