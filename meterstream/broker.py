@@ -21,12 +21,19 @@ def script_path() -> Path:
     return here
 
 
-def run(action: str, settings: Settings) -> int:
-    """Run the broker script for `action`; returns its exit code (its output goes to ours)."""
+def run(action: str, settings: Settings, brokers: int | None = None,
+        node: int | None = None) -> int:
+    """Run the broker script for `action`; returns its exit code (its output goes to ours).
+    `brokers`: a local cluster of that many nodes; `node`: one node of the cluster (start
+    or kill it alone)."""
     command = [
         "bash", str(script_path()), action,
         "--home", str(settings.kafka_home),
         "--port", str(settings.kafka_port),
         "--controller-port", str(settings.kafka_controller_port),
     ]
+    if brokers is not None:
+        command += ["--brokers", str(brokers)]
+    if node is not None:
+        command += ["--node", str(node)]
     return subprocess.run(command, check=False).returncode

@@ -21,7 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     kafka = commands.add_parser("kafka", help="a local Apache Kafka broker (no Docker needed)")
-    kafka.add_argument("action", choices=("start", "stop", "status"))
+    kafka.add_argument("action", choices=("start", "stop", "status", "kill"),
+                       help="kill: SIGKILL one node of a local cluster (--node), for tests")
+    kafka.add_argument("--brokers", type=int, default=None, metavar="N",
+                       help="a local cluster of N nodes (broker + controller each) on ports "
+                            "METERSTREAM_KAFKA's + 2(k-1); stop and status cover all of them")
+    kafka.add_argument("--node", type=int, default=None, metavar="K",
+                       help="only node K of the local cluster (start, stop, kill)")
     commands.add_parser("receiver", help="the Convex webhook receiver")
     commands.add_parser("worker", help="the Faust worker")
     commands.add_parser("sink", help="the ClickHouse sink")
@@ -93,7 +99,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         from meterstream import secrets_cli
 
         sys.exit(secrets_cli.run(args, settings, keyring))
-    sys.exit(_run(args, settings))
+    try:
+        code = _run(args, settings)
+    except ConfigError as exc:
+        # Found once running, e.g. existing topics the configuration cannot use
+        # (meterstream/core/topics.py TopicsRefused): an error to fix, not a crash.
+        sys.exit(f"meterstream {args.command}: configuration error: {exc}")
+    sys.exit(code)
 
 
 def close_data_dirs(settings: Settings) -> None:
@@ -120,7 +132,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream import broker
 
         try:
-            return broker.run(args.action, settings)
+            return broker.run(args.action, settings, args.brokers, args.node)
         except (ConfigError, FileNotFoundError) as exc:
             print(f"meterstream: {exc}", file=sys.stderr)
             return 2

@@ -74,10 +74,15 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None) -> faus
     # values, raw (processors/dedup.py); `usage` keeps its JSON keys and values, so
     # that the live windows of a worker that ran with the memory store before are
     # restored unchanged from its changelog.
+    # The changelogs are created beforehand (meterstream/processes/worker.py); Faust is
+    # given the same configuration in case it has to create one itself.
+    changelog_config = {"min.insync.replicas": str(settings.min_insync_replicas)}
     seen = app.Table("seen", default=None, partitions=partitions, key_type=bytes,
-                     value_type=bytes, options=rocksdb_options(partitions))
+                     value_type=bytes, options=rocksdb_options(partitions),
+                     extra_topic_configs=changelog_config)
     usage_table = app.Table("usage", default=None, partitions=partitions,
-                            options=rocksdb_options(partitions))
+                            options=rocksdb_options(partitions),
+                            extra_topic_configs=changelog_config)
     assert tuple(app.tables) == TABLES
     grace_ms = int(settings.late_grace * 1000)
     usage_store = FaustPartitions(usage_table)
@@ -155,7 +160,8 @@ def faust_app(settings: Settings, max_request_size: int) -> faust.App:
         web_port=settings.worker_port,
         web_host=settings.bind_host,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        # Every topic Faust creates (changelog, leader, repartition) is replicated so.
+        topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         # The split records are JSON with every field named in every record: zstd at
         # level 1 shrinks them ~20x at over 1 GB/s, and writing them to the socket

@@ -24,6 +24,7 @@ def main(settings: Settings) -> None:
     loop.run_until_complete(ensure_topics(
         settings.kafka_bootstrap,
         [topics.raw, topics.dead_letters, topics.alerts, topics.deployments,
+         topics.faust_leader,
          *(topics.changelog(table) for table in TABLES),
          *(topics.records(r) for r in ALL_ROUTES)],
     ))
