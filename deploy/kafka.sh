@@ -27,13 +27,15 @@ usage() { die "usage: deploy/kafka.sh start|stop|status --home DIR --port N --co
 
 # --- Local cluster options (the "Local cluster" block below uses them), taken out of the
 # arguments here so that the single-broker parsing below stays as it is.
-brokers="" node="" heap_given=""
+brokers="" node="" heap_given="" ready_given=""
 cluster_rest=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --brokers) [ $# -ge 2 ] || usage; brokers=$2; shift 2 ;;
     --node) [ $# -ge 2 ] || usage; node=$2; shift 2 ;;
-    *) [ "$1" = --heap ] && heap_given=1; cluster_rest+=("$1"); shift ;;
+    *) [ "$1" = --heap ] && heap_given=1
+       [ "$1" = --ready-timeout ] && ready_given=1
+       cluster_rest+=("$1"); shift ;;
   esac
 done
 set -- "${cluster_rest[@]}"
@@ -293,7 +295,23 @@ cluster_java() {
   local node_heap=$heap
   [ -n "$heap_given" ] || node_heap=384m
   cluster_cmd=("${java_cmd[@]/#-Xms*/-Xms128m}")
-  cluster_cmd=("${cluster_cmd[@]/#-Xmx*/-Xmx$node_heap}" -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1)
+  # One GC thread each, and the quick compiler only: three JVMs share a few cores with
+  # the pipeline, and the optimising compiler's start-up work slowed a node's restart.
+  cluster_cmd=("${cluster_cmd[@]/#-Xmx*/-Xmx$node_heap}" -XX:ParallelGCThreads=1
+    -XX:ConcGCThreads=1 -XX:TieredStopAtLevel=1)
+}
+
+# Writes node $1's properties and formats its storage once (run for all nodes at once:
+# each format is a JVM start).
+cluster_prepare() {
+  cluster_node "$1"
+  mkdir -p "$data"  # and the node's directory
+  cluster_properties "$1"
+  if [ ! -f "$data/meta.properties" ]; then
+    "${cluster_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted \
+      -t "$(cat "$cluster_id_file")" -c "$props" >> "$logfile" 2>&1 \
+      || die "formatting node $1's storage failed; see $logfile"
+  fi
 }
 
 cluster_launch() {
@@ -302,13 +320,6 @@ cluster_launch() {
   if pid=$(running_pid); then
     echo "kafka: node $k already running (pid $pid) on 127.0.0.1:$port" >&2
     return
-  fi
-  mkdir -p "$data"  # and the node's directory
-  cluster_properties "$k"
-  if [ ! -f "$data/meta.properties" ]; then
-    "${cluster_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted \
-      -t "$(cat "$cluster_id_file")" -c "$props" >> "$logfile" 2>&1 \
-      || die "formatting node $k's storage failed; see $logfile"
   fi
   echo "kafka: starting node $k on 127.0.0.1:$port (controller $controller_port), log $logfile" >&2
   setsid "${cluster_cmd[@]}" kafka.Kafka "$props" >> "$logfile" 2>&1 < /dev/null &
@@ -327,8 +338,10 @@ cluster_brokers_seen() {
   [ ${#reply} -eq 32 ] && [ "${reply:8:8}" = "00000007" ] && echo $((16#${reply:24:8}))
 }
 
-# Waits until each node given answers and sees all $size brokers.
+# Waits until each node given answers and sees all $size brokers (180 s unless
+# --ready-timeout says otherwise: N JVMs start at once on a machine the size of one).
 cluster_wait() {
+  [ -n "$ready_given" ] || ready_timeout=180
   local deadline=$((SECONDS + ready_timeout)) k pid
   for k in "$@"; do
     cluster_node "$k"
@@ -365,6 +378,15 @@ cluster_start() {
   fi
   cluster_java
   nodes=${node:-$(seq 1 "$size")}
+  local preparing=()
+  for k in $nodes; do
+    cluster_node "$k"
+    if ! running_pid > /dev/null; then
+      cluster_prepare "$k" &
+      preparing+=("$!")
+    fi
+  done
+  for k in "${preparing[@]}"; do wait "$k" || exit 1; done
   # All at once: a node answers only once a majority of the controllers is up.
   for k in $nodes; do cluster_launch "$k"; done
   cluster_wait $nodes

@@ -47,7 +47,7 @@ from processors.quota_status import quota_report
 from processors.raw_agent import RawAgent
 from processors.raw_processor import RawProcessor, Send
 from processors.split import ALL_ROUTES
-from processors.stall_guard import CommittedOffsets, StallGuard, untrack
+from processors.stall_guard import CommittedOffsets, StallGuard, untrack, untrack_from
 from processors.state import CachedTable, UsageState
 
 TABLES = ("seen", "usage")
@@ -136,6 +136,9 @@ def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
     with a KeyError in aiokafka's `fetched_records`, and the worker stopped)."""
 
     async def seek(tp: Any, offset: int) -> None:
+        # Every seek goes back to the partition's next offset to process: what Faust
+        # tracks from there on will come again (processors/stall_guard.py).
+        untrack_from(app.consumer, tp, offset)
         # seek_wait also moves Faust's read offset back, so the re-fetch is not dropped.
         await cast(Any, app.consumer)._thread.seek_wait({tp: offset})
 

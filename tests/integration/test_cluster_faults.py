@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import random
 import signal
 import socket
 import subprocess
@@ -18,9 +19,10 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -34,8 +36,8 @@ from tests.support import (
     free_port,
     meterstream,
     metric_sample,
-    wait_for,
 )
+from tests.support import wait_for as _wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.sink_load import sink_metric, start_sink
@@ -46,6 +48,18 @@ REPLICATED = {"METERSTREAM_REPLICATION_FACTOR": "3", "METERSTREAM_MIN_INSYNC_REP
 SECRET = "cluster-secret-0123456789"
 EVENTS_PER_BODY = 2
 PARTITIONS = 8
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+    """tests.support.wait_for, printing how long each wait took (shown with -s, and in
+    a failure's captured output): where the module's minutes go."""
+    started = time.monotonic()
+    try:
+        return _wait_for(condition, timeout, what)
+    finally:
+        print(f"cluster test: {time.monotonic() - started:5.1f}s waiting for {what}")
 
 
 @dataclass(frozen=True)
@@ -58,16 +72,20 @@ class Cluster:
         return self.env["METERSTREAM_KAFKA"]
 
     def kafka(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return meterstream(["kafka", *args], self.env, timeout=600)
+        started = time.monotonic()
+        result = meterstream(["kafka", *args], self.env, timeout=600)
+        print(f"cluster test: {time.monotonic() - started:5.1f}s for kafka {' '.join(args)}")
+        return result
 
 
 def _six_free_ports() -> int:
     """A port p with p to p + 5 free: brokers on p, p + 2, p + 4 and their controllers on
-    p + 1, p + 3, p + 5 (deploy/kafka.sh puts node k on the ports + 2(k - 1))."""
+    p + 1, p + 3, p + 5 (deploy/kafka.sh puts node k on the ports + 2(k - 1)). Drawn below
+    the kernel's ephemeral range (from 32768 here), which free_port() and every outgoing
+    connection draw from: six ports there were taken by another process between this
+    check and the brokers' start (seen: a controller failed to bind)."""
     while True:
-        base = free_port()
-        if base + 5 > 65535:
-            continue
+        base = random.randrange(20000, 32000 - 6)
         try:
             for port in range(base, base + 6):
                 with socket.socket() as probe:
