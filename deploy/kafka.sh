@@ -9,6 +9,8 @@
 #
 # `meterstream kafka start|stop|status` calls this with values from the
 # project's configuration (meterstream/core/config.py holds the defaults).
+# With --brokers N (and --node K, `kill`) it runs a local cluster instead: see
+# "Local cluster" below.
 #
 # DIR/libs   broker jars, resolved once with Maven and reused
 # DIR/data   KRaft metadata and topic logs, formatted once and reused
@@ -25,6 +27,23 @@ die() { echo "kafka: $*" >&2; exit 1; }
 usage() { die "usage: deploy/kafka.sh start|stop|status --home DIR --port N --controller-port N [--heap SIZE] [--sasl-ssl]"; }
 
 [ $# -ge 1 ] || usage
+
+# --- Local cluster options (the "Local cluster" block below uses them), taken out of the
+# arguments here so that the single-broker parsing below stays as it is.
+brokers="" node="" heap_given="" ready_given=""
+cluster_rest=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --brokers) [ $# -ge 2 ] || usage; brokers=$2; shift 2 ;;
+    --node) [ $# -ge 2 ] || usage; node=$2; shift 2 ;;
+    *) [ "$1" = --heap ] && heap_given=1
+       [ "$1" = --ready-timeout ] && ready_given=1
+       cluster_rest+=("$1"); shift ;;
+  esac
+done
+set -- "${cluster_rest[@]}"
+# --- end of the local cluster options
+
 command=$1; shift
 home="" port="" controller_port="" heap="1g" ready_timeout=90
 sasl_ssl=""  # --sasl-ssl
@@ -332,6 +351,248 @@ kafka: SASL_SSL with $sasl_mechanism on 127.0.0.1:$port; connect with:
 REPORT
 }
 # ---- end of SASL_SSL -----------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------
+# Local cluster: N KRaft nodes on this machine, each broker + controller, all N voters of
+# the controller quorum (3 survive the loss of one), formatted with one cluster id.
+#
+#   deploy/kafka.sh start --brokers N ...   starts every node; returns once each answers
+#                                           metadata requests and sees all N brokers
+#   deploy/kafka.sh start --node K ...      starts node K again (after a kill)
+#   deploy/kafka.sh kill --node K ...       SIGKILL of node K, for fault tests
+#   deploy/kafka.sh stop [--node K] ...     SIGTERM, every node (or node K)
+#   deploy/kafka.sh status ...              every node; 0 when all answer, 3 when none
+#                                           runs, 4 otherwise
+#
+# Node K (1..N) listens on PORT + 2(K-1) and on CONTROLLER-PORT + 2(K-1), so the default
+# 9092/9093 give brokers 9092, 9094, 9096 and controllers 9093, 9095, 9097. It keeps its
+# data, log, pid and properties in DIR/node-K; the jars in DIR/libs are shared. DIR/cluster
+# holds N, so that later commands (stop, status, a start without --brokers) cover the
+# whole cluster. Each node gets a heap of 384m unless --heap says otherwise.
+cluster_file="$home/cluster" cluster_id_file="$home/cluster.id"
+base_port=$port base_controller_port=$controller_port
+
+cluster_wanted() {
+  { [ -n "$brokers" ] && [ "$brokers" != 1 ]; } || [ -n "$node" ] \
+    || [ "$command" = kill ] || [ -f "$cluster_file" ]
+}
+
+# Selects node $1: sets the variables the single-broker functions work on
+# (running_pid, answers_metadata, write_properties).
+cluster_node() {
+  port=$((base_port + 2 * ($1 - 1)))
+  controller_port=$((base_controller_port + 2 * ($1 - 1)))
+  data="$home/node-$1/data" pidfile="$home/node-$1/kafka.pid"
+  logfile="$home/node-$1/kafka.log" props="$home/node-$1/server.properties"
+}
+
+cluster_bootstrap() {
+  local k list=""
+  for k in $(seq 1 "$size"); do list+="${list:+,}127.0.0.1:$((base_port + 2 * (k - 1)))"; done
+  echo "$list"
+}
+
+# The single broker's properties with this node's identity and the cluster's replication
+# appended: a later key wins in a Java properties file.
+cluster_properties() {
+  local k=$1 voters="" i rf=$((size < 3 ? size : 3)) isr=$((size < 2 ? size : 2))
+  for i in $(seq 1 "$size"); do
+    voters+="${voters:+,}$i@127.0.0.1:$((base_controller_port + 2 * (i - 1)))"
+  done
+  write_properties
+  cat >> "$props" <<PROPS
+# Node $k of a local cluster of $size (deploy/kafka.sh --brokers); overrides the above.
+node.id=$k
+controller.quorum.voters=$voters
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+default.replication.factor=$rf
+min.insync.replicas=$isr
+# Fewer threads: several nodes share this machine's cores with the pipeline.
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+PROPS
+}
+
+cluster_java() {
+  local node_heap=$heap
+  [ -n "$heap_given" ] || node_heap=384m
+  cluster_cmd=("${java_cmd[@]/#-Xms*/-Xms128m}")
+  # One GC thread each, and the quick compiler only: three JVMs share a few cores with
+  # the pipeline, and the optimising compiler's start-up work slowed a node's restart.
+  cluster_cmd=("${cluster_cmd[@]/#-Xmx*/-Xmx$node_heap}" -XX:ParallelGCThreads=1
+    -XX:ConcGCThreads=1 -XX:TieredStopAtLevel=1)
+}
+
+# Writes node $1's properties and formats its storage once (run for all nodes at once:
+# each format is a JVM start).
+cluster_prepare() {
+  cluster_node "$1"
+  mkdir -p "$data"  # and the node's directory
+  cluster_properties "$1"
+  if [ ! -f "$data/meta.properties" ]; then
+    "${cluster_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted \
+      -t "$(cat "$cluster_id_file")" -c "$props" >> "$logfile" 2>&1 \
+      || die "formatting node $1's storage failed; see $logfile"
+  fi
+}
+
+cluster_launch() {
+  local k=$1 pid
+  cluster_node "$k"
+  if pid=$(running_pid); then
+    echo "kafka: node $k already running (pid $pid) on 127.0.0.1:$port" >&2
+    return
+  fi
+  echo "kafka: starting node $k on 127.0.0.1:$port (controller $controller_port), log $logfile" >&2
+  setsid "${cluster_cmd[@]}" kafka.Kafka "$props" >> "$logfile" 2>&1 < /dev/null &
+  echo "$!" > "$pidfile"
+}
+
+# The number of brokers the metadata answer of the node on port $1 lists (the request of
+# answers_metadata); empty when it does not answer.
+cluster_brokers_seen() {
+  local reply
+  reply=$(timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "\x00\x00\x00\x17\x00\x03\x00\x04\x00\x00\x00\x07\x00\x08ms-probe\xff\xff\xff\xff\x00" >&3
+    head -c 16 <&3 | od -An -tx1 | tr -d " \n"
+  ' _ "$port" 2>/dev/null) || return 0
+  [ ${#reply} -eq 32 ] && [ "${reply:8:8}" = "00000007" ] && echo $((16#${reply:24:8}))
+}
+
+# Waits until each node given answers and sees all $size brokers (180 s unless
+# --ready-timeout says otherwise: N JVMs start at once on a machine the size of one).
+cluster_wait() {
+  [ -n "$ready_given" ] || ready_timeout=180
+  local deadline=$((SECONDS + ready_timeout)) k pid
+  for k in "$@"; do
+    cluster_node "$k"
+    until [ "$(cluster_brokers_seen "$port")" = "$size" ]; do
+      if ! pid=$(running_pid); then
+        rm -f "$pidfile"
+        echo "kafka: node $k exited during start; last lines of $logfile:" >&2
+        tail -n 30 "$logfile" >&2
+        exit 1
+      fi
+      [ $SECONDS -lt $deadline ] || die "node $k did not see the $size brokers within ${ready_timeout}s; see $logfile"
+      sleep 0.2
+    done
+  done
+}
+
+cluster_start() {
+  local k nodes
+  if (( (base_controller_port - base_port) % 2 == 0
+        && (base_controller_port - base_port) * (base_controller_port - base_port) < 4 * size * size )); then
+    die "broker ports $base_port+2k and controller ports $base_controller_port+2k overlap for $size nodes: choose a controller port (METERSTREAM_KAFKA_CONTROLLER_PORT) of the other parity than the broker port, or further away"
+  fi
+  if running_pid > /dev/null; then die "the single broker of $home runs; stop it first"; fi
+  require_java
+  resolve_jars
+  echo "$size" > "$cluster_file"
+  if [ ! -f "$cluster_id_file" ]; then
+    # As format_storage draws it: 16 random bytes, base64url, not starting with '-'.
+    local cluster_id=-
+    while [[ $cluster_id == -* ]]; do
+      cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
+    echo "$cluster_id" > "$cluster_id_file"
+  fi
+  cluster_java
+  nodes=${node:-$(seq 1 "$size")}
+  local preparing=()
+  for k in $nodes; do
+    cluster_node "$k"
+    if ! running_pid > /dev/null; then
+      cluster_prepare "$k" &
+      preparing+=("$!")
+    fi
+  done
+  for k in "${preparing[@]}"; do wait "$k" || exit 1; done
+  # All at once: a node answers only once a majority of the controllers is up.
+  for k in $nodes; do cluster_launch "$k"; done
+  cluster_wait $nodes
+  echo "kafka: ready, cluster of $size on $(cluster_bootstrap) (set METERSTREAM_KAFKA to it)"
+}
+
+cluster_stop() {
+  local k pids=() signal=${1:-TERM} pid
+  for k in ${node:-$(seq 1 "$size")}; do
+    cluster_node "$k"
+    if pid=$(running_pid); then
+      kill "-$signal" "$pid"
+      pids+=("$pid")
+    fi
+  done
+  local deadline=$((SECONDS + 60))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "kafka: pid $pid did not stop within 60s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        break
+      fi
+      sleep 0.1
+    done
+  done
+  for k in ${node:-$(seq 1 "$size")}; do rm -f "$home/node-$k/kafka.pid"; done
+  if [ "$signal" = KILL ]; then echo "kafka: killed node $node"; else echo "kafka: stopped"; fi
+}
+
+cluster_status() {
+  local k pid answering=0 running=0
+  for k in $(seq 1 "$size"); do
+    cluster_node "$k"
+    if ! pid=$(running_pid); then
+      echo "kafka: node $k not running (127.0.0.1:$port)"
+    elif answers_metadata; then
+      echo "kafka: node $k running (pid $pid) on 127.0.0.1:$port, answering metadata requests"
+      running=$((running + 1)) answering=$((answering + 1))
+    else
+      echo "kafka: node $k process $pid is up but not answering on 127.0.0.1:$port"
+      running=$((running + 1))
+    fi
+  done
+  [ "$answering" -eq "$size" ] && return
+  [ "$running" -eq 0 ] && exit 3
+  exit 4
+}
+
+cluster_main() {
+  local recorded=""
+  [ -f "$cluster_file" ] && recorded=$(cat "$cluster_file")
+  if [ -n "$recorded" ] && [ -n "$brokers" ] && [ "$brokers" != "$recorded" ]; then
+    die "$home holds a cluster of $recorded brokers, not $brokers: stop it and remove $home/node-* and $cluster_file to make another"
+  fi
+  size=${recorded:-$brokers}
+  [ -n "$size" ] || die "no cluster in $home (start one with --brokers N)"
+  [[ $size =~ ^[0-9]+$ ]] && [ "$size" -ge 2 ] && [ "$size" -le 9 ] \
+    || die "--brokers must be from 2 to 9 for a cluster (1: the single broker), got $size"
+  if [ -n "$node" ] && ! { [ "$node" -ge 1 ] 2>/dev/null && [ "$node" -le "$size" ]; }; then
+    die "--node must be from 1 to $size, got $node"
+  fi
+  case "$command" in
+    start) cluster_start ;;
+    stop) cluster_stop TERM ;;
+    kill) [ -n "$node" ] || die "kill needs --node K"; cluster_stop KILL ;;
+    status) cluster_status ;;
+    *) usage ;;
+  esac
+}
+
+if cluster_wanted; then
+  # The SASL_SSL block above configures one broker's listeners; a cluster's nodes would
+  # need their own ports and inter-broker settings in it.
+  [ -z "$sasl_ssl" ] || die "--sasl-ssl is for the single broker, not a local cluster (--brokers)"
+  cluster_main
+  exit 0
+fi
+# --- end of the local cluster
 
 case "$command" in
   start) start ;;

@@ -23,7 +23,7 @@ from aiokafka.errors import (
 from ingest import metrics
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
-from meterstream.core.topics import TopicSpec, ensure_topics
+from meterstream.core.topics import TopicSpec, TopicsRefused, ensure_topics
 
 log = logging.getLogger("meterstream.receiver.kafka")
 
@@ -57,6 +57,10 @@ class Producer:
         """Set once the topics exist and the producer is connected."""
         self._broken = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
+        self.refused = asyncio.Event()
+        """Set when existing topics cannot be used as configured: the producer gave up
+        (`refusal` says why) and the receiver should stop."""
+        self.refusal: TopicsRefused | None = None
 
     @property
     def healthy(self) -> bool:
@@ -136,6 +140,12 @@ class Producer:
                 # them with one partition.
                 await ensure_topics(KafkaConnection.of(self.settings), self.topics)
                 await producer.start()
+            except TopicsRefused as exc:
+                # Not Kafka being away: retrying cannot help.
+                await producer.stop()
+                self.refusal = exc
+                self.refused.set()
+                raise
             except (KafkaError, OSError, RuntimeError) as exc:
                 await producer.stop()
                 log.warning("Kafka unreachable; retrying",

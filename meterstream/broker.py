@@ -21,10 +21,12 @@ def script_path() -> Path:
     return here
 
 
-def run(action: str, settings: Settings, sasl_ssl: bool = False) -> int:
+def run(action: str, settings: Settings, sasl_ssl: bool = False, brokers: int | None = None,
+        node: int | None = None) -> int:
     """Run the broker script for `action`; returns its exit code (its output goes to ours).
     `sasl_ssl`: the client listener speaks SASL_SSL with SCRAM-SHA-512 (deploy/kafka.sh
-    prints the settings to connect with)."""
+    prints the settings to connect with); `brokers`: a local cluster of that many nodes;
+    `node`: one node of the cluster (start or kill it alone)."""
     command = [
         "bash", str(script_path()), action,
         "--home", str(settings.kafka_home),
@@ -32,4 +34,8 @@ def run(action: str, settings: Settings, sasl_ssl: bool = False) -> int:
         "--controller-port", str(settings.kafka_controller_port),
         *(["--sasl-ssl"] if sasl_ssl else []),
     ]
+    if brokers is not None:
+        command += ["--brokers", str(brokers)]
+    if node is not None:
+        command += ["--node", str(node)]
     return subprocess.run(command, check=False).returncode

@@ -53,7 +53,7 @@ from processors.quota_status import quota_report
 from processors.raw_agent import RawAgent
 from processors.raw_processor import RawProcessor, Send
 from processors.split import ALL_ROUTES
-from processors.stall_guard import CommittedOffsets, StallGuard, untrack
+from processors.stall_guard import CommittedOffsets, StallGuard, untrack, untrack_from
 from processors.state import CachedTable, UsageState
 from processors.web_access import api_guard
 
@@ -85,10 +85,15 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
     # values, raw (processors/dedup.py); `usage` keeps its JSON keys and values, so
     # that the live windows of a worker that ran with the memory store before are
     # restored unchanged from its changelog.
+    # The changelogs are created beforehand (meterstream/processes/worker.py); Faust is
+    # given the same configuration in case it has to create one itself.
+    changelog_config = {"min.insync.replicas": str(settings.min_insync_replicas)}
     seen = app.Table("seen", default=None, partitions=partitions, key_type=bytes,
-                     value_type=bytes, options=rocksdb_options(partitions))
+                     value_type=bytes, options=rocksdb_options(partitions),
+                     extra_topic_configs=changelog_config)
     usage_table = app.Table("usage", default=None, partitions=partitions,
-                            options=rocksdb_options(partitions))
+                            options=rocksdb_options(partitions),
+                            extra_topic_configs=changelog_config)
     assert tuple(app.tables) == TABLES
     grace_ms = int(settings.late_grace * 1000)
     usage_store = FaustPartitions(usage_table)
@@ -179,6 +184,9 @@ def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
     with a KeyError in aiokafka's `fetched_records`, and the worker stopped)."""
 
     async def seek(tp: Any, offset: int) -> None:
+        # Every seek goes back to the partition's next offset to process: what Faust
+        # tracks from there on will come again (processors/stall_guard.py).
+        untrack_from(app.consumer, tp, offset)
         # seek_wait also moves Faust's read offset back, so the re-fetch is not dropped.
         await cast(Any, app.consumer)._thread.seek_wait({tp: offset})
 
@@ -221,7 +229,8 @@ def faust_app(settings: Settings, max_request_size: int) -> faust.App:
         # only (meterstream/core/config.py), so Faust gets an empty environment.
         env={},
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        # Every topic Faust creates (changelog, leader, repartition) is replicated so.
+        topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         # The split records are JSON with every field named in every record: zstd at
         # level 1 shrinks them ~20x at over 1 GB/s, and writing them to the socket

@@ -37,6 +37,8 @@ If the rewind itself is lost, the idle check above rewinds again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +47,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from meterstream.core.kafka_client import KafkaConnection
 from processors import metrics
@@ -144,13 +147,31 @@ class CommittedOffsets:
     """The consumer group's committed offsets, read from the broker (not from Faust,
     which learns them only when it seeks after the recovery, the very race above)."""
 
-    def __init__(self, kafka: KafkaConnection, group: str) -> None:
+    def __init__(self, kafka: KafkaConnection, group: str, first_retry: float = 0.2) -> None:
         self.kafka = kafka
         self.group = group
+        self.first_retry = first_retry
         self._admin: AIOKafkaAdminClient | None = None
 
     async def offset(self, topic: str, partition: int) -> int:
-        """The next offset the group is to process; -1 when it committed none."""
+        """The next offset the group is to process; -1 when it committed none. Asks until
+        the broker answers: with a broker of the cluster down the question can fail (its
+        node not ready, the group's coordinator moving), and an error here would crash the
+        worker (the stall check runs in a Faust timer, the admission in the agent) where
+        waiting a few seconds for the cluster to elect new leaders is all it takes."""
+        retry = self.first_retry
+        while True:
+            try:
+                return await self._offset(topic, partition)
+            except (KafkaError, OSError) as exc:
+                log.warning("committed offset not available; asking again", extra={
+                    "topic": topic, "partition": partition, "error": repr(exc),
+                    "retry_in_s": retry})
+                await self.close()  # a new client starts from the bootstrap servers
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 5.0)
+
+    async def _offset(self, topic: str, partition: int) -> int:
         if self._admin is None:
             admin = AIOKafkaAdminClient(**self.kafka.client_options(),
                                         client_id="stall-guard")
@@ -161,9 +182,24 @@ class CommittedOffsets:
         return found[tp].offset if tp in found else -1
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
+
+
+def untrack_from(consumer: Any, tp: Any, offset: int) -> None:
+    """Before `tp` is sought back to `offset`: makes Faust forget every message of it at or
+    beyond `offset` that it still counts as in flight. Those were fetched before the seek
+    and then cleared from the agent's queue (the race above), so they are never acked: the
+    copies fetched again are tracked anew. Left tracked, one holds the next rebalance up
+    for good (seen on a three-broker cluster with a broker killed: the stale copy of a
+    gap's first record, "wait_empty: Waiting for tasks", until the group expelled the
+    worker a minute later). Everything below `offset` was processed, so none of what is
+    still in flight for `tp` is touched."""
+    for message in [m for m in consumer._unacked_messages
+                    if m.tp == tp and m.offset >= offset]:
+        untrack(consumer, message)
 
 
 def untrack(consumer: Any, message: Any) -> None:

@@ -92,6 +92,15 @@ VARIABLES: tuple[Variable, ...] = (
              "pipelines can share one Kafka cluster."),
     Variable("METERSTREAM_PARTITIONS", "8",
              "Partitions of the topics meterstream creates (raw and per event type)."),
+    Variable("METERSTREAM_REPLICATION_FACTOR", "1",
+             "Replicas of every topic meterstream creates (its own and the worker's Faust "
+             "changelog and leader topics). 1 suits one local broker; use 3 on a cluster, so "
+             "that a broker can fail without losing an acknowledged body. Existing topics keep "
+             "theirs (a start reports one that differs)."),
+    Variable("METERSTREAM_MIN_INSYNC_REPLICAS", "1",
+             "min.insync.replicas of every topic meterstream creates: the replicas that must "
+             "hold a message before Kafka acknowledges it (the receiver answers 200 only "
+             "then). At most METERSTREAM_REPLICATION_FACTOR; use 2 with 3 replicas."),
     Variable("METERSTREAM_BIND_HOST", "127.0.0.1",
              "Address the receiver, worker and sink HTTP servers listen on; 0.0.0.0 to "
              "accept Convex's webhooks from outside."),
@@ -331,6 +340,8 @@ class KafkaSecurity:
 # The numeric settings: field -> (variable, type, smallest, largest allowed value).
 NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "partitions": ("METERSTREAM_PARTITIONS", int, 1, 1024),
+    "replication_factor": ("METERSTREAM_REPLICATION_FACTOR", int, 1, 32),
+    "min_insync_replicas": ("METERSTREAM_MIN_INSYNC_REPLICAS", int, 1, 32),
     "max_body_bytes": ("METERSTREAM_MAX_BODY_BYTES", int, 1024, 1 << 30),
     "max_in_flight": ("METERSTREAM_MAX_IN_FLIGHT", int, 1, 100_000),
     "secret_overlap": ("METERSTREAM_SECRET_OVERLAP", float, 0.0, 7 * 24 * 3600.0),
@@ -401,6 +412,8 @@ class Settings:
     worker_max_users: int = 1000
     worker_max_user_alerts: int = 100
     sink_max_attempts: int = 3
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
     secret_key: bytes | None = field(default=None, repr=False)
     """METERSTREAM_SECRET_KEY; None: the data directory's key (meterstream/core/secret_box.py)."""
     secret_old_keys: tuple[bytes, ...] = field(default=(), repr=False)
@@ -539,6 +552,12 @@ class Settings:
                 f"METERSTREAM_DEDUP_RETENTION ({self.dedup_retention:g} s) must be at least "
                 f"METERSTREAM_LATE_GRACE ({self.late_grace:g} s), or a replayed body is "
                 "counted again")
+        # Kafka would refuse every acks=all produce to such a topic: nothing could be stored.
+        if self.min_insync_replicas > self.replication_factor:
+            problems.append(
+                f"METERSTREAM_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) must be at most "
+                f"METERSTREAM_REPLICATION_FACTOR ({self.replication_factor}), or Kafka "
+                "acknowledges no message")
         # URLs that carry deploy keys, tokens, passwords or signed alerts.
         allowed = self.insecure_http_hosts
         credentialed: list[tuple[str, str]] = [
@@ -559,15 +578,17 @@ class Settings:
 
     @property
     def kafka_port(self) -> int:
-        """Port of the local broker: that of the single loopback METERSTREAM_KAFKA address."""
+        """Port of the local broker: that of the first METERSTREAM_KAFKA address, all of
+        them loopback (a local cluster's nodes may all be listed, so that clients still
+        reach it while the first node is down: deploy/kafka.sh --brokers)."""
         servers = self.kafka_bootstrap.split(",")
-        host, _, port = servers[0].rpartition(":")
-        if len(servers) != 1 or host not in ("127.0.0.1", "localhost"):
+        if any(server.rpartition(":")[0] not in ("127.0.0.1", "localhost")
+               for server in servers):
             raise ConfigError(
-                "METERSTREAM_KAFKA must be one 127.0.0.1:PORT address for a local broker "
+                "METERSTREAM_KAFKA must be 127.0.0.1:PORT addresses for a local broker "
                 f"started by meterstream, not {self.kafka_bootstrap!r}"
             )
-        return int(port)
+        return int(servers[0].rpartition(":")[2])
 
     @property
     def kafka_home(self) -> Path:

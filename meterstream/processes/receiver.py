@@ -49,7 +49,9 @@ async def serve(settings: Settings) -> None:
         "probes_url": probes,
         "topic": topics.raw.name, "admin_api": bool(settings.admin_token)})
     try:
-        await stop.wait()
+        await _until_first(stop, producer.refused)
+        if producer.refusal is not None:
+            log.error("receiver stopping: %s", producer.refusal)
         log.info("receiver stopping: finishing in-flight requests")
         # Stops accepting, then waits for the handlers still running.
         for each in runners:
@@ -62,6 +64,17 @@ async def serve(settings: Settings) -> None:
         except TimeoutError:
             log.error("the Kafka producer did not close in time")
     log.info("receiver stopped")
+    if producer.refusal is not None:
+        raise producer.refusal
+
+
+async def _until_first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def main(settings: Settings) -> None:

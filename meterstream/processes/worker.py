@@ -36,6 +36,7 @@ def main(settings: Settings) -> None:
     loop.run_until_complete(ensure_topics(
         KafkaConnection.of(settings),
         [topics.raw, topics.dead_letters, topics.alerts, topics.deployments,
+         topics.faust_leader,
          *(topics.changelog(table) for table in TABLES),
          *(topics.records(r) for r in ALL_ROUTES)],
     ))

@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 
 from ingest.receiver import Receiver
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import Readiness, add_probes
 from meterstream.core.topics import Topics
@@ -56,7 +57,7 @@ def _receiver(tmp_path: Path, **env: str) -> tuple[Receiver, _Producer, Registry
     settings = Settings.from_env({"METERSTREAM_DATA_DIR": str(tmp_path), **env})
     topics = Topics.of(settings)
     producer = _Producer()
-    registry = RegistryView(settings.kafka_bootstrap, topics.deployments.name)
+    registry = RegistryView(KafkaConnection.of(settings), topics.deployments.name)
     return Receiver(settings, producer, registry, topics), producer, registry  # type: ignore[arg-type]
 
 

@@ -77,3 +77,33 @@ def test_before_connecting_everything_is_unavailable() -> None:
             await gate.store("t", b"k", b"v", [])
 
     asyncio.run(scenario())
+
+
+def test_topics_refused_stop_the_connecting_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka away is retried; existing topics the configuration cannot use are not: the
+    gate gives up and says why, so that the receiver stops (meterstream/processes/
+    receiver.py) instead of answering 503 forever."""
+    from ingest import producer as module
+    from meterstream.core.topics import TopicsRefused
+
+    calls: list[str] = []
+
+    async def refuse(bootstrap: str, specs: object) -> None:
+        calls.append(bootstrap)
+        raise TopicsRefused("topic t.raw has 4 partitions but METERSTREAM_PARTITIONS is 8")
+
+    monkeypatch.setattr(module, "ensure_topics", refuse)
+
+    async def scenario() -> Producer:
+        gate = Producer(Settings.from_env({}), [])
+        gate.start()
+        async with asyncio.timeout(10):
+            await gate.refused.wait()
+        await gate.stop()
+        return gate
+
+    gate = asyncio.run(scenario())
+    assert calls == ["127.0.0.1:9092"]  # tried once, not retried
+    assert isinstance(gate.refusal, TopicsRefused)
+    assert "t.raw" in str(gate.refusal)
+    assert not gate.connected.is_set()

@@ -9,7 +9,7 @@ from typing import Any
 
 from faust.types import TP
 
-from processors.stall_guard import Admission, StallGuard, untrack
+from processors.stall_guard import Admission, StallGuard, untrack, untrack_from
 
 
 def _guard(start: dict[int, int]) -> tuple[StallGuard, list[int]]:
@@ -132,3 +132,61 @@ def test_untrack_lets_faust_forget_a_message_without_acking_it() -> None:
     assert consumer._unacked_messages == set()
     assert consumer._acked == {}
     assert message.acked  # a late ack of this copy does nothing
+
+
+def test_a_seek_back_forgets_the_partitions_stale_copies_and_nothing_else() -> None:
+    """Records fetched before a seek back to offset 51 and cleared from the agent's queue
+    (51 itself, and 53 beyond the gap) are forgotten; what is still in flight below 51,
+    and other partitions, stay tracked for their acks."""
+    from faust.types.tuples import Message
+
+    class Consumer:
+        def __init__(self) -> None:
+            self._unacked_messages: set[Any] = set()
+            self._acked: dict[Any, list[int]] = {}
+
+    consumer = Consumer()
+    stale = [Message("raw", 3, offset, 0.0, 0, None, b"dep", b"[]", None)
+             for offset in (51, 53)]
+    in_flight = Message("raw", 3, 50, 0.0, 0, None, b"dep", b"[]", None)
+    other = Message("raw", 4, 60, 0.0, 0, None, b"dep", b"[]", None)
+    consumer._unacked_messages.update([*stale, in_flight, other])
+    untrack_from(consumer, TP("raw", 3), 51)
+    assert consumer._unacked_messages == {in_flight, other}
+    assert all(message.acked for message in stale)
+    assert not in_flight.acked
+    assert consumer._acked == {}
+
+
+def test_the_committed_offset_is_asked_again_through_a_new_client_when_kafka_fails(
+        monkeypatch: Any) -> None:
+    """A broker down makes the question fail (seen: NodeNotReadyError from a killed
+    broker, which crashed the worker from its stall check): asked again, not raised."""
+    from aiokafka.errors import NodeNotReadyError
+
+    from processors import stall_guard
+
+    clients: list[Any] = []
+
+    class Admin:
+        def __init__(self, **_: Any) -> None:
+            self.closed = False
+            clients.append(self)
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            self.closed = True
+
+        async def list_consumer_group_offsets(self, group: str,
+                                              partitions: list[Any]) -> dict[Any, Any]:
+            if len(clients) < 3:
+                raise NodeNotReadyError("node 2")
+            return {partitions[0]: type("Committed", (), {"offset": 57})()}
+
+    monkeypatch.setattr(stall_guard, "AIOKafkaAdminClient", Admin)
+    committed = stall_guard.CommittedOffsets("127.0.0.1:1", "ns", first_retry=0.0)
+    assert asyncio.run(committed.offset("ns.raw", 3)) == 57
+    assert len(clients) == 3
+    assert [client.closed for client in clients] == [True, True, False]
