@@ -29,6 +29,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
+from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import ExistingTopic, TopicSpec, ensure_topics, existing_topics
 from tests.support import (
     REPO,
@@ -146,7 +147,7 @@ def _namespace_topics(bootstrap: str, namespace: str) -> dict[str, ExistingTopic
         finally:
             await admin.close()
 
-    return asyncio.run(existing_topics(bootstrap, asyncio.run(names())))
+    return asyncio.run(existing_topics(KafkaConnection(bootstrap), asyncio.run(names())))
 
 
 class Sender(threading.Thread):
@@ -290,7 +291,7 @@ def test_existing_topics_that_differ_are_reported_or_refused(cluster: Cluster,
     the worker and the receiver report the registry topic's replication factor and refuse
     the raw topic, naming it and METERSTREAM_PARTITIONS, and exit."""
     namespace = f"t{uuid.uuid4().hex[:10]}"
-    asyncio.run(ensure_topics(cluster.bootstrap, [
+    asyncio.run(ensure_topics(KafkaConnection(cluster.bootstrap), [
         TopicSpec(f"{namespace}.raw", 4, {}, replication=1),
         TopicSpec(f"{namespace}.deployments", 1, {"cleanup.policy": "compact"}, replication=1),
     ]))

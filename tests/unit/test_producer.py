@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from ingest.producer import Overloaded, Producer, Unavailable
 from meterstream.core.config import Settings
+from meterstream.core.kafka_client import KafkaConnection
 
 
 class HeldProducer:
@@ -88,8 +89,8 @@ def test_topics_refused_stop_the_connecting_for_good(monkeypatch: pytest.MonkeyP
 
     calls: list[str] = []
 
-    async def refuse(bootstrap: str, specs: object) -> None:
-        calls.append(bootstrap)
+    async def refuse(kafka: KafkaConnection, specs: object) -> None:
+        calls.append(kafka.bootstrap)
         raise TopicsRefused("topic t.raw has 4 partitions but METERSTREAM_PARTITIONS is 8")
 
     monkeypatch.setattr(module, "ensure_topics", refuse)

@@ -9,6 +9,7 @@ from typing import Any
 
 from faust.types import TP
 
+from meterstream.core.kafka_client import KafkaConnection
 from processors.stall_guard import Admission, StallGuard, untrack, untrack_from
 
 
@@ -186,7 +187,7 @@ def test_the_committed_offset_is_asked_again_through_a_new_client_when_kafka_fai
             return {partitions[0]: type("Committed", (), {"offset": 57})()}
 
     monkeypatch.setattr(stall_guard, "AIOKafkaAdminClient", Admin)
-    committed = stall_guard.CommittedOffsets("127.0.0.1:1", "ns", first_retry=0.0)
+    committed = stall_guard.CommittedOffsets(KafkaConnection("127.0.0.1:1"), "ns", first_retry=0.0)
     assert asyncio.run(committed.offset("ns.raw", 3)) == 57
     assert len(clients) == 3
     assert [client.closed for client in clients] == [True, True, False]
