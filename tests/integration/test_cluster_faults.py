@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from tests.support import (
 )
 from tests.support import wait_for as _wait_for
 from tests.support.clock import settled
-from tests.support.pipeline import Pipeline, running_pipeline
+from tests.support.pipeline import Pipeline, running_pipeline, worker_page
 from tests.support.sink_load import sink_metric, start_sink
 from tests.support.workers import raw_batches, start_worker, worker_processes
 
@@ -209,10 +208,8 @@ def _stored(pipeline: Pipeline) -> Counter[int] | None:
 
 def _live_calls(worker_port: int, deployment: str, at_ms: int) -> int | None:
     """The worker's live function calls of the deployment this month (its `usage` table)."""
-    url = f"http://127.0.0.1:{worker_port}/v1/quota/{deployment}?at={at_ms}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as page:
-            report = orjson.loads(page.read())
+        report = orjson.loads(worker_page(worker_port, f"/v1/quota/{deployment}?at={at_ms}"))
     except OSError:
         return None
     if "periods" not in report:
