@@ -39,6 +39,7 @@ from tests.support import (
 )
 from tests.support import wait_for as _wait_for
 from tests.support.clock import settled
+from tests.support.function_totals import rows_per_sequence
 from tests.support.pipeline import Pipeline, running_pipeline, worker_page
 from tests.support.sink_load import sink_metric, start_sink
 from tests.support.workers import raw_batches, start_worker, worker_processes
@@ -191,21 +192,6 @@ class Sender(threading.Thread):
         return sum(1 for _, s in list(self.answers) if s == status)
 
 
-def _stored(pipeline: Pipeline) -> Counter[int] | None:
-    """Rows per body (by its sequence number) in function_executions; None while the
-    sink's engine does not answer."""
-    result = meterstream(["sql", "SELECT database_io_read_bytes - 1, count() FROM "
-                          "function_executions GROUP BY database_io_read_bytes"],
-                         pipeline.env, check=False)
-    if result.returncode != 0:
-        return None
-    rows = Counter[int]()
-    for line in result.stdout.splitlines():
-        sequence, count = line.split("\t")
-        rows[int(sequence)] = int(count)
-    return rows
-
-
 def _live_calls(worker_port: int, deployment: str, at_ms: int) -> int | None:
     """The worker's live function calls of the deployment this month (its `usage` table)."""
     try:
@@ -228,13 +214,13 @@ def _exactly_once(receiver: Pipeline, senders: list[Sender], sink_port: str, wor
     acknowledged = {seq for seq, status in answers if status == 200}
 
     def all_stored() -> Counter[int] | None:
-        rows = _stored(receiver)
+        rows = rows_per_sequence(receiver.env)
         return rows if rows is not None and acknowledged <= set(rows) else None
 
     wait_for(all_stored, timeout=300, what="every acknowledged body stored")
     wait_for(lambda: sink_metric(sink_port, "meterstream_sink_buffered_rows") == 0,
              timeout=60, what="an idle sink")
-    rows = _stored(receiver)
+    rows = rows_per_sequence(receiver.env)
     assert rows is not None
     assert [p.poll() for p in processes] == [None] * len(processes), "a process stopped"
     # Every acknowledged body exactly once; a body answered 503 may have reached Kafka all
@@ -370,7 +356,6 @@ def test_a_broker_killed_mid_load_loses_and_repeats_nothing(cluster: Cluster,
                                  worker_port, processes, at_ms)
         print(f"cluster fault test: {statuses}, node {victim} killed and restarted, "
               f"{sum(len(sender.answers) for sender in senders)} bodies sent")
-
 
 
 def test_a_worker_killed_while_a_broker_is_down_moves_its_partitions_exactly(

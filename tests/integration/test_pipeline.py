@@ -12,19 +12,9 @@ import orjson
 
 from tests.support import metric_sample, read_topic, recent_events, wait_for
 from tests.support.agent_steps import AI_SDK
-from tests.support.function_totals import stored_totals, totals
+from tests.support.function_totals import stored_rows, stored_totals, totals
 from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.records import rows_of
-
-
-def _stored_rows(pipeline: Pipeline) -> int:
-    """Rows so far; 0 while the sink has not created its table yet."""
-    try:
-        return stored_totals(pipeline.sql)[0]
-    except AssertionError as error:
-        if "UNKNOWN_TABLE" in str(error):
-            return 0
-        raise
 
 
 def _shifted(events: list[dict], ms: int) -> list[dict]:
@@ -70,7 +60,7 @@ def test_function_executions_land_exactly_once_each(kafka_bootstrap: str, tmp_pa
 
         landed = functions * 4 + [functions[2]]
         expected_rows, expected_totals = len(landed), totals(landed)
-        wait_for(lambda: _stored_rows(pipeline) >= expected_rows, timeout=90,
+        wait_for(lambda: stored_rows(pipeline.sql) >= expected_rows, timeout=90,
                  what=f"{expected_rows} rows in function_executions")
         wait_for(lambda: _worker_metric(pipeline, "meterstream_worker_duplicates_total",
                                         'kind="body"') == 3, timeout=30,

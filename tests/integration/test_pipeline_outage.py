@@ -14,6 +14,7 @@ import orjson
 
 from tests.support import convex_examples, free_port, meterstream, own_broker_env, wait_for
 from tests.support.clock import settled
+from tests.support.function_totals import rows_per_sequence
 from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.sink_load import sink_metric, start_sink
 from tests.support.workers import start_worker, worker_processes
@@ -59,21 +60,6 @@ class Sender(threading.Thread):
         return sum(1 for _, s in list(self.answers) if s == status)
 
 
-def _stored(receiver: Pipeline) -> Counter[int] | None:
-    """Rows per body (by its sequence number) in function_executions; None while the
-    sink's engine does not answer."""
-    result = meterstream(["sql", "SELECT database_io_read_bytes - 1, count() FROM "
-                          "function_executions GROUP BY database_io_read_bytes"],
-                         receiver.env, check=False)
-    if result.returncode != 0:
-        return None
-    rows = Counter[int]()
-    for line in result.stdout.splitlines():
-        sequence, count = line.split("\t")
-        rows[int(sequence)] = int(count)
-    return rows
-
-
 def test_a_broker_outage_under_load_loses_and_repeats_nothing_in_clickhouse(
         tmp_path: Path) -> None:
     broker = own_broker_env(tmp_path)
@@ -112,7 +98,7 @@ def test_a_broker_outage_under_load_loses_and_repeats_nothing_in_clickhouse(
             acknowledged = {seq for seq, status in sender.answers if status == 200}
 
             def all_stored() -> Counter[int] | None:
-                rows = _stored(receiver)
+                rows = rows_per_sequence(receiver.env)
                 return rows if rows is not None and acknowledged <= set(rows) else None
 
             wait_for(all_stored, timeout=300, what="every acknowledged body stored")
@@ -120,7 +106,7 @@ def test_a_broker_outage_under_load_loses_and_repeats_nothing_in_clickhouse(
             wait_for(lambda: sink_metric(sink_env["METERSTREAM_SINK_PORT"],
                                          "meterstream_sink_buffered_rows") == 0,
                      timeout=60, what="an idle sink")
-            rows = _stored(receiver)
+            rows = rows_per_sequence(receiver.env)
             assert rows is not None
             assert [p.poll() for p in processes] == [None, None], "worker or sink stopped"
             # Every acknowledged body exactly once; a body answered 503 may have reached

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meterstream.core.records import USAGE_COUNTERS
+from tests.support import meterstream
 
 # What each function_execution contributes to the sums checked in ClickHouse.
 SUMMED = ("execution_time_ms", *USAGE_COUNTERS)
@@ -34,3 +36,28 @@ def stored_totals(sql: Callable[[str], str]) -> tuple[int, dict[str, int]]:
     fields = sql(f"SELECT count(), {columns} FROM function_executions").split("\t")
     values = [int(v) for v in fields]
     return values[0], dict(zip(SUMMED, values[1:], strict=True))
+
+
+def stored_rows(sql: Callable[[str], str]) -> int:
+    """Rows in `function_executions` so far; 0 while the sink has not created it yet."""
+    try:
+        return stored_totals(sql)[0]
+    except AssertionError as error:
+        if "UNKNOWN_TABLE" in str(error):
+            return 0
+        raise
+
+
+def rows_per_sequence(env: Mapping[str, str]) -> Counter[int] | None:
+    """Rows per body in `function_executions`, by the sequence number a numbered load puts
+    in `database_io_read_bytes` (minus one); None while the sink's engine does not answer."""
+    result = meterstream(["sql", "SELECT database_io_read_bytes - 1, count() FROM "
+                          "function_executions GROUP BY database_io_read_bytes"],
+                         env, check=False)
+    if result.returncode != 0:
+        return None
+    rows = Counter[int]()
+    for line in result.stdout.splitlines():
+        sequence, count = line.split("\t")
+        rows[int(sequence)] = int(count)
+    return rows
