@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The test suite: installs what is missing, checks style and types, runs pytest. The
+# The test suite: installs what is missing (Python packages, and the Debian packages of
+# deploy/system-packages.txt), checks style and types, runs pytest. The
 # session's Kafka broker is started by the tests themselves (tests/conftest.py)
 # unless METERSTREAM_KAFKA names one. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/bootstrap.sh
+deploy/system-packages.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
 set +e
