@@ -115,6 +115,9 @@ class Receiver:
         self.readiness = Readiness()
         self.readiness.add("kafka", lambda: self.producer.healthy)
         self.readiness.add("registry", lambda: self.registry.loaded)
+        if tokens is not None:
+            # A replica that has not read the tokens would refuse every read token (503).
+            self.readiness.add("read_tokens", lambda: tokens.loaded)
 
     def app(self) -> web.Application:
         """The public port: the two ingest doors, and the probes unless they have a

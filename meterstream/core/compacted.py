@@ -19,6 +19,8 @@ from meterstream.core.kafka_client import KafkaConnection
 
 log = logging.getLogger("meterstream.compacted")
 
+END_OFFSETS_SECONDS = 5.0
+
 
 class CompactedView:
     """What this process has read of one compacted topic (partition 0)."""
@@ -71,7 +73,11 @@ class CompactedView:
                 tp = TopicPartition(self.topic, 0)
                 consumer.assign([tp])
                 consumer.seek(tp, self._position)
-                end = (await asyncio.wait_for(consumer.end_offsets([tp]), 30))[tp]
+                # Briefly: a topic created a moment ago may be missing from this client's
+                # metadata, and a new client (after the backoff) asks again, where this one
+                # would wait out its request timeout.
+                end = (await asyncio.wait_for(consumer.end_offsets([tp]),
+                                              END_OFFSETS_SECONDS))[tp]
                 if self._position >= end:
                     self._loaded.set()
                 backoff = 0.5
