@@ -4,10 +4,13 @@ meterstream/processes/receiver.py).
 Public port (METERSTREAM_BIND_HOST:METERSTREAM_RECEIVER_PORT):
     POST /v1/convex/logs    Convex log-stream webhooks (JSON array or JSONL, signed)
     POST /v1/agent/usage    agent token usage records (Bearer: the deployment's ingest token)
+    GET  /v1/usage          a read token's own usage and cost (billing/usage_view.py, added
+                            by the receiver's process, meterstream/processes/receiver.py)
     GET  /healthz /readyz /metrics   unless METERSTREAM_METRICS_HOST is set: then on
                             METERSTREAM_METRICS_HOST:METERSTREAM_RECEIVER_METRICS_PORT
 Admin port (METERSTREAM_ADMIN_HOST:METERSTREAM_ADMIN_PORT, loopback by default):
     /v1/deployments...      the registry's admin API (ingest/admin.py), GET /healthz /readyz
+    /v1/read-tokens...      read tokens of the scoped usage view (ingest/read_token_admin.py)
 
 A body is answered 200 only after Kafka acknowledged it with acks=all. What
 is refused for good gets a 4xx, which makes Convex drop the batch; what may
@@ -36,9 +39,11 @@ from ingest import agent_usage, metrics
 from ingest.admin import AdminApi, bearer, json_error
 from ingest.producer import Overloaded, Producer, Unavailable
 from ingest.provisioning import Provisioner
+from ingest.read_token_admin import ReadTokenAdmin
 from meterstream.core import signature
 from meterstream.core.config import Settings
 from meterstream.core.log_stream import BatchError, check_batch, claimed_deployment
+from meterstream.core.read_tokens import ReadTokenView
 from meterstream.core.registry import Deployment, RegistryView, RegistryWriter
 from meterstream.core.service import Readiness, add_probes, healthz
 from meterstream.core.topics import (
@@ -90,7 +95,7 @@ def webhook_verdict(deployment: Deployment | None, body: bytes, header: str | No
 
 class Receiver:
     def __init__(self, settings: Settings, producer: Producer, registry: RegistryView,
-                 topics: Topics) -> None:
+                 topics: Topics, tokens: ReadTokenView | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.registry = registry
@@ -98,6 +103,10 @@ class Receiver:
         self.writer = RegistryWriter(registry, producer.store, topics.deployments.name)
         self.admin = AdminApi(settings.admin_token, registry, self.writer,
                               Provisioner(settings, registry, self.writer))
+        # The read tokens' admin routes, when this receiver follows their topic.
+        self.token_admin = None if tokens is None else ReadTokenAdmin(
+            tokens, registry, producer.store, topics.read_tokens.name,
+            settings.read_token_ttl, settings.read_token_max_ttl)
         # What one raw message may hold: the producer's largest request is
         # max_body_bytes + 64 KiB (ingest/producer.py), which leaves room for key and headers.
         self.message_budget = settings.max_body_bytes
@@ -106,6 +115,9 @@ class Receiver:
         self.readiness = Readiness()
         self.readiness.add("kafka", lambda: self.producer.healthy)
         self.readiness.add("registry", lambda: self.registry.loaded)
+        if tokens is not None:
+            # A replica that has not read the tokens would refuse every read token (503).
+            self.readiness.add("read_tokens", lambda: tokens.loaded)
 
     def app(self) -> web.Application:
         """The public port: the two ingest doors, and the probes unless they have a
@@ -126,6 +138,8 @@ class Receiver:
         the receiver ready (no metrics: they belong with the other probes)."""
         app = web.Application(client_max_size=ADMIN_MAX_BODY)
         self.admin.add_routes(app)
+        if self.token_admin is not None:
+            self.token_admin.add_routes(app, self.admin.authorised)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", self.readiness.readyz)
         return app

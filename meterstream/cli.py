@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     from meterstream import deployments
 
     deployments.add_parser(commands)
+    from meterstream import tokens_cli
+
+    tokens_cli.add_parser(commands)
     from meterstream.loadgen import cli as loadgen
 
     loadgen.add_parser(commands)
@@ -202,6 +205,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream import deployments
 
         return deployments.run(args, settings)
+    elif args.command == "tokens":
+        from meterstream import tokens_cli
+
+        return tokens_cli.run(args, settings)
     elif args.command == "loadgen":
         from meterstream.loadgen import cli as loadgen
 

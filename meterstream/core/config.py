@@ -239,6 +239,19 @@ VARIABLES: tuple[Variable, ...] = (
              "How often (s) the worker and the sink measure their consumer lag per partition "
              "they own (meterstream_worker_consumer_lag, meterstream_sink_consumer_lag; "
              "docs/observability.md)."),
+    Variable("METERSTREAM_READ_TOKEN_TTL", "2592000",
+             "Seconds a read token of the scoped usage view (GET /v1/usage) is valid when "
+             "the admin API issues it without `expires_in` (default 30 days)."),
+    Variable("METERSTREAM_READ_TOKEN_MAX_TTL", "31536000",
+             "Longest validity (s) a read token may be issued with (default 365 days)."),
+    Variable("METERSTREAM_USAGE_CORS_ORIGINS", "",
+             "Comma-separated origins (https://app.example.com) whose browser pages may call "
+             "GET /v1/usage, or * for any; empty: none (no CORS headers)."),
+    Variable("METERSTREAM_WORKER_URL", "",
+             "Where the receiver asks a worker for a deployment's quota status (GET "
+             "/v1/quota/..., with METERSTREAM_READ_TOKEN or else the admin token) for "
+             "GET /v1/usage; empty means http://<METERSTREAM_BIND_HOST>:"
+             "<METERSTREAM_WORKER_PORT> (the worker serves plain HTTP on that address)."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -369,6 +382,9 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
     "lag_interval": ("METERSTREAM_LAG_INTERVAL", float, 0.1, 3600.0),
+    "read_token_ttl": ("METERSTREAM_READ_TOKEN_TTL", float, 1.0, 10 * 366 * 24 * 3600.0),
+    "read_token_max_ttl": ("METERSTREAM_READ_TOKEN_MAX_TTL", float, 1.0,
+                           10 * 366 * 24 * 3600.0),
 }
 
 
@@ -432,6 +448,11 @@ class Settings:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     lag_interval: float = 5.0
     """METERSTREAM_LAG_INTERVAL: seconds between two looks at the consumer lag."""
+    read_token_ttl: float = 30 * 24 * 3600.0
+    read_token_max_ttl: float = 365 * 24 * 3600.0
+    usage_cors_origins: tuple[str, ...] = ()
+    """METERSTREAM_USAGE_CORS_ORIGINS: exact origins, or ("*",)."""
+    worker_url: str = "http://127.0.0.1:6066"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -520,6 +541,12 @@ class Settings:
                 for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
                 if host.strip()),
             kafka_security=_kafka_security(env),
+            usage_cors_origins=_origins("METERSTREAM_USAGE_CORS_ORIGINS",
+                                        env.get("METERSTREAM_USAGE_CORS_ORIGINS", "")),
+            worker_url=_admin_url("METERSTREAM_WORKER_URL",
+                                  env.get("METERSTREAM_WORKER_URL", "").strip(),
+                                  raw("METERSTREAM_WORKER_PORT"),
+                                  _loopback(raw("METERSTREAM_BIND_HOST"))),
         )
 
     def __post_init__(self) -> None:
@@ -552,6 +579,9 @@ class Settings:
                      {self.worker_port: "METERSTREAM_WORKER_PORT"})):
                 if port in taken:
                     problems.append(f"{name} ({port}) must differ from {taken[port]}")
+        if self.read_token_ttl > self.read_token_max_ttl:
+            problems.append(f"METERSTREAM_READ_TOKEN_TTL ({self.read_token_ttl:g} s) must be at "
+                            f"most METERSTREAM_READ_TOKEN_MAX_TTL ({self.read_token_max_ttl:g} s)")
         # A body replayed after its hash was forgotten but while its events still count as
         # late would be counted twice.
         if self.dedup_retention < self.late_grace:
@@ -853,6 +883,22 @@ def _admin_url(name: str, value: str, port: str, host: str = "127.0.0.1") -> str
     if not value:
         return f"http://{host}:{port}"
     return _http_url(name, value)
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\]"
+                     r"(?::[0-9]{1,5})?$")
+
+
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    """Browser origins as they send them (scheme://host[:port], no path), or ("*",)."""
+    origins = tuple(origin.strip().lower() for origin in value.split(",") if origin.strip())
+    if origins == ("*",):
+        return origins
+    bad = [origin for origin in origins if origin == "*" or not _ORIGIN.match(origin)]
+    if bad:
+        return _problem(f"{name} takes * alone or origins like https://app.example.com "
+                        f"(scheme://host[:port], no path), got {', '.join(bad)}", ())
+    return origins
 
 
 def _loopback(host: str) -> str:
