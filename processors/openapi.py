@@ -34,8 +34,12 @@ PERIOD: Schema = {
                   "per category and tokens per model.",
                   "additionalProperties": True},
         "users": {"type": "object", "required": ["by_name", "other_users_tokens"],
-                  "properties": {"by_name": {"type": "object"},
-                                 "other_users_tokens": NUMBER}},
+                  "properties": {"by_name": {"type": "integer", "minimum": 0,
+                                             "description": "End users counted by name "
+                                             "(up to METERSTREAM_WORKER_MAX_USERS)."},
+                                 "other_users_tokens": {
+                                     **NUMBER, "description": "Tokens of the end users "
+                                     "beyond that bound, together."}}},
     },
 }
 

@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from meterstream.core.signature import HEADER, sign
 from meterstream.core.topics import ORIGIN_HEADER
-from tests.support import convex_examples, read_topic
+from tests.support import convex_examples, free_port, read_topic, wait_for
 from tests.support.openapi import (
     check_answer,
     exchange,
@@ -33,7 +34,8 @@ from tests.support.openapi import (
     inline_refs,
     is_error_shape,
 )
-from tests.support.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
+from tests.support.pipeline import ADMIN_TOKEN, READ_TOKEN, Pipeline, running_pipeline
+from tests.support.workers import start_worker, worker_processes
 
 SECRET = "fuzz-webhook-secret-0123456789"
 INGEST_TOKEN = "fuzz-ingest-token-0123456789"
@@ -57,27 +59,21 @@ def receiver(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
         yield pipeline
 
 
-def _spec(pipeline: Pipeline, port_variable: str) -> dict[str, Any]:
-    status, body = pipeline.request("GET", "/openapi.json", port_variable=port_variable)
-    assert status == 200
-    spec: dict[str, Any] = orjson.loads(body)
-    return spec
-
-
 class Checked:
     """Requests to one listener, each answer checked against its document."""
 
-    def __init__(self, pipeline: Pipeline, port_variable: str) -> None:
-        self.pipeline = pipeline
-        self.port_variable = port_variable
-        self.spec = _spec(pipeline, port_variable)
+    def __init__(self, pipeline: Pipeline, port_variable: str, port: int | None = None
+                 ) -> None:
+        self.port = int(pipeline.env[port_variable]) if port is None else port
+        status, body, _ = exchange(f"http://127.0.0.1:{self.port}/openapi.json", "GET")
+        assert status == 200
+        self.spec: dict[str, Any] = orjson.loads(body)
         self.statuses: Counter[tuple[str, str, int]] = Counter()
 
     def __call__(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        port = self.pipeline.env[self.port_variable]
-        status, answer, content_type = exchange(f"http://127.0.0.1:{port}{path}", method,
-                                                body, headers)
+        status, answer, content_type = exchange(f"http://127.0.0.1:{self.port}{path}",
+                                                method, body, headers)
         assert status < 500, f"{method} {path}: {status} {answer[:300]!r}"
         check_answer(self.spec, method, path, status, content_type, answer)
         if status >= 400:
@@ -290,3 +286,42 @@ def test_fuzzed_registry_writes_never_fail(receiver: Pipeline) -> None:
 
     one()
     assert {400} <= {status for (_, _, status) in admin.statuses}, admin.statuses
+
+
+def test_real_answers_of_a_real_worker_match_its_document(receiver: Pipeline,
+                                                          tmp_path: Path) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    quotas = orjson.dumps({"quotas": [
+        {"metric": "function_calls", "period": "month", "limit": 1000, "hard": True},
+        {"metric": "tokens", "period": "day", "limit": 500, "per_user": True}]})
+    status, _, _ = exchange(f"{receiver.admin_url}/v1/deployments/{AGENT}/quotas", "PUT",
+                         quotas, auth)
+    assert status == 200
+    port = free_port()
+    with worker_processes() as workers:
+        workers.append(start_worker(receiver.env, tmp_path / "worker.log", port))
+
+        def ready() -> bool:
+            try:
+                return exchange(f"http://127.0.0.1:{port}/readyz", "GET")[0] == 200
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(ready, timeout=180, what="the worker to be ready")
+        worker = Checked(receiver, "METERSTREAM_WORKER_PORT", port)
+        token = {"Authorization": f"Bearer {READ_TOKEN}"}
+        quota = f"/v1/quota/{AGENT}"
+        wait_for(lambda: worker("GET", quota, None, token)[0] == 200, timeout=60,
+                 what="the worker to know the deployment")
+        for path in (quota, f"{quota}?user=alice", f"{quota}?at=1764547200000"):
+            assert worker("GET", path, None, token)[0] == 200
+        assert worker("GET", f"{quota}?at=yesterday", None, token)[0] == 400
+        assert worker("GET", "/v1/quota/nobody-here-1", None, token)[0] == 404
+        assert worker("GET", quota)[0] == 401
+        assert worker("GET", quota, None, {"Authorization": "Bearer wrong-0123456789"}
+                      )[0] == 403
+        assert worker("GET", "/", None, token)[0] == 200
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert worker("GET", path)[0] == 200
+        assert worker("GET", "/v1/nothing-here", None, token)[0] == 404
+        assert worker("POST", quota, b"{}", token)[0] == 405
