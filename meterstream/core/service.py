@@ -43,7 +43,6 @@ CONNECTIONS_OPEN = Gauge("meterstream_http_connections_open",
                          "Connections open on this process's guarded HTTP servers.")
 
 
-
 def _raw_refusal(status: str, extra: str, message: str, reason: str) -> bytes:
     """A whole HTTP answer written to the socket before aiohttp sees the connection, in
     the JSON error shape of every other refusal (meterstream/core/openapi.py)."""
