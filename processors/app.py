@@ -37,7 +37,9 @@ from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meterstream.core.config import Settings
+from meterstream.core.http_errors import json_errors
 from meterstream.core.kafka_client import KafkaConnection, faust_credentials
+from meterstream.core.openapi import OPENAPI_PATH
 from meterstream.core.quotas import quotas_from_record
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import Readiness
@@ -47,6 +49,7 @@ from processors.alert_log import AlertLog
 from processors.alert_webhooks import attach_alert_delivery
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector
+from processors.openapi import worker_document
 from processors.ordered_store import FaustPartitions, rocksdb_options
 from processors.priced_models import priced_model_keys
 from processors.quota_status import quota_report
@@ -139,6 +142,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
     watch_readiness(app, registry, readiness)
     if not settings.metrics_host:
         add_probe_pages(app, readiness)
+    add_openapi_page(app, worker_document(probes=not settings.metrics_host))
     return app
 
 
@@ -177,6 +181,16 @@ def add_probe_pages(app: faust.App, readiness: Readiness) -> None:
     app.page("/metrics")(metrics_page)
 
 
+def add_openapi_page(app: faust.App, spec: dict[str, Any]) -> None:
+    """/openapi.json: the worker's OpenAPI document, open to all like the probes
+    (processors/web_access.py): it describes the API, it holds no data."""
+    body = orjson.dumps(spec)
+
+    @app.page(OPENAPI_PATH)
+    async def openapi(web: Any, _request: Any) -> Any:
+        return web.bytes(body, content_type="application/json")
+
+
 def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
     """Seeks a partition of the app's consumer in the consumer's own thread. Faust's
     `Consumer.seek` calls aiokafka's from the caller's thread, where it can change the
@@ -212,8 +226,9 @@ def faust_app(settings: Settings, max_request_size: int) -> faust.App:
         web_host=settings.bind_host,
         # Every route of the web server but the probes needs a token, checked before
         # any view runs (and before Faust forwards a request to another worker).
+        # aiohttp's own refusals (404, 405) answer in the JSON error shape too.
         web_application_options={"middlewares": [
-            api_guard(settings.read_token, settings.admin_token)]},
+            json_errors, api_guard(settings.read_token, settings.admin_token)]},
         # Faust's built-in pages are off: /table/... serves every table's contents (all
         # tenants' usage), /router/... the cluster's layout, /graph, /stats and
         # /performance its internals. The quota page's forwarding to the owning worker

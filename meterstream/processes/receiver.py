@@ -45,8 +45,7 @@ async def serve(settings: Settings) -> None:
     registry.start(after=producer.connected)
     tokens.start(after=producer.connected)
     receiver = Receiver(settings, producer, registry, topics, tokens)
-    public = receiver.app()
-    usage_view(settings, tokens, registry).add_routes(public)
+    public = receiver.app(usage_view(settings, tokens, registry).add_routes)
     runner = await start_site(public, settings.bind_host, settings.receiver_port,
                               limits(settings))
     admin_runner = await start_site(receiver.admin_app(), settings.admin_host,
