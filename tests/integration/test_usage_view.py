@@ -20,9 +20,11 @@ import orjson
 import pytest
 
 from billing.periods import Period
+from ingest.openapi import admin_document, public_document
 from tests.integration.test_billing_pipeline import DEPLOYMENT, SECRET, bodies, load_time
 from tests.support import meterstream, metric_sample, wait_for
 from tests.support.agent_steps import AI_SDK
+from tests.support.openapi import check_answer
 from tests.support.pipeline import ADMIN_TOKEN, Pipeline, running_pipeline
 
 OTHER = "quiet-lynx-456"
@@ -32,6 +34,10 @@ ORIGIN = "https://app.example.com"
 QUOTAS = {"quotas": [
     {"metric": "function_calls", "period": "month", "limit": 1000, "hard": True},
     {"metric": "tokens", "period": "month", "limit": 3000, "hard": True, "per_user": True}]}
+
+
+PUBLIC = public_document(usage=True)
+ADMIN = admin_document(read_tokens=True)
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Setup:
         auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
         status, body = self.pipeline.request("GET", f"/v1/usage{query}", None,
                                              {**auth, **(headers or {})})
+        # Every answer, refusals included, as the public listener's document says.
+        check_answer(PUBLIC, "GET", "/v1/usage", status, "application/json", body)
         return status, json.loads(body)
 
     def cli_usage(self, *scope: str) -> dict:
@@ -57,6 +65,8 @@ class Setup:
 def issue(pipeline: Pipeline, scope: dict, **extra: object) -> dict:
     status, answer = pipeline.admin("POST", "/v1/read-tokens", {"scope": scope, **extra})
     assert status == 201, answer
+    check_answer(ADMIN, "POST", "/v1/read-tokens", status, "application/json",
+                 orjson.dumps(answer))
     return answer
 
 
