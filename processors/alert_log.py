@@ -28,6 +28,7 @@ the same; a `quota_users` alert, like any other, is published once by its id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -102,6 +103,9 @@ class AlertLog:
         self._published: dict[int, set[str]] = {}
         self._alerted: dict[int, dict[str, set[str]]] = {}
         """partition -> group (deployment, quota, period) -> users with an alert"""
+        self._publishing = asyncio.Lock()
+        """One publish at a time: the agent's and the stream health check's (a timer)
+        could otherwise both find an id unpublished and both send it."""
 
     def forget_partitions(self, partitions: set[int]) -> None:
         for partition in partitions:
@@ -155,6 +159,12 @@ class AlertLog:
 
     async def publish(self, partition: int, alerts: list[dict[str, Any]]) -> None:
         """Publishes the alerts not yet on the topic and waits until Kafka stored them."""
+        if not alerts:
+            return
+        async with self._publishing:
+            await self._publish(partition, alerts)
+
+    async def _publish(self, partition: int, alerts: list[dict[str, Any]]) -> None:
         published = self._published[partition]
         sent = []
         for alert in bound_user_alerts(alerts, self._alerted.get(partition, {}),

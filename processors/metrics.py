@@ -87,3 +87,14 @@ API_REFUSED = Counter(
     "web_access.py), by reason: api_disabled, unauthenticated, forbidden.",
     ["reason"],
 )
+HEALTH_CHECKS = Counter(
+    "meterstream_worker_stream_health_checks_total",
+    "Passes of the stream health check over the deployments of this worker's partitions "
+    "(every METERSTREAM_HEALTH_CHECK_INTERVAL).",
+)
+DEPLOYMENTS_BY_HEALTH = Gauge(
+    "meterstream_worker_deployments_by_health",
+    "Deployments of this worker's partitions by stream health at the last check: ok, stale "
+    "(no storage heartbeat), silent (quiet against its own baseline).",
+    ["state"],
+)
