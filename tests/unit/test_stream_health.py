@@ -323,3 +323,54 @@ def test_a_threshold_of_nothing_is_refused_at_start() -> None:
     assert defaults == HealthRules(storage_stale_ms=2 * HOUR_MS, silence_multiple=10.0,
                                    silence_floor_ms=15 * MINUTE_MS, min_messages=20)
 
+
+
+class GatedAlerts(Alerts):
+    """An alert log whose topic read waits for the test's word."""
+
+    def __init__(self, on_topic: set[str]) -> None:
+        super().__init__()
+        self.on_topic = on_topic
+        self.reads = 0
+        self.gate = asyncio.Event()
+
+    async def _read_ids(self, partitions: set[int]) -> dict[int, set[str]]:
+        self.reads += 1
+        await self.gate.wait()
+        return {p: set(self.on_topic) for p in partitions}
+
+
+def test_the_check_and_the_agent_loading_at_once_read_the_topic_once() -> None:
+    log = GatedAlerts({STALE_ID})
+
+    async def scenario() -> None:
+        agent = asyncio.create_task(log.ensure_loaded(0, {0}))
+        check = asyncio.create_task(log.ensure_loaded(0, {0}))
+        log.gate.set()
+        await asyncio.gather(agent, check)
+        # Both know what is on the topic: the episode is not sent again.
+        await log.publish(0, [{"id": STALE_ID, "kind": "stream_stale",
+                               "deployment": DEPLOYMENT}])
+
+    asyncio.run(scenario())
+    assert log.reads == 1
+    assert log.stored == []
+
+
+def test_a_partition_revoked_during_a_check_publishes_nothing_and_raises_nothing() -> None:
+    log = Alerts()
+    alert = {"id": STALE_ID, "kind": "stream_stale", "deployment": DEPLOYMENT}
+    store = log._store
+
+    async def store_then_revoke(key: bytes, value: bytes) -> Any:
+        log.forget_partitions({0})  # a rebalance while the send is under way
+        return await store(key, value)
+
+    async def scenario() -> None:
+        await log.ensure_loaded(0, {0})
+        log.publish_raw = store_then_revoke
+        await log.publish(0, [alert])  # sent, then the partition was gone: not remembered
+        await log.publish(0, [{**alert, "id": RECOVERED_ID}])  # no longer ours: not sent
+
+    asyncio.run(scenario())
+    assert [a["id"] for a in log.stored] == [STALE_ID]
