@@ -123,6 +123,10 @@ class AlertLog:
             self._alerted.setdefault(partition, {}).setdefault(grouped[0], set()).add(
                 grouped[1])
 
+    def published(self, partition: int) -> frozenset[str]:
+        """The ids on a loaded partition of the topic (empty if it is not loaded)."""
+        return frozenset(self._published.get(partition, ()))
+
     async def ensure_loaded(self, partition: int, assigned: set[int]) -> None:
         """Reads what is on the alert partitions this worker holds, once per assignment:
         all of them in one pass, so a fresh worker pays one read, not one per partition."""

@@ -27,6 +27,7 @@ that is safe, while the agent already works on the next messages.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -59,10 +60,12 @@ from processors.raw_processor import RawProcessor, Send
 from processors.split import ALL_ROUTES
 from processors.stall_guard import CommittedOffsets, StallGuard, untrack, untrack_from
 from processors.state import CachedTable, UsageState
-from processors.stream_health import HealthRules, StreamHealth
+from processors.stream_health import FAILED, HealthRules, StreamHealth
+from processors.stream_status import PlatformStatus, StreamStatusCheck
 from processors.web_access import api_guard
 
 TABLES = ("seen", "usage")
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, priced: frozenset[str] | None = None,
@@ -147,9 +150,13 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
     add_agent(app, raw, registry, agent, committed)
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
     add_quota_page(app, raw, registry, state)
-    check = HealthCheck(health, registry, alert_log, assigned, clock)
+    status = StreamStatusCheck(
+        registry, alert_log, assigned, settings.partitions,
+        PlatformStatus(settings.convex_api_url, f"{settings.public_url}/v1/convex/logs"), clock)
+    check = HealthCheck(health, registry, alert_log, assigned, clock, status.failing)
     add_health_check(app, check, settings.health_check_interval)
-    add_health_pages(app, raw, registry, health, check, settings.partitions, clock)
+    add_health_check(app, status, settings.health_status_interval)
+    add_health_pages(app, raw, registry, health, check, status, settings.partitions, clock)
     watch_readiness(app, registry, readiness)
     if not settings.metrics_host:
         add_probe_pages(app, readiness)
@@ -352,21 +359,36 @@ def health_rules(settings: Settings) -> HealthRules:
                        min_messages=settings.health_silence_min_messages)
 
 
-def add_health_check(app: faust.App, check: HealthCheck, interval: float) -> None:
-    """The periodic stream health check, while the worker's partitions and their tables
-    are settled (during a rebalance another worker may own a deployment already)."""
+def add_health_check(app: faust.App, check: HealthCheck | StreamStatusCheck,
+                     interval: float) -> None:
+    """A periodic stream health check (of the events seen, or of the Convex stream
+    status), while the worker's partitions and their tables are settled (during a
+    rebalance another worker may own a deployment already)."""
 
-    @app.timer(interval=interval)
+    @app.timer(interval=interval, name=f"{type(check).__name__}.run")
     async def check_health() -> None:
         if (app.rebalancing or app.in_recovery
                 or not cast(Any, app.tables).recovery.completed.is_set()):
             return
+        await run_check(check)
+
+
+async def run_check(check: HealthCheck | StreamStatusCheck) -> bool:
+    """One pass of a check; False if it raised (a broker or registry hiccup): the checks
+    are best-effort and the next pass does the same work again, so the failure is
+    logged instead of crashing the worker, which owns the usage too."""
+    try:
         await check.run()
+    except Exception:
+        metrics.HEALTH_CHECK_FAILURES.labels(type(check).__name__).inc()
+        log.exception("stream health check failed; the next one tries again")
+        return False
+    return True
 
 
 def add_health_pages(app: faust.App, raw: faust.TopicT, registry: RegistryView,
-                     health: StreamHealth, check: HealthCheck, partitions: int,
-                     clock: Clock) -> None:
+                     health: StreamHealth, check: HealthCheck, status: StreamStatusCheck,
+                     partitions: int, clock: Clock) -> None:
     """`GET /v1/deployments/{deployment}/health`, answered by the worker that owns the
     deployment (as the quota page), and `GET /v1/health/fleet`: this worker's counts
     by state added to every other worker's (asked with `?local=1` and the same token)."""
@@ -381,6 +403,9 @@ def add_health_pages(app: faust.App, raw: faust.TopicT, registry: RegistryView,
                 return self.json({"error": f"deployment {deployment!r} is not registered",
                                   "reason": "unknown_deployment"}, status=404)
             report = health.report(deployment, clock())
+            report["stream_status"] = status.report(deployment)
+            if status.failing(deployment):
+                report["state"] = FAILED
             return self.bytes(orjson.dumps(report), content_type="application/json")
 
     @app.page("/v1/health/fleet")

@@ -19,7 +19,7 @@ from typing import Any
 from meterstream.core.registry import RegistryView
 from processors import metrics
 from processors.alert_log import AlertLog
-from processors.stream_health import NEVER_SEEN, STATES, StreamHealth, state_of
+from processors.stream_health import FAILED, NEVER_SEEN, STATES, StreamHealth, state_of
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,13 @@ Clock = Callable[[], int]
 
 class HealthCheck:
     def __init__(self, health: StreamHealth, registry: RegistryView, alerts: AlertLog,
-                 assigned: Callable[[], set[int]], clock: Clock) -> None:
+                 assigned: Callable[[], set[int]], clock: Clock,
+                 failing: Callable[[str], bool] = lambda _: False) -> None:
+        """`failing`: whether a deployment's Convex log stream is failed, gone or pointing
+        elsewhere, as this worker's stream status check last saw it (it holds only
+        the deployments of this worker's partitions)."""
         self.health = health
+        self.failing = failing
         self.registry = registry
         self.alerts = alerts
         self.assigned = assigned
@@ -47,11 +52,14 @@ class HealthCheck:
                 continue
             due = self.health.due(deployment.name, now)
             if due is None:
+                if self.failing(deployment.name):  # provisioned, failed, never heard from
+                    counts[FAILED] += 1
                 continue
             partition, alerts = due
             if partition not in assigned:  # another worker's (a standby copy here)
                 continue
-            counts[state_of({alert["signal"] for alert in alerts})] += 1
+            counts[state_of({alert["signal"] for alert in alerts},
+                            self.failing(deployment.name))] += 1
             if alerts:
                 await self.alerts.ensure_loaded(partition, assigned)
                 await self.alerts.publish(partition, alerts)
@@ -71,9 +79,14 @@ class HealthCheck:
             if deployment.removed_at:
                 continue
             value = self.health.value(deployment.name)
-            if value is None or value["p"] not in assigned:
+            if value is None:
+                if self.failing(deployment.name):
+                    counts[FAILED] += 1
                 continue
-            counts[self.health.report(deployment.name, now)["state"]] += 1
+            if value["p"] not in assigned:
+                continue
+            state = self.health.report(deployment.name, now)["state"]
+            counts[FAILED if self.failing(deployment.name) else state] += 1
         return {"partitions": sorted(assigned),
                 "counts": {state: counts[state] for state in STATES if state != NEVER_SEEN}}
 

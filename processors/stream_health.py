@@ -47,9 +47,10 @@ RETENTION_MS = 35 * DAY_MS
 """A deployment's health is forgotten this long after its last event (past any period)."""
 
 OK, STALE, SILENT, NEVER_SEEN = "ok", "stale", "silent", "never_seen"
-STATES = (OK, STALE, SILENT, NEVER_SEEN)
-"""A deployment's state, worst first: stale (no heartbeat), silent, ok; never_seen
-before its first event."""
+FAILED = "failed"
+STATES = (FAILED, STALE, SILENT, OK, NEVER_SEEN)
+"""A deployment's state, worst first: failed (its Convex log stream, processors/
+stream_status.py), stale (no heartbeat), silent, ok; never_seen before its first event."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,9 @@ class StreamHealth:
         }
 
 
-def state_of(stale: set[str]) -> str:
+def state_of(stale: set[str], failing: bool = False) -> str:
+    if failing:
+        return FAILED
     if STORAGE_SIGNAL in stale:
         return STALE
     return SILENT if SILENCE_SIGNAL in stale else OK

@@ -204,6 +204,10 @@ VARIABLES: tuple[Variable, ...] = (
              "baseline)."),
     Variable("METERSTREAM_HEALTH_CHECK_INTERVAL", "60",
              "Seconds between the worker's checks of its deployments' stream health."),
+    Variable("METERSTREAM_HEALTH_STATUS_INTERVAL", "300",
+             "Seconds between the worker's reads of its provisioned deployments' log stream "
+             "status from the Convex Platform API (a `stream_failed` alert when failed, gone "
+             "or pointing elsewhere)."),
     Variable("METERSTREAM_ALERT_WEBHOOKS", "",
              "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
              "body (x-webhook-timestamp, x-webhook-signature: see docs/worker-and-quotas.md); "
@@ -385,6 +389,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "health_silence_min_messages": ("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", int, 1,
                                     1_000_000),
     "health_check_interval": ("METERSTREAM_HEALTH_CHECK_INTERVAL", float, 0.1, 3600.0),
+    "health_status_interval": ("METERSTREAM_HEALTH_STATUS_INTERVAL", float, 0.1, 86400.0),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
 }
 
@@ -438,6 +443,7 @@ class Settings:
     health_silence_floor: float = 900.0
     health_silence_min_messages: int = 20
     health_check_interval: float = 60.0
+    health_status_interval: float = 300.0
     sink_max_attempts: int = 3
     replication_factor: int = 1
     min_insync_replicas: int = 1

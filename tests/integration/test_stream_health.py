@@ -1,6 +1,8 @@
 """Stream health on the real broker: a deployment whose storage heartbeat stops raises one
 `stream_stale` alert (on `<ns>.alerts` and at the alert webhook), shows as stale on the
-worker's health API and in the fleet view, and recovers when storage usage arrives again.
+worker's health API and in the fleet view, and recovers when storage usage arrives again;
+a provisioned deployment whose log stream the stand-in Platform API reports `failed`
+raises one `stream_failed` alert, and recovers when it is `active` again.
 
 The threshold is configured to seconds (METERSTREAM_HEALTH_STORAGE_STALE) instead of
 the default two hours; the test waits for each alert, never for a time."""
@@ -20,6 +22,7 @@ import orjson
 import pytest
 
 from tests.support import free_port, meterstream, read_topic, recent_events, wait_for
+from tests.support.convex_standin import ConvexStandIn
 from tests.support.pipeline import running_pipeline, worker_page
 
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
@@ -134,3 +137,56 @@ def test_a_stopped_heartbeat_raises_one_stale_alert_and_recovers(
     assert episode[1]["until"] == back
     assert {a["deployment"] for a in alerts} == {DEPLOYMENT}
     assert [a["id"] for a in received if a["since"] == first] == [stale_id, recovered_id]
+
+
+def test_a_failed_stream_at_the_platform_api_raises_one_stream_failed_alert(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    name, deploy_key = "failing-otter-9", "prod:failing-otter-9|eyJ2IjoiaGVhbHRoLXRlc3QifQ"
+    convex = ConvexStandIn().start()
+    try:
+        convex.add(name, deploy_key)
+        receiver = free_port()
+        env = {"METERSTREAM_RECEIVER_PORT": str(receiver),
+               "METERSTREAM_PUBLIC_URL": f"http://127.0.0.1:{receiver}",
+               "METERSTREAM_CONVEX_API_URL": convex.url_template,
+               "METERSTREAM_HEALTH_STATUS_INTERVAL": "0.5"}
+        with running_pipeline(kafka_bootstrap, tmp_path, extra_env=env) as pipeline:
+            status, answer = pipeline.admin("POST", f"/v1/deployments/{name}/provision",
+                                            {"deploy_key": deploy_key})
+            assert status == 200, answer
+            assert "deploy_key" not in json.dumps(answer)  # stored sealed, never shown
+            stream = convex.deployments[name].streams[answer["log_stream_id"]]
+            port = pipeline.env["METERSTREAM_WORKER_PORT"]
+            namespace = pipeline.namespace
+            wait_for(lambda: ((page(port, f"/v1/deployments/{name}/health") or {}).get(
+                "stream_status") or {}).get("state") == "active", timeout=90,
+                what="the stream seen active (verified) by the worker's check")
+
+            stream.status, stream.reason = "failed", "verification: 404 Not Found"
+            failed_id = f"stream_failed|{name}|stream_status|1"
+            wait_for(lambda: any(a["id"] == failed_id
+                                 for a in alerts_of(kafka_bootstrap, namespace)),
+                     timeout=60, what="the stream_failed alert")
+            report = page(port, f"/v1/deployments/{name}/health")
+            assert report["state"] == "failed"
+            assert report["stream_status"]["reason"] == "verification: 404 Not Found"
+            assert page(port, "/v1/health/fleet")["counts"]["failed"] == 1
+
+            stream.status, stream.reason = "active", None
+            recovered_id = f"stream_recovered|{name}|stream_status|1"
+
+            def recovered() -> list[dict[str, Any]] | None:
+                found = alerts_of(kafka_bootstrap, namespace)
+                return found if any(a["id"] == recovered_id for a in found) else None
+
+            alerts = wait_for(recovered, timeout=60, what="the stream_recovered alert")
+            assert page(port, f"/v1/deployments/{name}/health")["state"] != "failed"
+    finally:
+        convex.stop()
+
+    # Checked every 0.5 s while it was failed: one alert for the episode, one recovery.
+    assert [(a["id"], a["kind"]) for a in alerts] == [
+        (failed_id, "stream_failed"), (recovered_id, "stream_recovered")]
+    assert (alerts[0]["status"], alerts[0]["reason"], alerts[0]["log_stream_id"]) == (
+        "failed", "verification: 404 Not Found", stream.id)
+    assert alerts[1]["recovers"] == failed_id

@@ -14,11 +14,9 @@ import orjson
 import pytest
 
 from meterstream.core.config import ConfigError, Settings
-from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import WEBHOOK_ORIGIN
 from meterstream.core.windows import DAY_MS, HOUR_MS, MINUTE_MS
 from processors import metrics
-from processors.alert_log import AlertLog
 from processors.app import health_rules
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector
@@ -34,6 +32,7 @@ from processors.stream_health import (
     health_key,
 )
 from tests.support import convex_examples
+from tests.support.alerts import ListedAlerts
 
 T0 = 1_795_000_000_000
 DEPLOYMENT = "happy-otter-123"
@@ -163,24 +162,6 @@ def test_the_value_is_bounded_and_its_expiry_remembered_once_a_day() -> None:
     assert expiry.remembered == [(health_key(DEPLOYMENT), 0, day + RETENTION_MS)]
 
 
-class Alerts(AlertLog):
-    """The alert log with the topic replaced by a list (the broker's part is tested in
-    tests/integration/test_stream_health.py)."""
-
-    def __init__(self) -> None:
-        super().__init__(KafkaConnection(""), "alerts", self._store, 100)
-        self.stored: list[dict[str, Any]] = []
-
-    async def _store(self, key: bytes, value: bytes) -> Any:
-        self.stored.append(orjson.loads(value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    async def _read_ids(self, partitions: set[int]) -> dict[int, set[str]]:
-        return {p: set() for p in partitions}
-
-
 class Registry:
     def __init__(self, *names: str, removed: tuple[str, ...] = ()) -> None:
         self.records = {name: SimpleNamespace(name=name, removed_at=0, quotas=[])
@@ -197,22 +178,23 @@ class Registry:
 
 def test_the_check_publishes_each_episode_once_and_the_recovery_after_it() -> None:
     state, _, _ = health()
-    alerts = Alerts()
+    alerts = ListedAlerts()
     now = [T0]
     check = HealthCheck(state, Registry(DEPLOYMENT, "quiet-otter-2"),  # type: ignore[arg-type]
                         alerts, lambda: {0}, lambda: now[0])
 
     async def scenario() -> None:
         state.observe(DEPLOYMENT, {HEARTBEAT: T0}, 0, 1)
-        assert await check.run() == {"ok": 1, "stale": 0, "silent": 0}
+        assert await check.run() == {"failed": 0, "stale": 0, "silent": 0, "ok": 1}
         now[0] = T0 + 3 * HOUR_MS
-        assert await check.run() == {"ok": 0, "stale": 1, "silent": 0}
-        assert await check.run() == {"ok": 0, "stale": 1, "silent": 0}  # again: not re-sent
+        assert await check.run() == {"failed": 0, "stale": 1, "silent": 0, "ok": 0}
+        # Again: still stale, not sent again.
+        assert await check.run() == {"failed": 0, "stale": 1, "silent": 0, "ok": 0}
         assert metrics.DEPLOYMENTS_BY_HEALTH.labels("stale")._value.get() == 1
         # The heartbeat is back: the message re-derives the stale alert (already on the
         # topic) and adds the recovery.
         await alerts.publish(0, state.observe(DEPLOYMENT, {HEARTBEAT: now[0]}, 0, 2))
-        assert await check.run() == {"ok": 1, "stale": 0, "silent": 0}
+        assert await check.run() == {"failed": 0, "stale": 0, "silent": 0, "ok": 1}
 
     asyncio.run(scenario())
     assert [(a["id"], a["kind"]) for a in alerts.stored] == [
@@ -223,7 +205,7 @@ def test_a_missed_episode_is_still_told_when_it_ends() -> None:
     """No check ran while the heartbeat was missing (the worker was down): the message
     that ends it publishes the stale alert and the recovery, once."""
     state, _, _ = health()
-    alerts = Alerts()
+    alerts = ListedAlerts()
 
     async def scenario() -> None:
         await alerts.ensure_loaded(0, {0})
@@ -238,22 +220,22 @@ def test_a_missed_episode_is_still_told_when_it_ends() -> None:
 
 def test_the_check_leaves_other_workers_and_removed_deployments_alone() -> None:
     state, _, _ = health()
-    alerts = Alerts()
+    alerts = ListedAlerts()
     state.observe(DEPLOYMENT, {HEARTBEAT: T0}, 1, 1)  # partition 1: not this worker's
     state.observe("gone-otter-3", {HEARTBEAT: T0}, 0, 2)
     check = HealthCheck(state, Registry(DEPLOYMENT, removed=("gone-otter-3",)),  # type: ignore[arg-type]
                         alerts, lambda: {0}, lambda: T0 + DAY_MS)
-    assert asyncio.run(check.run()) == {"ok": 0, "stale": 0, "silent": 0}
+    assert asyncio.run(check.run()) == {"failed": 0, "stale": 0, "silent": 0, "ok": 0}
     assert alerts.stored == []
     assert check.local_counts() == {"partitions": [0],
-                                    "counts": {"ok": 0, "stale": 0, "silent": 0}}
+                                    "counts": {"failed": 0, "stale": 0, "silent": 0, "ok": 0}}
 
 
 def test_the_fleet_view_adds_the_shares_and_says_what_it_misses() -> None:
-    shares = [{"partitions": [0, 1], "counts": {"ok": 3, "stale": 1, "silent": 0}},
-              {"partitions": [2], "counts": {"ok": 1, "stale": 0, "silent": 2}}]
+    shares = [{"partitions": [0, 1], "counts": {"failed": 1, "ok": 3, "stale": 1, "silent": 0}},
+              {"partitions": [2], "counts": {"failed": 0, "ok": 1, "stale": 0, "silent": 2}}]
     assert fleet(10, shares, 3) == {
-        "counts": {"ok": 4, "stale": 1, "silent": 2, "never_seen": 3},
+        "counts": {"failed": 1, "stale": 1, "silent": 2, "ok": 4, "never_seen": 2},
         "registered": 10, "complete": True, "missing_partitions": []}
     partial = fleet(10, shares[:1], 3)
     assert partial["complete"] is False
@@ -268,7 +250,7 @@ def test_the_worker_keeps_health_from_both_paths_for_registered_deployments_only
     usage = UsageState(table, DAY_MS)
     state = StreamHealth(table, usage.expiry, RULES)
     processor = RawProcessor(
-        Deduplicator(MemoryPartitions(), 7 * DAY_MS), usage, Alerts(),
+        Deduplicator(MemoryPartitions(), 7 * DAY_MS), usage, ListedAlerts(),
         RunawayDetector(usage, 10, 10**9), Registry(DEPLOYMENT),  # type: ignore[arg-type]
         lambda *_: _done(), DAY_MS, lambda: {0}, None, health=state)
     examples = convex_examples()["events"]
@@ -325,7 +307,7 @@ def test_a_threshold_of_nothing_is_refused_at_start() -> None:
 
 
 
-class GatedAlerts(Alerts):
+class GatedAlerts(ListedAlerts):
     """An alert log whose topic read waits for the test's word."""
 
     def __init__(self, on_topic: set[str]) -> None:
@@ -358,7 +340,7 @@ def test_the_check_and_the_agent_loading_at_once_read_the_topic_once() -> None:
 
 
 def test_a_partition_revoked_during_a_check_publishes_nothing_and_raises_nothing() -> None:
-    log = Alerts()
+    log = ListedAlerts()
     alert = {"id": STALE_ID, "kind": "stream_stale", "deployment": DEPLOYMENT}
     store = log._store
 
