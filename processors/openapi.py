@@ -22,6 +22,8 @@ from meterstream.core.openapi import (
 )
 
 QUOTA_PATH = "/v1/quota/{deployment}"
+HEALTH_PATH = "/v1/deployments/{deployment}/health"
+FLEET_PATH = "/v1/health/fleet"
 
 NUMBER: Schema = {"type": "number"}
 
@@ -99,6 +101,25 @@ def worker_document(probes: bool = True) -> dict[str, Any]:
                  "schema": {"type": "string"},
                  "description": "An end user: adds their tokens and per-user quotas."},
             ])},
+        HEALTH_PATH: {"get": operation(
+            "Stream health of one deployment (docs/stream-health.md), from the worker that "
+            "owns it: last event per type, storage heartbeat, silence, Convex stream status.",
+            {"200": ok("The report.", {"type": "object", "required": ["state"],
+                                       "properties": {"state": {"type": "string"}}}),
+             "404": refusal("unknown_deployment: not registered, or removed."),
+             **GUARD},
+            "worker", operationId="streamHealth",
+            parameters=[{"name": "deployment", "in": "path", "required": True,
+                         "schema": {"type": "string", "minLength": 1}}])},
+        FLEET_PATH: {"get": operation(
+            "Deployments by stream health state across every worker (with local=1: this "
+            "worker's share only).",
+            {"200": ok("The counts.", {"type": "object"}), **GUARD},
+            "worker", operationId="fleetHealth",
+            parameters=[{"name": "local", "in": "query", "required": False,
+                         "schema": {"type": "string"},
+                         "description": "Any value: this worker's counts only (what the "
+                                        "worker asked for the fleet view asks the others)."}])},
         "/": {"get": operation(
             "Faust's index page: says the web server runs, nothing more.",
             {"200": ok("Running.", {"type": "object"}), **GUARD},

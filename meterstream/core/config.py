@@ -188,6 +188,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_RUNAWAY_MIN_CALLS", "1000",
              "Function calls in a minute below which no runaway alert is raised, whatever the "
              "baseline (so a quiet app waking up is not a runaway)."),
+    Variable("METERSTREAM_HEALTH_STORAGE_STALE", "7200",
+             "Seconds without a `current_storage_usage` event (Convex sends one every 30-90 "
+             "minutes) after which a deployment that sent one before is stale: a "
+             "`stream_stale` alert (docs/stream-health.md)."),
+    Variable("METERSTREAM_HEALTH_SILENCE_MULTIPLE", "10",
+             "A deployment with a baseline is silent (a `stream_stale` alert) after no "
+             "activity for this multiple of its mean gap between messages, or "
+             "METERSTREAM_HEALTH_SILENCE_FLOOR if longer."),
+    Variable("METERSTREAM_HEALTH_SILENCE_FLOOR", "900",
+             "Seconds of silence below which no deployment is called silent, whatever its "
+             "baseline."),
+    Variable("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", "20",
+             "Gaps between a deployment's messages seen before its silence is judged (its "
+             "baseline)."),
+    Variable("METERSTREAM_HEALTH_CHECK_INTERVAL", "60",
+             "Seconds between the worker's checks of its deployments' stream health."),
+    Variable("METERSTREAM_HEALTH_STATUS_INTERVAL", "300",
+             "Seconds between the worker's reads of its provisioned deployments' log stream "
+             "status from the Convex Platform API (a `stream_failed` alert when failed, gone "
+             "or pointing elsewhere)."),
     Variable("METERSTREAM_ALERT_WEBHOOKS", "",
              "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
              "body (x-webhook-timestamp, x-webhook-signature: see docs/worker-and-quotas.md); "
@@ -380,6 +400,13 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "worker_max_attempts": ("METERSTREAM_WORKER_MAX_ATTEMPTS", int, 1, 100),
     "worker_max_users": ("METERSTREAM_WORKER_MAX_USERS", int, 1, 1_000_000),
     "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
+    "health_storage_stale": ("METERSTREAM_HEALTH_STORAGE_STALE", float, 1.0, 31 * 24 * 3600.0),
+    "health_silence_multiple": ("METERSTREAM_HEALTH_SILENCE_MULTIPLE", float, 1.0, 1e6),
+    "health_silence_floor": ("METERSTREAM_HEALTH_SILENCE_FLOOR", float, 1.0, 31 * 24 * 3600.0),
+    "health_silence_min_messages": ("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", int, 1,
+                                    1_000_000),
+    "health_check_interval": ("METERSTREAM_HEALTH_CHECK_INTERVAL", float, 0.1, 3600.0),
+    "health_status_interval": ("METERSTREAM_HEALTH_STATUS_INTERVAL", float, 0.1, 86400.0),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
     "lag_interval": ("METERSTREAM_LAG_INTERVAL", float, 0.1, 3600.0),
     "read_token_ttl": ("METERSTREAM_READ_TOKEN_TTL", float, 1.0, 10 * 366 * 24 * 3600.0),
@@ -432,6 +459,12 @@ class Settings:
     worker_max_attempts: int = 3
     worker_max_users: int = 1000
     worker_max_user_alerts: int = 100
+    health_storage_stale: float = 7200.0
+    health_silence_multiple: float = 10.0
+    health_silence_floor: float = 900.0
+    health_silence_min_messages: int = 20
+    health_check_interval: float = 60.0
+    health_status_interval: float = 300.0
     sink_max_attempts: int = 3
     replication_factor: int = 1
     min_insync_replicas: int = 1
