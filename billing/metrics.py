@@ -24,3 +24,9 @@ WAITING = Gauge("meterstream_billing_invoice_run_waiting",
 LOOKS = Counter("meterstream_billing_invoice_run_looks_total",
                 "Looks at the pipeline's progress by the waiting invoice run, by the stage it "
                 "was at after the look.", ["stage"])
+ADJUSTMENTS = Counter("meterstream_billing_adjustments_created_total",
+                      "Adjustments created for usage that landed after a subject's invoices, "
+                      "by subject (deployment, end_user).", ["subject"])
+UNBILLED = Counter("meterstream_billing_unbilled_late_usage_total",
+                   "Subjects of a closed period found with usage its invoices do not hold "
+                   "(reported in unbilled_usage, not billed), counted per invoice run.")
