@@ -135,6 +135,9 @@ def _usage(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> int:
     if end <= start:
         raise queries.UsageQueryError("--to must be after --from")
     if args.top is not None:
+        if args.invoiced:
+            raise queries.UsageQueryError("--invoiced goes with --deployment or --team, "
+                                          "not --top")
         if args.top < 1:
             raise queries.UsageQueryError("--top takes a positive number")
         ranked, problems = queries.top(db, book, registry, args.top, start, end)

@@ -110,3 +110,9 @@ def test_closing_a_bad_or_unfinished_period_is_refused(env: dict[str, str], peri
     assert refused.stderr.strip().startswith(f"meterstream invoices close: {message}")
     shown = meterstream(["sql", "SELECT count() FROM closed_periods"], env)
     assert shown.stdout == "0\n"
+
+
+def test_usage_invoiced_is_refused_with_top(env: dict[str, str]) -> None:
+    refused = meterstream(["usage", "--top", "3", "--invoiced"], env, check=False)
+    assert (refused.returncode, refused.stderr.strip().splitlines()[-1]) == (
+        1, "meterstream usage: --invoiced goes with --deployment or --team, not --top")

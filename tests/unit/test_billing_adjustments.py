@@ -1,5 +1,5 @@
 """Usage that lands after an invoice: adjustments, reruns, failed adjustments, concurrent
-runs and closed periods, on the real embedded engine (chdb).
+runs and closed periods, on the real embedded engine (chdb; no broker).
 
 Rows go straight into the raw tables, as the sink writes them. Every expected amount is
 written by hand from the default price book (billing/default_price_book.toml): the
@@ -188,6 +188,24 @@ def test_a_failed_adjustment_is_billed_again_by_the_next(client: Client, db: Dat
     assert lines(second) == lines(first)
     assert (second.amount, second.amount_due) == (Decimal("0.055"), Decimal("0.06"))
     assert generate(db, book).adjustments == []
+
+
+def test_late_tokens_of_a_model_without_prices_are_a_problem_not_an_adjustment(
+        client: Client, db: Database, book: PriceBook) -> None:
+    insert_tokens(client, APP, "u1", ms("2026-10-05T10:00:00"), "openai", "gpt-4o-mini", "s1",
+                  output_tokens=1_000_000, total_tokens=1_000_000)
+    database_io(client, "2026-10-05T11:00:00", 3 * GIB // 4)
+    assert len(generate(db, book).created) == 2
+    insert_tokens(client, APP, "u1", ms("2026-10-06T10:00:00"), "mystery", "model-x", "s2",
+                  output_tokens=10, total_tokens=10)
+    database_io(client, "2026-10-20T10:00:00", GIB // 2)
+    run = generate(db, book)
+    assert run.problems == [
+        f"end_user {APP} user 'u1': no token prices for provider 'mystery' model 'model-x' "
+        f"in the price book {book.source}"]
+    # The deployment is adjusted all the same (0.055, as above); the end user is not.
+    assert [(i.subject, i.amount) for i in run.adjustments] == [
+        ("deployment", Decimal("0.055"))]
 
 
 class Deferred(Database):
