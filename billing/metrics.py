@@ -12,6 +12,12 @@ RUN_SECONDS = Histogram("meterstream_billing_invoice_run_seconds",
                         buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
 PROBLEMS = Counter("meterstream_billing_invoice_problems_total",
                    "Subjects an invoice run could not invoice (unknown plan or model).")
+ADJUSTMENTS = Counter("meterstream_billing_adjustments_created_total",
+                      "Adjustments created for usage that landed after a subject's invoices, "
+                      "by subject (deployment, end_user).", ["subject"])
+UNBILLED = Counter("meterstream_billing_unbilled_late_usage_total",
+                   "Subjects of a closed period found with usage its invoices do not hold "
+                   "(reported in unbilled_usage, not billed), counted per invoice run.")
 LAST_RUN = Gauge("meterstream_billing_last_invoice_run_timestamp_seconds",
                  "When the last scheduled invoice run finished (Unix time).")
 NEXT_RUN = Gauge("meterstream_billing_next_invoice_run_timestamp_seconds",
