@@ -38,13 +38,24 @@ ATTEMPTS = 5
 
 
 def add_parser(commands: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = commands.add_parser(
-        "secrets", help="the key sealing webhook secrets in the registry (status, rotation)")
+        "secrets", help="the key sealing webhook secrets in the registry (status, rotation)",
+        epilog="examples:\n  meterstream secrets status\n"
+               "  meterstream secrets generate-key > new.key\n"
+               "  METERSTREAM_SECRET_KEY_FILE=new.key METERSTREAM_SECRET_OLD_KEYS=$OLD_KEY "
+               "meterstream secrets reencrypt", formatter_class=raw)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("status", help="the current key's id and the key id of every record")
+    actions.add_parser("status", help="the current key's id and the key id of every record",
+                       epilog="example:\n  meterstream secrets status", formatter_class=raw)
     actions.add_parser("reencrypt",
-                       help="rewrite every record under METERSTREAM_SECRET_KEY (after a rotation)")
-    actions.add_parser("generate-key", help="print a new random key (base64 of 32 bytes)")
+                       help="rewrite every record under METERSTREAM_SECRET_KEY (after a rotation)",
+                       epilog="example:\n  METERSTREAM_SECRET_KEY_FILE=new.key "
+                              "METERSTREAM_SECRET_OLD_KEYS=$OLD_KEY meterstream secrets reencrypt",
+                       formatter_class=raw)
+    actions.add_parser("generate-key", help="print a new random key (base64 of 32 bytes)",
+                       epilog="example:\n  meterstream secrets generate-key > new.key",
+                       formatter_class=raw)
 
 
 def run(args: argparse.Namespace, settings: Settings, keyring: secret_box.Keyring | None) -> int:
