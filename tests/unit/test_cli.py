@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from meterstream.core.logs import JsonFormatter, TextFormatter, chosen_format
 from meterstream.core.query import own_format
 from meterstream.core.text_table import aligned, tab_separated
 from tests.support import REPO, free_port, meterstream
+from tests.support.terminal import at_terminal
 
 TOKEN = "admin-token-0123456789"
 
@@ -236,26 +236,6 @@ def test_tables_align_at_a_terminal_and_escape_control_characters() -> None:
     assert tab_separated(rows) == ("name\tcost\tcalls\nhappy-otter-123\t3.9\t12\n"
                                    "evil\x1b[2J\t123.45\t0.5\n")
     assert aligned([]) == ""
-
-
-def at_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Runs the command with its stdout on a pseudo-terminal; its exit code and output."""
-    main, child = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "meterstream", *args],
-                               env={**os.environ, **env}, stdout=child,
-                               stderr=subprocess.DEVNULL, cwd=REPO)
-    os.close(child)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(main)
-    return process.wait(60), b"".join(chunks).decode().replace("\r\n", "\n")
 
 
 @pytest.fixture
