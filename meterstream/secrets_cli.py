@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from meterstream.core import secret_box
 from meterstream.core.config import SECRET_KEY_BYTES, ConfigError, Settings
 from meterstream.core.kafka_client import KafkaConnection
-from meterstream.core.topics import Topics
+from meterstream.core.topics import Topics, existing_topics
 
 SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")  # meterstream/core/registry.py's
 READ_TIMEOUT = 60.0
@@ -98,7 +98,10 @@ class Reencrypted:
 
 async def read_records(kafka: KafkaConnection, topic: str) -> tuple[dict[str, bytes], int]:
     """The latest value of every deployment in the registry topic, and the end offset read
-    up to (tombstones remove a deployment)."""
+    up to (tombstones remove a deployment). No topic: no records, and none is created
+    (reading a missing topic would have the broker create it with its own defaults)."""
+    if topic not in await existing_topics(kafka, [topic]):
+        return {}, 0
     tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",

@@ -53,7 +53,7 @@ def main(settings: Settings) -> None:
         *probes,
         loop=loop,
         loglevel=settings.log_level,
-        logging_config=logging_config("worker", settings.log_level),
+        logging_config=logging_config("worker", settings.log_level, settings.log_format),
         redirect_stdouts=False,
         quiet=True,
     )

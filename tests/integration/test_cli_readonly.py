@@ -68,6 +68,10 @@ def test_read_only_commands_create_no_topic(env: dict[str, str]) -> None:
     assert (json.loads(shown.stdout), shown.stderr) == ([], "")  # no "applied migration"
     assert meterstream(["sql", "SELECT count() > 0 FROM function_executions"],
                        env).stdout == "1\n"
+    key = meterstream(["secrets", "generate-key"], env).stdout.strip()
+    status = meterstream(["secrets", "status"], {**env, "METERSTREAM_SECRET_KEY": key})
+    assert status.stdout.startswith("current key id: ")
+    assert "records sealed with" not in status.stdout
     assert ours() == set()
 
 
