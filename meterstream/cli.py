@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_argument("--sasl-ssl", action="store_true",
                        help="start: clients connect with SASL_SSL and SCRAM-SHA-512 (a CA, "
                             "a broker certificate and a user are made; their settings are "
-                            "printed)")
+                            "printed); with --brokers, every node and the replication "
+                            "between them)")
     kafka.add_argument("--brokers", type=int, default=None, metavar="N",
                        help="a local cluster of N nodes (broker + controller each) on ports "
                             "METERSTREAM_KAFKA's + 2(k-1); stop and status cover all of them")

@@ -87,3 +87,10 @@ API_REFUSED = Counter(
     "web_access.py), by reason: api_disabled, unauthenticated, forbidden.",
     ["reason"],
 )
+CONSUMER_LAG = Gauge(
+    "meterstream_worker_consumer_lag",
+    "Raw messages not yet committed by the worker's group, per raw partition this worker "
+    "owns: end offset minus committed offset (meterstream/core/lag.py), measured every "
+    "METERSTREAM_LAG_INTERVAL seconds.",
+    ["topic", "partition"],
+)

@@ -240,6 +240,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Comma-separated host names to which URLs carrying credentials may use http:// "
              "although they are not loopback (a private network's service names, e.g. "
              "`clickhouse` in docker-compose.yml); every other such URL must be https://."),
+    Variable("METERSTREAM_LAG_INTERVAL", "5",
+             "How often (s) the worker and the sink measure their consumer lag per partition "
+             "they own (meterstream_worker_consumer_lag, meterstream_sink_consumer_lag; "
+             "docs/observability.md)."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -369,6 +373,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "worker_max_users": ("METERSTREAM_WORKER_MAX_USERS", int, 1, 1_000_000),
     "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
+    "lag_interval": ("METERSTREAM_LAG_INTERVAL", float, 0.1, 3600.0),
 }
 
 
@@ -430,6 +435,8 @@ class Settings:
     receiver_metrics_port: int = 8689
     worker_metrics_port: int = 6166
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    lag_interval: float = 5.0
+    """METERSTREAM_LAG_INTERVAL: seconds between two looks at the consumer lag."""
     log_format: str = "auto"
     """METERSTREAM_LOG_FORMAT: auto, text or json (meterstream/core/logs.py)."""
 
