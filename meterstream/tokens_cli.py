@@ -28,21 +28,48 @@ def duration(text: str) -> int:
     return int(match.group(1)) * _SECONDS[match.group(2)]
 
 
+ISSUE_EXAMPLES = """\
+examples:
+  meterstream tokens issue --deployment happy-otter-123
+  meterstream tokens issue --deployment happy-otter-123 --user user_2f9KqM --expires-in 12h
+  meterstream tokens issue --team acme --expires-in 30d"""
+
+LIST_EXAMPLES = """\
+examples:
+  meterstream tokens list
+  meterstream tokens list --deployment happy-otter-123
+  meterstream tokens list --team acme"""
+
+REVOKE_EXAMPLES = """\
+examples:
+  meterstream tokens revoke 1f2e3d4c5b6a7980"""
+
+
 def add_parser(commands: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = commands.add_parser(
-        "tokens", help="read tokens of the scoped usage view, GET /v1/usage (admin API)")
+        "tokens", help="read tokens of the scoped usage view, GET /v1/usage (admin API)",
+        epilog="examples:\n  meterstream tokens issue --deployment happy-otter-123\n"
+               "  meterstream tokens list\n  meterstream tokens revoke 1f2e3d4c5b6a7980",
+        formatter_class=raw)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     issue = actions.add_parser("issue", help="issue a read token for a deployment, a team "
-                                             "or an end user; prints it once")
-    issue.add_argument("--deployment", help="the deployment it reads (with --user: its end user)")
-    issue.add_argument("--user", help="one end user (userId) of --deployment")
-    issue.add_argument("--team", help="every deployment of a team")
+                                             "or an end user; prints it once",
+                               epilog=ISSUE_EXAMPLES, formatter_class=raw)
+    issue.add_argument("--deployment", help="the deployment it reads (with --user: its end "
+                                            "user), e.g. happy-otter-123")
+    issue.add_argument("--user", help="one end user (userId) of --deployment, e.g. "
+                                      "user_2f9KqM")
+    issue.add_argument("--team", help="every deployment of a team, e.g. acme")
     issue.add_argument("--expires-in", type=duration, metavar="DURATION",
                        help="validity, e.g. 30d or 12h (default: METERSTREAM_READ_TOKEN_TTL)")
-    listing = actions.add_parser("list", help="the read tokens (never the tokens themselves)")
-    listing.add_argument("--deployment")
-    listing.add_argument("--team")
-    actions.add_parser("revoke", help="revoke a read token by its id").add_argument("id")
+    listing = actions.add_parser("list", help="the read tokens (never the tokens themselves)",
+                                 epilog=LIST_EXAMPLES, formatter_class=raw)
+    listing.add_argument("--deployment", help="only this deployment's, e.g. happy-otter-123")
+    listing.add_argument("--team", help="only this team's, e.g. acme")
+    actions.add_parser("revoke", help="revoke a read token by its id",
+                       epilog=REVOKE_EXAMPLES, formatter_class=raw).add_argument(
+        "id", help="the token's id (before the dot), e.g. 1f2e3d4c5b6a7980")
 
 
 def _route(args: argparse.Namespace) -> tuple[str, str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import ipaddress
 import os
 import re
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "KafkaSecurity", "Settings"]
+__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "KafkaSecurity", "Settings",
+           "unknown_variables"]
 
 _T = TypeVar("_T")
 
@@ -229,6 +231,9 @@ VARIABLES: tuple[Variable, ...] = (
              "token prices per provider and model. Empty means the one shipped in "
              "billing/default_price_book.toml."),
     Variable("METERSTREAM_LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("METERSTREAM_LOG_FORMAT", "auto",
+             "auto, text or json: how logs are written on stderr. auto is text (one readable "
+             "line each) when stderr is a terminal and JSON (one object a line) otherwise."),
     Variable("METERSTREAM_WORKER_MAX_ATTEMPTS", "3",
              "Times the worker tries a raw message whose processing raises before it sends "
              "the message to the dead-letter topic and goes on with the next."),
@@ -486,6 +491,8 @@ class Settings:
     usage_cors_origins: tuple[str, ...] = ()
     """METERSTREAM_USAGE_CORS_ORIGINS: exact origins, or ("*",)."""
     worker_url: str = "http://127.0.0.1:6066"
+    log_format: str = "auto"
+    """METERSTREAM_LOG_FORMAT: auto, text or json (meterstream/core/logs.py)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -580,6 +587,8 @@ class Settings:
                                   env.get("METERSTREAM_WORKER_URL", "").strip(),
                                   raw("METERSTREAM_WORKER_PORT"),
                                   _loopback(raw("METERSTREAM_BIND_HOST"))),
+            log_format=_choice("METERSTREAM_LOG_FORMAT", raw("METERSTREAM_LOG_FORMAT").lower(),
+                               ("auto", "text", "json")),
         )
 
     def __post_init__(self) -> None:
@@ -663,6 +672,26 @@ class Settings:
     @property
     def kafka_home(self) -> Path:
         return self.data_dir / "kafka"
+
+
+# METERSTREAM_* names that are not meterstream's settings: read by deploy/compose-secrets.sh.
+_NOT_SETTINGS = frozenset({"METERSTREAM_UID"})
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each METERSTREAM_* name in `env` that no setting reads, with the known name closest
+    to it (None when none is close): a misspelled variable would otherwise be ignored and
+    its default used without a word."""
+    known = {v.name for v in VARIABLES} | {f"{name}_FILE" for name in SECRET_VARIABLES}
+    found = []
+    for name in sorted(env):
+        if name.startswith("METERSTREAM_") and name not in known | _NOT_SETTINGS:
+            # Compared without the prefix every name shares, which would make all look close.
+            close = difflib.get_close_matches(name.removeprefix("METERSTREAM_"),
+                                              sorted(k.removeprefix("METERSTREAM_")
+                                                     for k in known), n=1, cutoff=0.6)
+            found.append((name, f"METERSTREAM_{close[0]}" if close else None))
+    return found
 
 
 def plain_http_allowed(url: str, insecure_hosts: tuple[str, ...] = ()) -> bool:
@@ -882,8 +911,8 @@ def _number(name: str, value: str, kind: Callable[[str], Number],
     try:
         number = kind(value)
     except ValueError:
-        kind_name = getattr(kind, "__name__", "number")
-        return _problem(f"{name} must be a {kind_name}, got {value!r}", low)
+        return _problem(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                        f"got {value!r}", low)
     if not low <= number <= high:
         return _problem(f"{name} must be between {low} and {high}, got {value!r}", low)
     return number

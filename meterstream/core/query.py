@@ -83,6 +83,18 @@ def _code(sql: str) -> str:
     return _LEXEMES.sub(replace, sql)
 
 
+# A trailing FORMAT clause (ClickHouse allows a SETTINGS clause after it).
+_OWN_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z]\w*)\s*(?:\bSETTINGS\b.*)?[\s;]*$",
+                         re.IGNORECASE | re.DOTALL)
+
+
+def own_format(sql: str) -> str | None:
+    """The format a query names in its own FORMAT clause, or None. The caller chooses the
+    output format, which ClickHouse takes as a second FORMAT: a syntax error."""
+    match = _OWN_FORMAT.search(_code(sql))
+    return match.group(1) if match else None
+
+
 def read_only_refusal(sql: str) -> str | None:
     """Why `sql` may not run read-only, or None. A statement that changes data or schema,
     or reaches files, URLs or other servers, is refused."""

@@ -56,7 +56,7 @@ def main(settings: Settings) -> None:
         lag_service(app, settings, topics.raw.name, loop),
         loop=loop,
         loglevel=settings.log_level,
-        logging_config=logging_config("worker", settings.log_level),
+        logging_config=logging_config("worker", settings.log_level, settings.log_format),
         redirect_stdouts=False,
         quiet=True,
     )
