@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 return _fail(command, problem)
             if args.command == "usage":
                 return _usage(args, db, book, registry or {})
-            return _invoices(args, db, book, registry or {})
+            return _invoices(args, db, book, registry or {}, bool(target.cluster))
     except EngineBusy as exc:
         return _fail(command, exc, ExitCode.CLICKHOUSE_UNREACHABLE)
     except (QueryError, TimeoutError, InvoiceError, ClosingError, UsageQueryError,
@@ -187,7 +187,8 @@ def _schema_problem(db: Any, where: str) -> str | None:
     return None
 
 
-def _invoices(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> int:
+def _invoices(args: argparse.Namespace, db: Any, book: Any, registry: Any,
+              replicated: bool) -> int:
     from billing import closing, export, invoices
     from billing.periods import Period
 
@@ -200,7 +201,8 @@ def _invoices(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> in
         return 0
     period = Period.parse(args.period)
     if args.action == "generate":
-        run = invoices.generate(db, period, book, registry)
+        run = invoices.generate(db, period, book, registry,
+                                replicated=replicated)
         print(json.dumps(run.summary(), indent=2))
         for problem in run.problems:
             print(f"meterstream invoices generate: {problem}", file=sys.stderr)

@@ -32,6 +32,7 @@ from billing.pricebook import PriceBook, PricingError
 from billing.registry import Owners, owner_of
 from billing.subjects import Subject
 from meterstream.core.progress import bar
+from meterstream.core.tables import EVENT_SPECS
 
 log = logging.getLogger("meterstream.billing")
 
@@ -232,11 +233,33 @@ def standing(measures: list[charges.Measure], documents: list[Invoice]) -> Stand
     return Standing(billed, pricing, current, tuple(late))
 
 
+SYNCED_TABLES: tuple[str, ...] = (*(spec.table for spec in EVENT_SPECS), "invoices",
+                                   "closed_periods")
+"""What an invoice run reads: on a cluster, brought up to date on this replica first."""
+
+
+def sync_replicas(db: Database) -> None:
+    """On a ClickHouse cluster (METERSTREAM_CLICKHOUSE_CLUSTER), waits until this replica
+    holds every part of the tables an invoice run reads that the replication log knew of.
+
+    An insert is acknowledged once its part is on the replica it went to: a sink writing
+    through another replica may have rows this one has not fetched yet, and an invoice
+    read here would bill less than was stored (the next run would adjust it, but the
+    invoice itself would be short). Raises after the server's timeout when a part cannot
+    be fetched (its only holder down): the run fails and is tried again."""
+    for table in SYNCED_TABLES:
+        db.command(f"SYSTEM SYNC REPLICA {table}")
+
+
 def generate(db: Database, period: Period, book: PriceBook, registry: Owners,
-             now_ms: int | None = None, progress: bool | None = None) -> Run:
+             now_ms: int | None = None, progress: bool | None = None,
+             replicated: bool = False) -> Run:
     """Invoices every subject of the period that has no invoice yet (or only failed
     ones), and adjusts every other whose usage grew since; in a closed period, reports
-    the difference instead (closing.Unbilled)."""
+    the difference instead (closing.Unbilled). `replicated`: ClickHouse is a cluster,
+    whose replica is synced first (`sync_replicas`)."""
+    if replicated:
+        sync_replicas(db)
     now = _now_ms(now_ms)
     run = Run(period)
     # Usage before invoices: a run that misses an invoice written meanwhile by another

@@ -370,7 +370,8 @@ async def _run(settings: Settings, book: PriceBook, view: RegistryView, clock: C
             gate = Gate(due, run_time(due, wait_ms))
             NEXT_RUN.set(gate.opens_at / 1000)
             await wait_for_pipeline(gate, pipeline, progress, clock, poll_seconds=poll_seconds)
-            if await _generate(db, book, view, due, now_ms(clock)):
+            if await _generate(db, book, view, due, now_ms(clock),
+                               bool(settings.clickhouse.cluster)):
                 done = due
                 LAST_RUN.set(clock())
             else:
@@ -382,11 +383,11 @@ async def _run(settings: Settings, book: PriceBook, view: RegistryView, clock: C
 
 
 async def _generate(db: Database, book: PriceBook, view: RegistryView, period: Period,
-                    now: int) -> bool:
+                    now: int, replicated: bool) -> bool:
     started = time.perf_counter()
     try:
         run = await asyncio.to_thread(invoices.generate, db, period, book, owners(view.all()),
-                                      now, False)
+                                      now, False, replicated)
     except Exception:
         RUNS.labels("error").inc()
         log.exception("scheduled invoice run failed; retrying",
