@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("receiver", help="the Convex webhook receiver")
     commands.add_parser("worker", help="the Faust worker")
     commands.add_parser("sink", help="the ClickHouse sink")
+    commands.add_parser("console", help="the usage console in the browser (docs/console.md)")
     up = commands.add_parser("up", help="receiver, workers and sink together, in the foreground")
     up.add_argument("--workers", type=_workers, default=None, metavar="N",
                     help="worker processes, with web ports METERSTREAM_WORKER_PORT to "
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # Commands whose work starts by reaching Kafka.
 _KAFKA_COMMANDS = ("receiver", "worker", "sink", "up", "secrets status", "secrets reencrypt",
-                   "usage", "invoices generate")
+                   "usage", "invoices generate", "console")
 
 
 def command_name(args: argparse.Namespace) -> str:
@@ -180,6 +181,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream.processes import sink
 
         sink.main(settings)
+    elif args.command == "console":
+        from meterstream.processes import console
+
+        console.main(settings)
     elif args.command == "up":
         from meterstream import supervisor
 

@@ -111,6 +111,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_SINK_PORT", "8687",
              "Port of the sink's /metrics, /healthz and /readyz (on METERSTREAM_METRICS_HOST "
              "when that is set)."),
+    Variable("METERSTREAM_CONSOLE_PORT", "8690",
+             "Port of the usage console in the browser (`meterstream console`, started by "
+             "`meterstream up`): its pages behind the admin or read token, and its probes "
+             "(docs/console.md)."),
+    Variable("METERSTREAM_CONSOLE_WORKER_URL", "",
+             "Where the console asks a worker for live quota status (GET /v1/quota/..., with "
+             "the read or admin token); empty means http://127.0.0.1:<METERSTREAM_WORKER_PORT>. "
+             "https:// unless loopback or in METERSTREAM_INSECURE_HTTP_HOSTS."),
     Variable("METERSTREAM_METRICS_HOST", "",
              "Address of the probes (/metrics, /healthz, /readyz) of every service, on a "
              "listener of their own, e.g. an internal interface; they then leave the "
@@ -424,6 +432,9 @@ class Settings:
     """METERSTREAM_METRICS_HOST; empty: each service serves its probes on its own port."""
     receiver_metrics_port: int = 8689
     worker_metrics_port: int = 6166
+    console_port: int = 8690
+    console_worker_url: str = ""
+    """METERSTREAM_CONSOLE_WORKER_URL as given; `Settings.worker_url` fills in the default."""
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
@@ -485,6 +496,10 @@ class Settings:
                                         raw("METERSTREAM_RECEIVER_METRICS_PORT")),
             worker_metrics_port=_port("METERSTREAM_WORKER_METRICS_PORT",
                                       raw("METERSTREAM_WORKER_METRICS_PORT")),
+            console_port=_port("METERSTREAM_CONSOLE_PORT", raw("METERSTREAM_CONSOLE_PORT")),
+            console_worker_url=(
+                _http_url("METERSTREAM_CONSOLE_WORKER_URL", url)
+                if (url := env.get("METERSTREAM_CONSOLE_WORKER_URL", "").strip()) else ""),
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
                                  env.get("METERSTREAM_ADMIN_URL", "").strip(),
                                  raw("METERSTREAM_ADMIN_PORT"),
@@ -565,6 +580,7 @@ class Settings:
             ("METERSTREAM_PUBLIC_URL", self.public_url),
             ("METERSTREAM_CONVEX_API_URL", self.convex_api_url),
             *(("METERSTREAM_ALERT_WEBHOOKS", url) for url in self.alert_webhooks),
+            ("METERSTREAM_CONSOLE_WORKER_URL", self.worker_url),
         ]
         problems += _clickhouse_combination_problems(self.clickhouse)
         if not self.clickhouse.embedded and urlsplit(self.clickhouse.url).password:
@@ -589,6 +605,11 @@ class Settings:
                 f"started by meterstream, not {self.kafka_bootstrap!r}"
             )
         return int(servers[0].rpartition(":")[2])
+
+    @property
+    def worker_url(self) -> str:
+        """Where the console reaches a worker's API (METERSTREAM_CONSOLE_WORKER_URL)."""
+        return self.console_worker_url or f"http://127.0.0.1:{self.worker_port}"
 
     @property
     def kafka_home(self) -> Path:
