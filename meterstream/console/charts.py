@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from meterstream.console.markup import Html, tag
 
-WIDTH, HEIGHT = 640, 160
+WIDTH, HEIGHT = 400, 150
 LEFT, RIGHT, TOP, BOTTOM = 8, 8, 18, 22
 
 
@@ -24,10 +24,11 @@ def _label(ms: int, resolution: str) -> str:
 
 
 def number(value: float) -> str:
-    """A value as a person reads it: integers whole, others to 4 significant digits."""
+    """A value as a person reads it: integers whole, others to six decimals at most (the
+    display's precision), never in exponent notation."""
     if float(value).is_integer():
         return f"{int(value):,}"
-    return f"{value:,.4g}"
+    return f"{value:,.6f}".rstrip("0").rstrip(".") or "0"
 
 
 def line_chart(title: str, series: Sequence[tuple[int, float]], resolution: str,

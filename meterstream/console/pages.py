@@ -33,7 +33,8 @@ table{border-collapse:collapse;background:#fff;margin:6px 0}
 th,td{border:1px solid #dde1e8;padding:4px 8px;text-align:left}td.n{text-align:right}
 .chart{background:#fff;margin:4px 8px 4px 0}.chart .frame{fill:none;stroke:#dde1e8}
 .chart .line{fill:none;stroke:#2f6fde;stroke-width:2}.chart text{font-size:11px;fill:#555}
-.chart .end{text-anchor:end}.problem{color:#a33}.ok{color:#1b7f3b}.bad{color:#a33}
+.chart .end{text-anchor:end}.charts{display:flex;flex-wrap:wrap}
+.problem{color:#a33}.ok{color:#1b7f3b}.bad{color:#a33}
 form.inline{display:inline}.muted{color:#667}code{background:#eef}
 """
 
@@ -100,10 +101,13 @@ def _labels(labels: dict[str, str]) -> Html:
 
 
 def _shown(value: Any) -> str:
-    try:
-        return number(float(value))
-    except (TypeError, ValueError):
-        return str(value)
+    """A count with thousands separators; a decimal as billing wrote it (exact, as in
+    `meterstream usage`), never in float notation."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return number(value)
+    return str(value)
 
 
 def overview(data: Overview, filters: Filters, role: str) -> Html:
@@ -201,10 +205,11 @@ def deployment(view: DeploymentView, role: str, currency: str) -> Html:
         tag("h2", "Live quota status (worker)"), _live(view),
         tag("h2", f"Usage per {view.resolution}"), tag("p", resolutions),
         tag("div", *(line_chart(key, values, view.resolution) for key, values in usage.items()),
-            id="usage-charts"),
+            id="usage-charts", class_="charts"),
         tag("h2", "Storage over time"),
         tag("div", *(line_chart(key, values, view.resolution)
-                     for key, values in storage.items()), id="storage-charts"),
+                     for key, values in storage.items()), id="storage-charts",
+            class_="charts"),
         tag("h2", "Tokens per model (this month)"),
         _table(("provider", "model", "tokens"), [list(m) for m in view.models], "models",
                frozenset({2})),

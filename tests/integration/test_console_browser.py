@@ -17,17 +17,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from billing.periods import Period
 from tests.support import convex_examples, meterstream, wait_for
+from tests.support.browser import chromium
 from tests.support.clock import settled
 from tests.support.pipeline import ADMIN_TOKEN, READ_TOKEN, Pipeline, running_pipeline
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DEPLOYMENT = "happy-otter-123"
 SECRET = "3f1c2b7e9a0d4c5e8b6a7f0e1d2c3b4a"
 HOSTILE_TEAM = "<b>acme</b><script>window.pwned = 1</script>"
@@ -37,33 +37,10 @@ CALLS = 3 * BODIES  # the reference's three function executions per body
 WAIT_SECONDS = 30
 
 
-def _browser_or_refusal() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        message = f"{', '.join(missing)} missing: apt-get install chromium chromium-driver"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the console's browser test must run in CI: {message}")
-        pytest.skip(message)
-
-
 @pytest.fixture
-def browser() -> Iterator[object]:
-    _browser_or_refusal()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1280,1400", "--disable-gpu"):
-        options.add_argument(argument)
-    # The driver's path is given, so Selenium Manager downloads nothing.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
-                              options=options)
-    try:
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def bodies(at_ms: int) -> list[bytes]:
@@ -93,7 +70,7 @@ def console_page(pipeline: Pipeline, path: str) -> str:
 
 
 def test_console_in_a_browser_shows_usage_and_marks_an_invoice_paid(
-        kafka_bootstrap: str, tmp_path: Path, browser: object) -> None:
+        kafka_bootstrap: str, tmp_path: Path, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
@@ -186,3 +163,11 @@ def test_console_in_a_browser_shows_usage_and_marks_an_invoice_paid(
         shown = json.loads(meterstream(["invoices", "show", "--period", period],
                                        pipeline.env).stdout)
         assert [(i["id"], i["status"]) for i in shown] == [(invoice_id, "paid")]
+
+        # Its probes and metrics, like every service's, without a token.
+        assert json.loads(urllib.request.urlopen(f"{console}/readyz", timeout=10).read()) == {
+            "ready": True, "registry": True, "clickhouse": True}
+        metrics = urllib.request.urlopen(f"{console}/metrics", timeout=10).read().decode()
+        assert 'meterstream_console_invoice_marks_total{status="paid"} 1.0' in metrics
+        assert 'meterstream_console_logins_total{result="refused"} 1.0' in metrics
+        assert 'meterstream_console_requests_total{page="deployment",status="200"}' in metrics

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,3 +287,82 @@ def test_markup_escapes_attributes_and_link_paths() -> None:
         '<a href="/deployments/a%2Fb%3Fc">&lt;script&gt;alert(1)&lt;/script&gt;&lt;img '
         'src=x onerror=alert(2)&gt;&quot;&#x27;&amp;</a>')
     assert tag("input", value='"><script>') == Html('<input value="&quot;&gt;&lt;script&gt;">')
+
+
+def _view(name: str = "d") -> reads.DeploymentView:
+    report = queries.Report(queries.Subject("deployment", name, (name,)), "hour", NOW, NOW,
+                            "USD", [])
+    return reads.DeploymentView(name, None, "hour", report, None, {}, [], [], [])
+
+
+def test_a_worker_out_of_reach_leaves_the_rest_of_the_deployment_page(
+        fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reads, "deployment", lambda *args: _view())
+
+    async def unreachable(name: str) -> dict[str, Any]:
+        raise ConnectionRefusedError("connection refused")
+
+    async def run() -> None:
+        sources = console_web.Sources(FakeReader(), fakes["book"], list, unreachable,
+                                      lambda: NOW)
+        app = console_web.application(Tokens(ADMIN, READ), sources)
+        async with TestClient(TestServer(app)) as client:
+            answer = await client.get("/deployments/d",
+                                      headers={"Authorization": f"Bearer {READ}"})
+            assert answer.status == 200
+            page = await answer.text()
+            assert "live status unavailable: connection refused" in page
+            assert "not in the registry" in page
+            assert 'id="month-cost">unpriced<' in page
+    asyncio.run(run())
+
+
+def test_marking_an_unknown_invoice_or_status_is_a_400(
+        fakes: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(db: Any, invoice_id: str, status: str) -> Invoice:
+        raise console_web.InvoiceError(f"no invoice {invoice_id!r}")
+
+    monkeypatch.setattr(console_web.invoice_store, "mark", refuse)
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answer = await client.post("/invoices/inv-nope/status",
+                                   data={"status": "paid", "csrf": csrf_token(ADMIN)},
+                                   headers={"Authorization": f"Bearer {ADMIN}"},
+                                   allow_redirects=False)
+        assert answer.status == 400
+        assert "no invoice &#x27;inv-nope&#x27;" in await answer.text()
+    serve(fakes, scenario)
+
+
+def test_the_console_settings() -> None:
+    from meterstream.core.config import ConfigError, Settings
+
+    settings = Settings.from_env({"METERSTREAM_WORKER_PORT": "7001"})
+    assert settings.console_port == 8690
+    assert settings.worker_url == "http://127.0.0.1:7001"
+    given = Settings.from_env({"METERSTREAM_CONSOLE_PORT": "9100",
+                               "METERSTREAM_CONSOLE_WORKER_URL": "https://w.example:6066/"})
+    assert (given.console_port, given.worker_url) == (9100, "https://w.example:6066")
+    # The read token would cross a network in clear.
+    with pytest.raises(ConfigError, match="METERSTREAM_CONSOLE_WORKER_URL must be an https"):
+        Settings.from_env({"METERSTREAM_CONSOLE_WORKER_URL": "http://worker:6066"})
+    assert Settings.from_env({"METERSTREAM_CONSOLE_WORKER_URL": "http://worker:6066",
+                              "METERSTREAM_INSECURE_HTTP_HOSTS": "worker"}).worker_url
+    with pytest.raises(ConfigError, match="METERSTREAM_CONSOLE_PORT"):
+        Settings.from_env({"METERSTREAM_CONSOLE_PORT": "70000"})
+    with pytest.raises(ConfigError, match="METERSTREAM_CONSOLE_WORKER_URL"):
+        Settings.from_env({"METERSTREAM_CONSOLE_WORKER_URL": "worker:6066"})
+
+
+def test_the_browser_test_fails_in_ci_without_chromium_and_skips_elsewhere(
+        tmp_path: Path) -> None:
+    from tests.support.browser import require_browser
+
+    missing = (tmp_path / "chromium", tmp_path / "chromedriver")
+    with pytest.raises(pytest.fail.Exception, match="must run in CI"):
+        require_browser(missing, {"CI": "true"})
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        require_browser(missing, {})
+    for file in missing:
+        file.touch()
+    require_browser(missing, {"CI": "true"})
