@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("worker", help="the Faust worker")
     commands.add_parser("sink", help="the ClickHouse sink")
     commands.add_parser("console", help="the usage console in the browser (docs/console.md)")
-    up = commands.add_parser("up", help="receiver, workers and sink together, in the foreground")
+    up = commands.add_parser(
+        "up", help="receiver, workers, sink and console together, in the foreground")
     up.add_argument("--workers", type=_workers, default=None, metavar="N",
                     help="worker processes, with web ports METERSTREAM_WORKER_PORT to "
                          "METERSTREAM_WORKER_PORT+N-1 (default: the cores less one, "

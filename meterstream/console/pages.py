@@ -125,6 +125,8 @@ def overview(data: Overview, filters: Filters, role: str) -> Html:
              for team, count, cost in data.teams]
     return layout("Overview", join([
         tag("h1", f"Month to date: {iso(data.start_ms)[:10]} to {iso(data.now_ms)}"),
+        tag("p", f"figures as of {iso(data.now_ms)}, recomputed in the background when "
+                 "older than a few seconds", class_="muted"),
         problems(data.problems), form,
         tag("p", f"{data.matched} deployments, {_money(data.total_cost, data.currency)}",
             id="summary"),

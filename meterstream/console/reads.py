@@ -10,6 +10,7 @@ reads a few rows per deployment however many events the month holds.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from billing import queries, rollups
 from billing.database import Database, date, quote
@@ -26,10 +28,14 @@ from billing.invoices import Invoice
 from billing.periods import Period, iso
 from billing.pricebook import PriceBook, PricingError
 from billing.registry import Owner, owner_of
+from billing.resources import Usage
+from billing.rollups import TokenUsage
 from meterstream.core.clickhouse import connect
 from meterstream.core.config import ClickHouseTarget
 from meterstream.core.query import QueryError, ask_holder, execute
 from meterstream.core.registry import Deployment
+
+log = logging.getLogger("meterstream.console")
 
 PAGE_SIZE = 50
 TOP_N = 10
@@ -62,16 +68,10 @@ class ClickHouseReader:
                 if self._client is None:
                     self._client = connect(self._target)
                 return execute(self._client, sql, fmt, write)
-        except QueryError:
-            raise
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, OperationalError) as exc:
+            # No sink serves the socket yet, or the server refuses connections.
             raise Unavailable(f"ClickHouse ({self._target.display}) is not reachable: "
                               f"{type(exc).__name__}") from None
-        except Exception as exc:  # clickhouse-connect's own connection errors
-            if path is None and "OperationalError" in type(exc).__name__:
-                raise Unavailable(f"ClickHouse ({self._target.display}) is not reachable: "
-                                  f"{exc}") from None
-            raise
 
     def database(self, write: bool = False) -> Database:
         """Billing's view of ClickHouse; read-only unless `write` (marking an invoice)."""
@@ -142,17 +142,89 @@ def owners_of(records: Iterable[Deployment]) -> dict[str, Owner]:
     return {d.name: Owner(d.team or "", d.project or "", d.plan) for d in records}
 
 
-def overview(db: Database, book: PriceBook, records: Sequence[Deployment], filters: Filters,
-             page: int, now_ms: int) -> Overview:
+@dataclass(frozen=True)
+class MonthToDate:
+    """Every deployment's month-to-date usage, tokens and cost: what the overview ranks."""
+
+    computed_ms: int
+    key: tuple[int, int]
+    costs: dict[str, Decimal]
+    used: dict[str, Usage]
+    tokens: dict[str, TokenUsage]
+    problems: list[str]
+
+
+def _key(records: Sequence[Deployment], now_ms: int) -> tuple[int, int]:
+    """The month, and the plans in force: a change of either makes the costs stale."""
+    return (Period.containing(now_ms).start_ms, hash(tuple((r.name, r.plan) for r in records)))
+
+
+def month_to_date(db: Database, book: PriceBook, records: Sequence[Deployment],
+                  now_ms: int) -> MonthToDate:
+    start = Period.containing(now_ms).start_ms
+    ranked, problems = queries.top(db, book, owners_of(records), len(records) + 1_000_000,
+                                   start, now_ms)
+    used, _ = rollups.totals(db, start, now_ms)
+    return MonthToDate(now_ms, _key(records, now_ms),
+                       {row["deployment"]: Decimal(row["cost"]) for row in ranked}, used,
+                       rollups.token_totals(db, start, now_ms), problems)
+
+
+class MonthToDateCache:
+    """The last MonthToDate, shared by every overview page, filter and sort. Ranking 10k
+    deployments costs each one's exact bill (a millisecond or two each: over ten seconds in
+    all), which no click should wait for: after the first computation, a page gets the last
+    one at once, and one older than `seconds`, of another month's key or of other plans is
+    recomputed in a background thread (one at a time) for the pages after it. The page
+    says when its figures were computed."""
+
+    def __init__(self, seconds: float = 15.0) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._last: MonthToDate | None = None
+        self._refresh: threading.Thread | None = None
+
+    def get(self, db: Database, book: PriceBook, records: Sequence[Deployment],
+            now_ms: int) -> MonthToDate:
+        with self._lock:
+            last = self._last
+            if last is None or last.key[0] != _key(records, now_ms)[0]:
+                last = self._last = month_to_date(db, book, records, now_ms)
+                return last
+            stale = (last.key != _key(records, now_ms)
+                     or now_ms - last.computed_ms >= self.seconds * 1000)
+            if stale and (self._refresh is None or not self._refresh.is_alive()):
+                self._refresh = threading.Thread(
+                    target=self._recompute, args=(db, book, list(records), now_ms),
+                    name="console-month-to-date", daemon=True)
+                self._refresh.start()
+            return last
+
+    def _recompute(self, db: Database, book: PriceBook, records: list[Deployment],
+                   now_ms: int) -> None:
+        try:
+            found = month_to_date(db, book, records, now_ms)
+        except Exception:  # the next page tries again; this one keeps the last figures
+            log.exception("month-to-date refresh failed")
+            return
+        with self._lock:
+            self._last = found
+
+    def wait_refreshed(self, timeout: float | None = None) -> None:
+        """Returns once no recomputation is under way (for tests and for a clean stop)."""
+        refresh = self._refresh
+        if refresh is not None:
+            refresh.join(timeout)
+
+
+def overview(found: MonthToDate, book: PriceBook, records: Sequence[Deployment],
+             filters: Filters, page: int) -> Overview:
     """Every deployment (registered, or with usage this month) matching `filters`, costliest
     first, one page of them; the top N and the totals per team over all that match."""
-    start = Period.containing(now_ms).start_ms
+    start, now_ms = found.key[0], found.computed_ms
     by_name = {record.name: record for record in records}
     owners = owners_of(records)
-    ranked, problems = queries.top(db, book, owners, len(by_name) + 1_000_000, start, now_ms)
-    costs = {row["deployment"]: Decimal(row["cost"]) for row in ranked}
-    used, _ = rollups.totals(db, start, now_ms)
-    tokens = rollups.token_totals(db, start, now_ms)
+    costs, used, tokens = found.costs, found.used, found.tokens
     rows = []
     for name in sorted(set(by_name) | set(costs) | set(used)):
         owner = owner_of(owners, name)
@@ -160,13 +232,16 @@ def overview(db: Database, book: PriceBook, records: Sequence[Deployment], filte
         record = by_name.get(name)
         if not filters.matches(record, owner, plan):
             continue
-        shown = queries.display(used.get(name, {}), tokens.get(name, {}))
-        rows.append(Row(name, owner.team, plan, dict(record.labels) if record else {},
-                        {key: shown.get(key, 0) for key in OVERVIEW_COLUMNS},
+        rows.append(Row(name, owner.team, plan, dict(record.labels) if record else {}, {},
                         costs.get(name, Decimal(0))))
     rows.sort(key=lambda row: (-row.cost, row.deployment))
     pages = max(1, -(-len(rows) // PAGE_SIZE))
     page = min(max(page, 1), pages)
+    # Usage in billed units (exact fractions) for the rows shown only: at 10k deployments
+    # converting every row would cost more than the queries.
+    for row in rows[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]:
+        shown = queries.display(used.get(row.deployment, {}), tokens.get(row.deployment, {}))
+        row.usage.update({key: shown.get(key, 0) for key in OVERVIEW_COLUMNS})
     teams: dict[str, list[Decimal]] = defaultdict(list)
     for row in rows:
         teams[row.team].append(row.cost)
@@ -175,7 +250,7 @@ def overview(db: Database, book: PriceBook, records: Sequence[Deployment], filte
     return Overview(start, now_ms, book.currency,
                     rows[(page - 1) * PAGE_SIZE:page * PAGE_SIZE], page, pages, len(rows),
                     [row for row in rows[:TOP_N] if row.cost > 0], team_totals,
-                    sum((row.cost for row in rows), Decimal(0)), problems)
+                    sum((row.cost for row in rows), Decimal(0)), list(found.problems))
 
 
 # One deployment.

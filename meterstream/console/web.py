@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -70,6 +70,7 @@ class Sources:
     live_quota: Callable[[str], Awaitable[dict[str, Any]]]
     """the worker's GET /v1/quota/{deployment} answer"""
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    month_to_date: reads.MonthToDateCache = field(default_factory=reads.MonthToDateCache)
 
 
 _TOKEN: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
@@ -174,9 +175,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
     sources = request.app[_SOURCES]
     filters = reads.Filters(request.query.get("team", ""), request.query.get("plan", ""),
                             request.query.get("label", ""))
-    data = await asyncio.to_thread(reads.overview, sources.clickhouse.database(), sources.book,
-                                   sources.deployments(), filters, _int(request, "page"),
-                                   sources.now_ms())
+    records = sources.deployments()
+    found = await asyncio.to_thread(sources.month_to_date.get, sources.clickhouse.database(),
+                                    sources.book, records, sources.now_ms())
+    data = reads.overview(found, sources.book, records, filters, _int(request, "page"))
     return _html(pages.overview(data, filters, _role(request)))
 
 

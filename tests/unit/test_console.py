@@ -84,13 +84,16 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state: dict[str, Any] = {"marked": [], "invoices": [invoice()]}
     book = pricebook.load()
 
-    def overview(db: Any, book_: Any, records: Any, filters: reads.Filters, page: int,
-                 now: int) -> reads.Overview:
+    def month_to_date(db: Any, book_: Any, records: Any, now: int) -> reads.MonthToDate:
+        return reads.MonthToDate(now, (0, 0), {}, {}, {}, [])
+
+    def overview(found: reads.MonthToDate, book_: Any, records: Any, filters: reads.Filters,
+                 page: int) -> reads.Overview:
         row = reads.Row(HOSTILE, HOSTILE, "starter", {HOSTILE: HOSTILE},
                         dict.fromkeys(reads.OVERVIEW_COLUMNS, 7), Decimal("3.5"))
         state["filters"] = filters
-        return reads.Overview(0, now, "USD", [row], 1, 1, 1, [row], [(HOSTILE, 1, row.cost)],
-                              row.cost)
+        return reads.Overview(0, found.computed_ms, "USD", [row], 1, 1, 1, [row],
+                              [(HOSTILE, 1, row.cost)], row.cost)
 
     def show(db: Any, period: Period, status: str | None = None) -> list[Invoice]:
         return list(state["invoices"])
@@ -99,6 +102,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         state["marked"].append((invoice_id, status))
         return invoice(status)
 
+    monkeypatch.setattr(reads, "month_to_date", month_to_date)
     monkeypatch.setattr(reads, "overview", overview)
     monkeypatch.setattr(console_web.invoice_store, "show", show)
     monkeypatch.setattr(console_web.invoice_store, "mark", mark)
@@ -366,3 +370,85 @@ def test_the_browser_test_fails_in_ci_without_chromium_and_skips_elsewhere(
     for file in missing:
         file.touch()
     require_browser(missing, {"CI": "true"})
+
+
+def test_the_reader_never_opens_the_embedded_engine_and_says_when_clickhouse_is_away(
+        tmp_path: Path) -> None:
+    from meterstream.core.clickhouse import EngineLock
+    from tests.support import free_port
+
+    engine = tmp_path / "clickhouse"
+    reader = reads.ClickHouseReader(ClickHouseTarget(url=f"chdb://{engine}", chdb_path=engine))
+    with pytest.raises(reads.Unavailable, match="not reachable"):
+        reader.run("SELECT 1", "TabSeparated")
+    assert not reader.ready()
+    assert not engine.exists()  # nothing opened it
+    with EngineLock(engine):  # and nothing holds it: a sink can start
+        pass
+    server = reads.ClickHouseReader(ClickHouseTarget(url=f"http://127.0.0.1:{free_port()}/",
+                                                     chdb_path=None))
+    with pytest.raises(reads.Unavailable, match="not reachable"):
+        server.run("SELECT 1", "TabSeparated")
+
+
+def test_the_overview_reads_the_same_statements_for_ten_or_ten_thousand_deployments() -> None:
+    """Its cost is the rollups' (a few rows per deployment with usage), never one query per
+    deployment; and a page holds PAGE_SIZE rows."""
+    from billing.database import Database
+    from meterstream.core.registry import Deployment
+
+    def statements(count: int) -> tuple[list[str], reads.Overview]:
+        seen: list[str] = []
+
+        def run(sql: str, fmt: str) -> bytes:
+            seen.append(sql)
+            return b""
+        records = [Deployment(f"d{i:05d}", team=f"t{i % 7}", labels={"env": "prod"})
+                   for i in range(count)]
+        book = pricebook.load()
+        found = reads.month_to_date(Database(run), book, records, NOW)
+        return seen, reads.overview(found, book, records, reads.Filters(label="env=prod"), 3)
+
+    few, small = statements(10)
+    many, large = statements(10_000)
+    assert len(few) == len(many)
+    assert (small.matched, small.pages, len(small.rows)) == (10, 1, 10)
+    assert (large.matched, large.pages, large.page) == (10_000, 200, 3)
+    assert [row.deployment for row in large.rows] == [
+        f"d{i:05d}" for i in range(2 * reads.PAGE_SIZE, 3 * reads.PAGE_SIZE)]
+    assert sum(count for _, count, _ in large.teams) == 10_000
+
+
+def test_month_to_date_is_served_at_once_and_recomputed_behind_when_stale() -> None:
+    from billing.database import Database
+    from meterstream.core.registry import Deployment
+
+    seen: list[str] = []
+
+    def run(sql: str, fmt: str) -> bytes:
+        seen.append(sql)
+        return b""
+    db, book = Database(run), pricebook.load()
+    cache = reads.MonthToDateCache(seconds=15)
+    records = [Deployment("a", plan="starter")]
+    first = cache.get(db, book, records, NOW)  # the first one is computed for the page
+    asked = len(seen)
+    assert asked > 0
+    assert cache.get(db, book, records, NOW + 14_999) is first
+    cache.wait_refreshed()
+    assert len(seen) == asked  # fresh: nothing recomputed
+    # A plan change: the page gets the last figures, the next one the recomputed ones.
+    changed = [Deployment("a", plan="pro")]
+    assert cache.get(db, book, changed, NOW + 1_000) is first
+    cache.wait_refreshed()
+    assert len(seen) == 2 * asked
+    second = cache.get(db, book, changed, NOW + 2_000)
+    assert second is not first
+    assert second.computed_ms == NOW + 1_000
+    # Stale by age: the same.
+    assert cache.get(db, book, changed, NOW + 17_000) is second
+    cache.wait_refreshed()
+    assert cache.get(db, book, changed, NOW + 17_001).computed_ms == NOW + 17_000
+    # A new month is never served from the last one's figures.
+    next_month = Period.containing(NOW).next().start_ms
+    assert cache.get(db, book, changed, next_month).computed_ms == next_month
