@@ -35,7 +35,7 @@ th,td{border:1px solid #dde1e8;padding:4px 8px;text-align:left}td.n{text-align:r
 .chart .line{fill:none;stroke:#2f6fde;stroke-width:2}.chart text{font-size:11px;fill:#555}
 .chart .end{text-anchor:end}.charts{display:flex;flex-wrap:wrap}
 .problem{color:#a33}.ok{color:#1b7f3b}.bad{color:#a33}
-form.inline{display:inline}.muted{color:#667}code{background:#eef}
+form.inline{display:inline}.wide{overflow-x:auto}.muted{color:#667}code{background:#eef}
 """
 
 
@@ -130,13 +130,15 @@ def overview(data: Overview, filters: Filters, role: str) -> Html:
         problems(data.problems), form,
         tag("p", f"{data.matched} deployments, {_money(data.total_cost, data.currency)}",
             id="summary"),
-        tag("h2", "Top by cost"), _table(("deployment", "team", "cost"), top, "top",
-                                         frozenset({2})),
+        tag("h2", "Top by cost"),
+        _table(("deployment", "team", "cost"), top, "top", frozenset({2})) if top
+        else tag("p", "no deployment has cost anything this month yet", class_="muted"),
         tag("h2", "Per team"), _table(("team", "deployments", "cost"), teams, "teams",
                                       frozenset({1, 2})),
         tag("h2", "Deployments"),
-        _table(("deployment", "team", "plan", "labels", *OVERVIEW_COLUMNS, "cost"), rows,
-               "deployments", frozenset(range(4, 5 + len(OVERVIEW_COLUMNS)))),
+        tag("div", _table(("deployment", "team", "plan", "labels", *OVERVIEW_COLUMNS, "cost"),
+                          rows, "deployments", frozenset(range(4, 5 + len(OVERVIEW_COLUMNS)))),
+            class_="wide"),
         _pager("", data.page, data.pages, **query)]), role)
 
 

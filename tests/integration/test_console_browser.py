@@ -171,3 +171,9 @@ def test_console_in_a_browser_shows_usage_and_marks_an_invoice_paid(
         assert 'meterstream_console_invoice_marks_total{status="paid"} 1.0' in metrics
         assert 'meterstream_console_logins_total{result="refused"} 1.0' in metrics
         assert 'meterstream_console_requests_total{page="deployment",status="200"}' in metrics
+
+        # `up` stops the console with the rest, cleanly.
+        assert pipeline.stop() == 0, pipeline.log_tail()
+        (stopped,) = [json.loads(line) for line in pipeline.log.read_text().splitlines()
+                      if line.startswith("{") and '"pipeline stopped"' in line]
+        assert stopped["clean"] is True
