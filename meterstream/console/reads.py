@@ -1,5 +1,5 @@
-"""What each console page shows, read from ClickHouse (through billing's rollups), the
-registry and a worker's live quota API. Plain data; pages.py draws it.
+"""What each console page shows, from ClickHouse (through billing's rollups) and the
+registry: plain data, which pages.py draws.
 
 Everything here is synchronous and runs in a worker thread of the console's event loop.
 Month-to-date figures come from the rollups (usage_daily, usage_hourly, tokens_hourly,
@@ -10,17 +10,11 @@ reads a few rows per deployment however many events the month holds.
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-
-import aiohttp
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
 
 from billing import queries, rollups
 from billing.database import Database, date, quote
@@ -28,14 +22,8 @@ from billing.invoices import Invoice
 from billing.periods import Period, iso
 from billing.pricebook import PriceBook, PricingError
 from billing.registry import Owner, owner_of
-from billing.resources import Usage
-from billing.rollups import TokenUsage
-from meterstream.core.clickhouse import connect
-from meterstream.core.config import ClickHouseTarget
-from meterstream.core.query import QueryError, ask_holder, execute
+from meterstream.console.month_to_date import MonthToDate, owners_of
 from meterstream.core.registry import Deployment
-
-log = logging.getLogger("meterstream.console")
 
 PAGE_SIZE = 50
 TOP_N = 10
@@ -43,50 +31,6 @@ RANGES_MS = {"minute": 2 * 3_600_000, "hour": 48 * 3_600_000, "day": 31 * 86_400
 """How far back each resolution of a deployment's charts reaches."""
 OVERVIEW_COLUMNS = ("function_calls", "database_io_gb", "action_compute_gb_hours",
                     "data_egress_gb", "tokens")
-
-
-class Unavailable(RuntimeError):
-    """ClickHouse cannot be reached (yet): a page answers 503 saying so."""
-
-
-class ClickHouseReader:
-    """The console's statements: on a server through a client of its own, on the embedded
-    engine only through the socket of the sink that holds it (never opening the engine:
-    the console would hold it and the sink could not start)."""
-
-    def __init__(self, target: ClickHouseTarget) -> None:
-        self._target = target
-        self._client: Client | None = None
-        self._lock = threading.Lock()  # a clickhouse-connect client serves one call at a time
-
-    def run(self, sql: str, fmt: str, write: bool = False) -> bytes:
-        path = self._target.chdb_path
-        try:
-            if path is not None:
-                return ask_holder(path, sql, fmt, write)
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self._target)
-                return execute(self._client, sql, fmt, write)
-        except (aiohttp.ClientError, OSError, OperationalError) as exc:
-            # No sink serves the socket yet, or the server refuses connections.
-            raise Unavailable(f"ClickHouse ({self._target.display}) is not reachable: "
-                              f"{type(exc).__name__}") from None
-
-    def database(self, write: bool = False) -> Database:
-        """Billing's view of ClickHouse; read-only unless `write` (marking an invoice)."""
-        return Database(lambda sql, fmt: self.run(sql, fmt, write))
-
-    def ready(self) -> bool:
-        try:
-            self.run("SELECT 1", "TabSeparated")
-        except (Unavailable, QueryError):
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
 
 
 # The overview.
@@ -136,85 +80,6 @@ class Overview:
     """(team, deployments, month-to-date cost), costliest first"""
     total_cost: Decimal
     problems: list[str] = field(default_factory=list)
-
-
-def owners_of(records: Iterable[Deployment]) -> dict[str, Owner]:
-    return {d.name: Owner(d.team or "", d.project or "", d.plan) for d in records}
-
-
-@dataclass(frozen=True)
-class MonthToDate:
-    """Every deployment's month-to-date usage, tokens and cost: what the overview ranks."""
-
-    computed_ms: int
-    key: tuple[int, int]
-    costs: dict[str, Decimal]
-    used: dict[str, Usage]
-    tokens: dict[str, TokenUsage]
-    problems: list[str]
-
-
-def _key(records: Sequence[Deployment], now_ms: int) -> tuple[int, int]:
-    """The month, and the plans in force: a change of either makes the costs stale."""
-    return (Period.containing(now_ms).start_ms, hash(tuple((r.name, r.plan) for r in records)))
-
-
-def month_to_date(db: Database, book: PriceBook, records: Sequence[Deployment],
-                  now_ms: int) -> MonthToDate:
-    start = Period.containing(now_ms).start_ms
-    ranked, problems = queries.top(db, book, owners_of(records), len(records) + 1_000_000,
-                                   start, now_ms)
-    used, _ = rollups.totals(db, start, now_ms)
-    return MonthToDate(now_ms, _key(records, now_ms),
-                       {row["deployment"]: Decimal(row["cost"]) for row in ranked}, used,
-                       rollups.token_totals(db, start, now_ms), problems)
-
-
-class MonthToDateCache:
-    """The last MonthToDate, shared by every overview page, filter and sort. Ranking 10k
-    deployments costs each one's exact bill (a millisecond or two each: over ten seconds in
-    all), which no click should wait for: after the first computation, a page gets the last
-    one at once, and one older than `seconds`, of another month's key or of other plans is
-    recomputed in a background thread (one at a time) for the pages after it. The page
-    says when its figures were computed."""
-
-    def __init__(self, seconds: float = 15.0) -> None:
-        self.seconds = seconds
-        self._lock = threading.Lock()
-        self._last: MonthToDate | None = None
-        self._refresh: threading.Thread | None = None
-
-    def get(self, db: Database, book: PriceBook, records: Sequence[Deployment],
-            now_ms: int) -> MonthToDate:
-        with self._lock:
-            last = self._last
-            if last is None or last.key[0] != _key(records, now_ms)[0]:
-                last = self._last = month_to_date(db, book, records, now_ms)
-                return last
-            stale = (last.key != _key(records, now_ms)
-                     or now_ms - last.computed_ms >= self.seconds * 1000)
-            if stale and (self._refresh is None or not self._refresh.is_alive()):
-                self._refresh = threading.Thread(
-                    target=self._recompute, args=(db, book, list(records), now_ms),
-                    name="console-month-to-date", daemon=True)
-                self._refresh.start()
-            return last
-
-    def _recompute(self, db: Database, book: PriceBook, records: list[Deployment],
-                   now_ms: int) -> None:
-        try:
-            found = month_to_date(db, book, records, now_ms)
-        except Exception:  # the next page tries again; this one keeps the last figures
-            log.exception("month-to-date refresh failed")
-            return
-        with self._lock:
-            self._last = found
-
-    def wait_refreshed(self, timeout: float | None = None) -> None:
-        """Returns once no recomputation is under way (for tests and for a clean stop)."""
-        refresh = self._refresh
-        if refresh is not None:
-            refresh.join(timeout)
 
 
 def overview(found: MonthToDate, book: PriceBook, records: Sequence[Deployment],

@@ -33,7 +33,9 @@ from meterstream.console.access import (
     csrf_matches,
     csrf_token,
 )
+from meterstream.console.clickhouse_reader import ClickHouseReader, Unavailable
 from meterstream.console.markup import Html
+from meterstream.console.month_to_date import MonthToDateCache
 from meterstream.core.query import QueryError
 from meterstream.core.registry import Deployment
 
@@ -63,14 +65,14 @@ WORKER_TIMEOUT_SECONDS = 5.0
 class Sources:
     """Where the console's data comes from; built by the process, faked by unit tests."""
 
-    clickhouse: reads.ClickHouseReader
+    clickhouse: ClickHouseReader
     book: PriceBook
     deployments: Callable[[], list[Deployment]]
     """the registry's records as they are now"""
     live_quota: Callable[[str], Awaitable[dict[str, Any]]]
     """the worker's GET /v1/quota/{deployment} answer"""
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
-    month_to_date: reads.MonthToDateCache = field(default_factory=reads.MonthToDateCache)
+    month_to_date: MonthToDateCache = field(default_factory=MonthToDateCache)
 
 
 _TOKEN: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
@@ -131,7 +133,7 @@ async def _guarded(request: web.Request, handler: Handler, admin: bool) -> web.S
     request[_ROLE] = role
     try:
         return await handler(request)
-    except reads.Unavailable as exc:
+    except Unavailable as exc:
         return _html(pages.message("ClickHouse unavailable", str(exc), role), 503)
     except QueryError as exc:
         log.error("console query refused", extra={"error": str(exc)})

@@ -23,7 +23,7 @@ import aiohttp
 
 from billing import pricebook
 from meterstream.console.access import Tokens
-from meterstream.console.reads import ClickHouseReader
+from meterstream.console.clickhouse_reader import ClickHouseReader
 from meterstream.console.web import Sources, application, worker_quota
 from meterstream.core.config import ConfigError, Settings
 from meterstream.core.kafka_client import KafkaConnection

@@ -19,11 +19,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from billing import pricebook, queries
 from billing.invoices import Invoice
 from billing.periods import Period
+from meterstream.console import month_to_date as month_to_date_module
 from meterstream.console import pages, reads
 from meterstream.console import web as console_web
 from meterstream.console.access import COOKIE, Tokens, csrf_token
 from meterstream.console.charts import line_chart
+from meterstream.console.clickhouse_reader import ClickHouseReader, Unavailable
 from meterstream.console.markup import Html, path, tag
+from meterstream.console.month_to_date import MonthToDate, MonthToDateCache
 from meterstream.core.config import ClickHouseTarget
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -61,13 +64,13 @@ def assert_inert(page: str) -> None:
     assert HOSTILE in "".join(elements.text)
 
 
-class FakeReader(reads.ClickHouseReader):
+class FakeReader(ClickHouseReader):
     def __init__(self) -> None:
         super().__init__(ClickHouseTarget(url="http://127.0.0.1:1/", chdb_path=None))
         self.marked: list[tuple[str, str]] = []
 
     def run(self, sql: str, fmt: str, write: bool = False) -> bytes:
-        raise reads.Unavailable("no ClickHouse in unit tests")
+        raise Unavailable("no ClickHouse in unit tests")
 
 
 def invoice(status: str = "pending") -> Invoice:
@@ -84,10 +87,10 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state: dict[str, Any] = {"marked": [], "invoices": [invoice()]}
     book = pricebook.load()
 
-    def month_to_date(db: Any, book_: Any, records: Any, now: int) -> reads.MonthToDate:
-        return reads.MonthToDate(now, (0, 0), {}, {}, {}, [])
+    def month_to_date(db: Any, book_: Any, records: Any, now: int) -> MonthToDate:
+        return MonthToDate(now, (0, 0), {}, {}, {}, [])
 
-    def overview(found: reads.MonthToDate, book_: Any, records: Any, filters: reads.Filters,
+    def overview(found: MonthToDate, book_: Any, records: Any, filters: reads.Filters,
                  page: int) -> reads.Overview:
         row = reads.Row(HOSTILE, HOSTILE, "starter", {HOSTILE: HOSTILE},
                         dict.fromkeys(reads.OVERVIEW_COLUMNS, 7), Decimal("3.5"))
@@ -102,7 +105,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         state["marked"].append((invoice_id, status))
         return invoice(status)
 
-    monkeypatch.setattr(reads, "month_to_date", month_to_date)
+    monkeypatch.setattr(month_to_date_module, "month_to_date", month_to_date)
     monkeypatch.setattr(reads, "overview", overview)
     monkeypatch.setattr(console_web.invoice_store, "show", show)
     monkeypatch.setattr(console_web.invoice_store, "mark", mark)
@@ -378,16 +381,16 @@ def test_the_reader_never_opens_the_embedded_engine_and_says_when_clickhouse_is_
     from tests.support import free_port
 
     engine = tmp_path / "clickhouse"
-    reader = reads.ClickHouseReader(ClickHouseTarget(url=f"chdb://{engine}", chdb_path=engine))
-    with pytest.raises(reads.Unavailable, match="not reachable"):
+    reader = ClickHouseReader(ClickHouseTarget(url=f"chdb://{engine}", chdb_path=engine))
+    with pytest.raises(Unavailable, match="not reachable"):
         reader.run("SELECT 1", "TabSeparated")
     assert not reader.ready()
     assert not engine.exists()  # nothing opened it
     with EngineLock(engine):  # and nothing holds it: a sink can start
         pass
-    server = reads.ClickHouseReader(ClickHouseTarget(url=f"http://127.0.0.1:{free_port()}/",
+    server = ClickHouseReader(ClickHouseTarget(url=f"http://127.0.0.1:{free_port()}/",
                                                      chdb_path=None))
-    with pytest.raises(reads.Unavailable, match="not reachable"):
+    with pytest.raises(Unavailable, match="not reachable"):
         server.run("SELECT 1", "TabSeparated")
 
 
@@ -406,7 +409,7 @@ def test_the_overview_reads_the_same_statements_for_ten_or_ten_thousand_deployme
         records = [Deployment(f"d{i:05d}", team=f"t{i % 7}", labels={"env": "prod"})
                    for i in range(count)]
         book = pricebook.load()
-        found = reads.month_to_date(Database(run), book, records, NOW)
+        found = month_to_date_module.month_to_date(Database(run), book, records, NOW)
         return seen, reads.overview(found, book, records, reads.Filters(label="env=prod"), 3)
 
     few, small = statements(10)
@@ -429,7 +432,7 @@ def test_month_to_date_is_served_at_once_and_recomputed_behind_when_stale() -> N
         seen.append(sql)
         return b""
     db, book = Database(run), pricebook.load()
-    cache = reads.MonthToDateCache(seconds=15)
+    cache = MonthToDateCache(seconds=15)
     records = [Deployment("a", plan="starter")]
     first = cache.get(db, book, records, NOW)  # the first one is computed for the page
     asked = len(seen)
