@@ -165,9 +165,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
     return _page(response)
 
 
+MAX_PAGE = 1_000_000
+"""Beyond it an OFFSET would overflow ClickHouse's integer: no page has that many anyway."""
+
+
 def _int(request: web.Request, name: str, default: int = 1) -> int:
     try:
-        return int(request.query.get(name, default))
+        return max(1, min(int(request.query.get(name, default)), MAX_PAGE))
     except ValueError:
         return default
 
@@ -205,7 +209,7 @@ async def deployment(request: web.Request) -> web.StreamResponse:
 @page("alerts")
 async def alerts(request: web.Request) -> web.StreamResponse:
     sources = request.app[_SOURCES]
-    page_number = max(1, _int(request, "page"))
+    page_number = _int(request, "page")
     found, more = await asyncio.to_thread(reads.alerts, sources.clickhouse.database(),
                                           page_number)
     return _html(pages.alerts(found, page_number, more, _role(request)))

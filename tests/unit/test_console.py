@@ -455,3 +455,22 @@ def test_month_to_date_is_served_at_once_and_recomputed_behind_when_stale() -> N
     # A new month is never served from the last one's figures.
     next_month = Period.containing(NOW).next().start_ms
     assert cache.get(db, book, changed, next_month).computed_ms == next_month
+
+
+def test_page_numbers_are_kept_within_bounds(fakes: dict[str, Any],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+
+    def alerts(db: Any, page: int) -> tuple[list[dict[str, Any]], bool]:
+        asked.append(page)
+        return [], False
+
+    monkeypatch.setattr(reads, "alerts", alerts)
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        for page in ("-5", "0", "x", "1" + "0" * 30, "7"):
+            answer = await client.get(f"/alerts?page={page}",
+                                      headers={"Authorization": f"Bearer {READ}"})
+            assert answer.status == 200
+    serve(fakes, scenario)
+    assert asked == [1, 1, 1, console_web.MAX_PAGE, 7]
