@@ -34,11 +34,16 @@ def add_parsers(commands: Any) -> None:
     usage.add_argument("--resolution", choices=("minute", "hour", "day", "month"),
                        default="month", help="window of each row (default: month)")
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument("--invoiced", action="store_true",
+                       help="per billing period: the charge on the usage now against what "
+                            "its invoices and adjustments hold")
 
-    invoices = commands.add_parser("invoices", help="monthly invoices: generate, show, mark")
+    invoices = commands.add_parser(
+        "invoices", help="monthly invoices: generate, show, mark, close, unbilled")
     actions = invoices.add_subparsers(dest="action", required=True, metavar="ACTION")
     generate = actions.add_parser(
-        "generate", help="invoice a billing period (again: never duplicates; failed ones anew)")
+        "generate", help="invoice a billing period (again: never duplicates; failed ones anew; "
+                         "usage that landed after an invoice on an adjustment)")
     generate.add_argument("--period", required=True, metavar="YYYY-MM")
     show = actions.add_parser("show", help="a period's invoices as JSON or CSV")
     show.add_argument("--period", required=True, metavar="YYYY-MM")
@@ -48,6 +53,12 @@ def add_parsers(commands: Any) -> None:
     mark = actions.add_parser("mark", help="set an invoice's status")
     mark.add_argument("id")
     mark.add_argument("--status", required=True, choices=("pending", "paid", "failed"))
+    close = actions.add_parser(
+        "close", help="close an ended billing period: its late usage is reported, not billed")
+    close.add_argument("period", metavar="YYYY-MM")
+    unbilled = actions.add_parser(
+        "unbilled", help="a closed period's late usage, per subject (JSON), as last found")
+    unbilled.add_argument("--period", required=True, metavar="YYYY-MM")
 
 
 def _fail(command: str, message: object, code: int = 1) -> int:
@@ -57,6 +68,7 @@ def _fail(command: str, message: object, code: int = 1) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from billing import pricebook
+    from billing.closing import ClosingError
     from billing.database import Database
     from billing.invoices import InvoiceError
     from billing.queries import UsageQueryError
@@ -79,18 +91,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if args.command == "usage":
                 return _usage(args, db, book, registry or {})
             return _invoices(args, db, book, registry or {})
-    except (QueryError, EngineBusy, TimeoutError, InvoiceError, UsageQueryError,
-            ValueError) as exc:
+    except (QueryError, EngineBusy, TimeoutError, InvoiceError, ClosingError,
+            UsageQueryError, ValueError) as exc:
         return _fail(command, exc)
 
 
 def _invoices(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> int:
-    from billing import export, invoices
+    from billing import closing, export, invoices
     from billing.periods import Period
 
     if args.action == "mark":
         invoice = invoices.mark(db, args.id, args.status)
         print(json.dumps({"id": invoice.id, "status": invoice.status}))
+        return 0
+    if args.action == "close":
+        print(json.dumps(closing.close(db, Period.parse(args.period)).to_json()))
         return 0
     period = Period.parse(args.period)
     if args.action == "generate":
@@ -99,6 +114,11 @@ def _invoices(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> in
         for problem in run.problems:
             print(f"meterstream invoices generate: {problem}", file=sys.stderr)
         return 1 if run.problems else 0
+    if args.action == "unbilled":
+        reports = closing.unbilled(db, period)
+        print(json.dumps({"period": period.label, **closing.summary(reports),
+                          "subjects_unbilled": [r.to_json() for r in reports]}, indent=2))
+        return 0
     found = invoices.show(db, period, args.status, args.deployment)
     sys.stdout.write(export.as_json(found) if args.format == "json" else export.as_csv(found))
     return 0
@@ -115,6 +135,9 @@ def _usage(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> int:
     if end <= start:
         raise queries.UsageQueryError("--to must be after --from")
     if args.top is not None:
+        if args.invoiced:
+            raise queries.UsageQueryError("--invoiced goes with --deployment or --team, "
+                                          "not --top")
         if args.top < 1:
             raise queries.UsageQueryError("--top takes a positive number")
         ranked, problems = queries.top(db, book, registry, args.top, start, end)
@@ -123,6 +146,8 @@ def _usage(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> int:
             print(f"meterstream usage: {problem}", file=sys.stderr)
         return 0
     who = queries.subject(registry, args.deployment, args.team, args.user)
+    if args.invoiced:
+        return _invoiced(args, db, book, registry, who, start, end)
     report = queries.usage(db, book, registry, who, args.resolution, start, end)
     for problem in report.problems:
         print(f"meterstream usage: {problem}", file=sys.stderr)
@@ -136,6 +161,23 @@ def _usage(args: argparse.Namespace, db: Any, book: Any, registry: Any) -> int:
                      "convex_cost": shown["convex_cost"], "token_cost": shown["token_cost"],
                      "cost": shown["cost"]})
     _print_rows(rows, args.format, None)
+    return 0
+
+
+def _invoiced(args: argparse.Namespace, db: Any, book: Any, registry: Any, who: Any,
+              start: int, end: int) -> int:
+    from billing.statements import statements
+
+    found = statements(db, book, registry, who, start, end)
+    problems = [problem for statement in found for problem in statement.problems]
+    for problem in problems:
+        print(f"meterstream usage: {problem}", file=sys.stderr)
+    rows = [statement.to_json() for statement in found]
+    if args.format == "json":
+        print(json.dumps({"subject": who.to_json(), "currency": book.currency,
+                          "periods": rows, "problems": problems}, indent=2))
+    else:
+        _print_rows(rows, args.format, None)
     return 0
 
 

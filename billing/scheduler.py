@@ -30,8 +30,8 @@ happen: only what was there at the cut-off must be processed.
 The task runs inside the sink, the process that holds the embedded engine. At start
 it goes through the gate for the latest period whose cut-off has passed, so a sink
 that was down at the time catches up; generation never duplicates, so running it
-again is harmless. Usage stored after a period's run is on no invoice (docs/billing.md,
-"Invoices").
+again is harmless, and adjusts for usage stored since the last run (docs/billing.md,
+"Usage that lands after an invoice").
 """
 
 from __future__ import annotations

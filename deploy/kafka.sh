@@ -244,7 +244,7 @@ status() {
 # data directory formatted without it is refused rather than started with no user.
 # Every hook below does nothing without --sasl-ssl.
 sasl_dir="$home/sasl" sasl_user=meterstream sasl_mechanism=SCRAM-SHA-512
-sasl_ssl_format_args=()
+sasl_ssl_format_args=() sasl_bootstrap=""
 
 # Whether the broker DIR's properties describe runs (or ran) with a SASL_SSL listener.
 sasl_ssl_configured() { [ -f "$props" ] && grep -q '^listeners=SASL_SSL://' "$props"; }
@@ -262,14 +262,26 @@ sasl_ssl_prepare() {
     return 0
   fi
   [ "$running" != plain ] || die "the broker in $home runs without SASL_SSL: stop it first"
+  sasl_ssl_material
+  sasl_ssl_user "$sasl_dir/user-formatted"
+}
+
+# The CA, the broker certificate and the user's password, made once in DIR/sasl. The
+# certificate names 127.0.0.1, so every node of a local cluster presents the same one.
+sasl_ssl_material() {
   command -v openssl >/dev/null 2>&1 || die "--sasl-ssl needs openssl to make the certificates (Debian/Ubuntu: apt-get install openssl)"
   mkdir -p "$sasl_dir"
   sasl_ssl_certificates
   [ -s "$sasl_dir/password" ] || head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$sasl_dir/password"
+}
+
+# The SCRAM user goes into the KRaft metadata when $data is formatted; $1 marks that it
+# did, so storage formatted without it is refused rather than started with no user.
+sasl_ssl_user() {
   if [ ! -f "$data/meta.properties" ]; then
     sasl_ssl_format_args=(--add-scram "$sasl_mechanism=[name=$sasl_user,password=$(cat "$sasl_dir/password")]")
-    touch "$sasl_dir/user-formatted"
-  elif [ ! -f "$sasl_dir/user-formatted" ]; then
+    touch "$1"
+  elif [ ! -f "$1" ]; then
     die "$data was formatted without the SCRAM user that --sasl-ssl needs: remove $data (its topics) or use another --home"
   fi
 }
@@ -341,8 +353,8 @@ fi
 sasl_ssl_report() {
   [ -n "$sasl_ssl" ] || return 0
   cat <<REPORT
-kafka: SASL_SSL with $sasl_mechanism on 127.0.0.1:$port; connect with:
-  METERSTREAM_KAFKA=127.0.0.1:$port
+kafka: SASL_SSL with $sasl_mechanism on ${sasl_bootstrap:-127.0.0.1:$port}; connect with:
+  METERSTREAM_KAFKA=${sasl_bootstrap:-127.0.0.1:$port}
   METERSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL
   METERSTREAM_KAFKA_SASL_MECHANISM=$sasl_mechanism
   METERSTREAM_KAFKA_USERNAME=$sasl_user
@@ -369,7 +381,13 @@ REPORT
 # data, log, pid and properties in DIR/node-K; the jars in DIR/libs are shared. DIR/cluster
 # holds N, so that later commands (stop, status, a start without --brokers) cover the
 # whole cluster. Each node gets a heap of 384m unless --heap says otherwise.
-cluster_file="$home/cluster" cluster_id_file="$home/cluster.id"
+#
+# With --sasl-ssl every node's client listener and the brokers among themselves speak
+# SASL_SSL with SCRAM-SHA-512 (the single broker's block above, with the CA, certificate and
+# user of DIR/sasl shared by all nodes); the controller quorum stays PLAINTEXT on loopback.
+# DIR/cluster.sasl-ssl records it: the mode, like the size, is the cluster's for good, and
+# stop and status need not be told.
+cluster_file="$home/cluster" cluster_id_file="$home/cluster.id" cluster_sasl_file="$home/cluster.sasl-ssl"
 base_port=$port base_controller_port=$controller_port
 
 cluster_wanted() {
@@ -400,6 +418,7 @@ cluster_properties() {
     voters+="${voters:+,}$i@127.0.0.1:$((base_controller_port + 2 * (i - 1)))"
   done
   write_properties
+  sasl_ssl_properties
   cat >> "$props" <<PROPS
 # Node $k of a local cluster of $size (deploy/kafka.sh --brokers); overrides the above.
 node.id=$k
@@ -434,9 +453,12 @@ cluster_prepare() {
   cluster_node "$1"
   mkdir -p "$data"  # and the node's directory
   cluster_properties "$1"
+  sasl_ssl_format_args=()
+  [ -z "$sasl_ssl" ] || sasl_ssl_user "$home/node-$1/user-formatted"
   if [ ! -f "$data/meta.properties" ]; then
     "${cluster_cmd[@]}" kafka.tools.StorageTool format --ignore-formatted \
-      -t "$(cat "$cluster_id_file")" -c "$props" >> "$logfile" 2>&1 \
+      -t "$(cat "$cluster_id_file")" -c "$props" \
+      ${sasl_ssl_format_args[@]+"${sasl_ssl_format_args[@]}"} >> "$logfile" 2>&1 \
       || die "formatting node $1's storage failed; see $logfile"
   fi
 }
@@ -449,6 +471,8 @@ cluster_launch() {
     return
   fi
   echo "kafka: starting node $k on 127.0.0.1:$port (controller $controller_port), log $logfile" >&2
+  # Where this run's lines begin: the SASL_SSL readiness check reads only those.
+  stat -c %s "$logfile" 2>/dev/null > "$home/node-$k/log-offset" || echo 0 > "$home/node-$k/log-offset"
   setsid "${cluster_cmd[@]}" kafka.Kafka "$props" >> "$logfile" 2>&1 < /dev/null &
   echo "$!" > "$pidfile"
 }
@@ -465,6 +489,22 @@ cluster_brokers_seen() {
   [ ${#reply} -eq 32 ] && [ "${reply:8:8}" = "00000007" ] && echo $((16#${reply:24:8}))
 }
 
+# Node $1 (selected) serves clients. In clear: its metadata answer lists all $size brokers.
+# Over SASL_SSL a metadata request needs a login first, so: its listener answers ApiVersions
+# over TLS, and its log of this run says the broker STARTED, which a KRaft broker reaches
+# only once the controllers have registered and unfenced it; with every node there, each
+# one is registered and the replication factor of 3 can be met.
+cluster_node_ready() {
+  if [ -z "$sasl_ssl" ]; then
+    [ "$(cluster_brokers_seen "$port")" = "$size" ]
+    return
+  fi
+  local offset
+  offset=$(cat "$home/node-$1/log-offset" 2>/dev/null || echo 0)
+  tail -c +"$((offset + 1))" "$logfile" 2>/dev/null | grep -q 'Transition from STARTING to STARTED' \
+    && answers_api_versions_tls
+}
+
 # Waits until each node given answers and sees all $size brokers (180 s unless
 # --ready-timeout says otherwise: N JVMs start at once on a machine the size of one).
 cluster_wait() {
@@ -472,7 +512,7 @@ cluster_wait() {
   local deadline=$((SECONDS + ready_timeout)) k pid
   for k in "$@"; do
     cluster_node "$k"
-    until [ "$(cluster_brokers_seen "$port")" = "$size" ]; do
+    until cluster_node_ready "$k"; do
       if ! pid=$(running_pid); then
         rm -f "$pidfile"
         echo "kafka: node $k exited during start; last lines of $logfile:" >&2
@@ -494,6 +534,10 @@ cluster_start() {
   if running_pid > /dev/null; then die "the single broker of $home runs; stop it first"; fi
   require_java
   resolve_jars
+  if [ -n "$sasl_ssl" ]; then
+    sasl_ssl_material
+    touch "$cluster_sasl_file"
+  fi
   echo "$size" > "$cluster_file"
   if [ ! -f "$cluster_id_file" ]; then
     # As format_storage draws it: 16 random bytes, base64url, not starting with '-'.
@@ -518,6 +562,8 @@ cluster_start() {
   for k in $nodes; do cluster_launch "$k"; done
   cluster_wait $nodes
   echo "kafka: ready, cluster of $size on $(cluster_bootstrap) (set METERSTREAM_KAFKA to it)"
+  sasl_bootstrap=$(cluster_bootstrap)
+  sasl_ssl_report
 }
 
 cluster_stop() {
@@ -576,6 +622,14 @@ cluster_main() {
   if [ -n "$node" ] && ! { [ "$node" -ge 1 ] 2>/dev/null && [ "$node" -le "$size" ]; }; then
     die "--node must be from 1 to $size, got $node"
   fi
+  if [ -f "$cluster_sasl_file" ]; then
+    [ -n "$sasl_ssl" ] || [ "$command" != start ] \
+      || die "the cluster in $home was made with SASL_SSL: start it with --sasl-ssl"
+    sasl_ssl=1
+    answers_metadata() { answers_api_versions_tls; }
+  elif [ -n "$sasl_ssl" ] && [ -n "$recorded" ]; then
+    die "the cluster in $home was made without SASL_SSL: stop it and remove $home/node-* and $cluster_file to make one with it"
+  fi
   case "$command" in
     start) cluster_start ;;
     stop) cluster_stop TERM ;;
@@ -586,9 +640,6 @@ cluster_main() {
 }
 
 if cluster_wanted; then
-  # The SASL_SSL block above configures one broker's listeners; a cluster's nodes would
-  # need their own ports and inter-broker settings in it.
-  [ -z "$sasl_ssl" ] || die "--sasl-ssl is for the single broker, not a local cluster (--brokers)"
   cluster_main
   exit 0
 fi

@@ -8,17 +8,21 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/bootstrap.sh
 # The data directory, its keys and the broker's logs: for this user only.
 umask 077
-if [ -z "${METERSTREAM_ADMIN_TOKEN:-}" ]; then
-  # A local admin token for the registry's admin API, made once and kept private.
-  token_file="${METERSTREAM_DATA_DIR:-.meterstream}/admin-token"
-  if [ ! -s "$token_file" ]; then
-    mkdir -p "$(dirname "$token_file")"
-    (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > "$token_file")
+# Local tokens, made once and kept private: the admin token of the registry's admin API,
+# and the read token of the worker's quota API (the admin token works there too, but a
+# dashboard or a script that only reads should not hold it).
+for kind in admin read; do
+  variable=METERSTREAM_${kind^^}_TOKEN file_variable=METERSTREAM_${kind^^}_TOKEN_FILE
+  if [ -z "${!variable:-}" ] && [ -z "${!file_variable:-}" ]; then
+    token_file="${METERSTREAM_DATA_DIR:-.meterstream}/$kind-token"
+    if [ ! -s "$token_file" ]; then
+      mkdir -p "$(dirname "$token_file")"
+      (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > "$token_file")
+    fi
+    export "$variable=$(cat "$token_file")"
+    echo "up: $kind API token in $token_file" >&2
   fi
-  METERSTREAM_ADMIN_TOKEN=$(cat "$token_file")
-  export METERSTREAM_ADMIN_TOKEN
-  echo "up: admin API token in $token_file" >&2
-fi
+done
 if [ -z "${METERSTREAM_SECRET_KEY:-}${METERSTREAM_SECRET_KEY_FILE:-}" ]; then
   # `meterstream up` makes it there (0600) on first use; it seals the webhook secrets in
   # the registry topic, so back it up with the data: without it they cannot be read.

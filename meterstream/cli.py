@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_argument("--sasl-ssl", action="store_true",
                        help="start: clients connect with SASL_SSL and SCRAM-SHA-512 (a CA, "
                             "a broker certificate and a user are made; their settings are "
-                            "printed)")
+                            "printed); with --brokers, every node and the replication "
+                            "between them)")
     kafka.add_argument("--brokers", type=int, default=None, metavar="N",
                        help="a local cluster of N nodes (broker + controller each) on ports "
                             "METERSTREAM_KAFKA's + 2(k-1); stop and status cover all of them")
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     from meterstream import deployments
 
     deployments.add_parser(commands)
+    from meterstream import tokens_cli
+
+    tokens_cli.add_parser(commands)
     from meterstream.loadgen import cli as loadgen
 
     loadgen.add_parser(commands)
@@ -207,6 +211,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream import deployments
 
         return deployments.run(args, settings)
+    elif args.command == "tokens":
+        from meterstream import tokens_cli
+
+        return tokens_cli.run(args, settings)
     elif args.command == "loadgen":
         from meterstream.loadgen import cli as loadgen
 

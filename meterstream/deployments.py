@@ -42,6 +42,8 @@ def add_parser(commands: Any) -> None:
     delete = actions.add_parser("delete", help="remove a deployment from the registry")
     delete.add_argument("name")
     actions.add_parser("quotas", help="a deployment's quotas").add_argument("name")
+    actions.add_parser("health", help="a deployment's stream health, or the fleet's "
+                       "without a name (the worker's API)").add_argument("name", nargs="?")
     set_quotas = actions.add_parser(
         "set-quotas", help='replace a deployment\'s quotas with a {"quotas": [...]} document')
     set_quotas.add_argument("name")
@@ -128,6 +130,10 @@ def request(settings: Settings, method: str, path: str,
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "health":  # the worker's API, with the read token
+        from meterstream import health_cli
+
+        return health_cli.run(args, settings)
     if not settings.admin_token:
         print("meterstream deployments: set METERSTREAM_ADMIN_TOKEN", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from meterstream.core.config import SECRET_KEY_BYTES, ConfigError, Settings
 from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import Topics
 
-SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")  # meterstream/core/registry.py's
+SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret", "deploy_key")  # registry.py's
 READ_TIMEOUT = 60.0
 ATTEMPTS = 5
 

@@ -115,10 +115,6 @@ VARIABLES: tuple[Variable, ...] = (
              "Port of the usage console in the browser (`meterstream console`, started by "
              "`meterstream up`): its pages behind the admin or read token, and its probes "
              "(docs/console.md)."),
-    Variable("METERSTREAM_CONSOLE_WORKER_URL", "",
-             "Where the console asks a worker for live quota status (GET /v1/quota/..., with "
-             "the read or admin token); empty means http://127.0.0.1:<METERSTREAM_WORKER_PORT>. "
-             "https:// unless loopback or in METERSTREAM_INSECURE_HTTP_HOSTS."),
     Variable("METERSTREAM_METRICS_HOST", "",
              "Address of the probes (/metrics, /healthz, /readyz) of every service, on a "
              "listener of their own, e.g. an internal interface; they then leave the "
@@ -196,6 +192,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_RUNAWAY_MIN_CALLS", "1000",
              "Function calls in a minute below which no runaway alert is raised, whatever the "
              "baseline (so a quiet app waking up is not a runaway)."),
+    Variable("METERSTREAM_HEALTH_STORAGE_STALE", "7200",
+             "Seconds without a `current_storage_usage` event (Convex sends one every 30-90 "
+             "minutes) after which a deployment that sent one before is stale: a "
+             "`stream_stale` alert (docs/stream-health.md)."),
+    Variable("METERSTREAM_HEALTH_SILENCE_MULTIPLE", "10",
+             "A deployment with a baseline is silent (a `stream_stale` alert) after no "
+             "activity for this multiple of its mean gap between messages, or "
+             "METERSTREAM_HEALTH_SILENCE_FLOOR if longer."),
+    Variable("METERSTREAM_HEALTH_SILENCE_FLOOR", "900",
+             "Seconds of silence below which no deployment is called silent, whatever its "
+             "baseline."),
+    Variable("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", "20",
+             "Gaps between a deployment's messages seen before its silence is judged (its "
+             "baseline)."),
+    Variable("METERSTREAM_HEALTH_CHECK_INTERVAL", "60",
+             "Seconds between the worker's checks of its deployments' stream health."),
+    Variable("METERSTREAM_HEALTH_STATUS_INTERVAL", "300",
+             "Seconds between the worker's reads of its provisioned deployments' log stream "
+             "status from the Convex Platform API (a `stream_failed` alert when failed, gone "
+             "or pointing elsewhere)."),
     Variable("METERSTREAM_ALERT_WEBHOOKS", "",
              "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
              "body (x-webhook-timestamp, x-webhook-signature: see docs/worker-and-quotas.md); "
@@ -243,6 +259,23 @@ VARIABLES: tuple[Variable, ...] = (
              "Comma-separated host names to which URLs carrying credentials may use http:// "
              "although they are not loopback (a private network's service names, e.g. "
              "`clickhouse` in docker-compose.yml); every other such URL must be https://."),
+    Variable("METERSTREAM_LAG_INTERVAL", "5",
+             "How often (s) the worker and the sink measure their consumer lag per partition "
+             "they own (meterstream_worker_consumer_lag, meterstream_sink_consumer_lag; "
+             "docs/observability.md)."),
+    Variable("METERSTREAM_READ_TOKEN_TTL", "2592000",
+             "Seconds a read token of the scoped usage view (GET /v1/usage) is valid when "
+             "the admin API issues it without `expires_in` (default 30 days)."),
+    Variable("METERSTREAM_READ_TOKEN_MAX_TTL", "31536000",
+             "Longest validity (s) a read token may be issued with (default 365 days)."),
+    Variable("METERSTREAM_USAGE_CORS_ORIGINS", "",
+             "Comma-separated origins (https://app.example.com) whose browser pages may call "
+             "GET /v1/usage, or * for any; empty: none (no CORS headers)."),
+    Variable("METERSTREAM_WORKER_URL", "",
+             "Where the receiver (for GET /v1/usage) and the console ask a worker for a "
+             "deployment's quota status (GET /v1/quota/..., with METERSTREAM_READ_TOKEN or "
+             "else the admin token); empty means http://<METERSTREAM_BIND_HOST>:"
+             "<METERSTREAM_WORKER_PORT> (the worker serves plain HTTP on that address)."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -371,7 +404,18 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "worker_max_attempts": ("METERSTREAM_WORKER_MAX_ATTEMPTS", int, 1, 100),
     "worker_max_users": ("METERSTREAM_WORKER_MAX_USERS", int, 1, 1_000_000),
     "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
+    "health_storage_stale": ("METERSTREAM_HEALTH_STORAGE_STALE", float, 1.0, 31 * 24 * 3600.0),
+    "health_silence_multiple": ("METERSTREAM_HEALTH_SILENCE_MULTIPLE", float, 1.0, 1e6),
+    "health_silence_floor": ("METERSTREAM_HEALTH_SILENCE_FLOOR", float, 1.0, 31 * 24 * 3600.0),
+    "health_silence_min_messages": ("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", int, 1,
+                                    1_000_000),
+    "health_check_interval": ("METERSTREAM_HEALTH_CHECK_INTERVAL", float, 0.1, 3600.0),
+    "health_status_interval": ("METERSTREAM_HEALTH_STATUS_INTERVAL", float, 0.1, 86400.0),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
+    "lag_interval": ("METERSTREAM_LAG_INTERVAL", float, 0.1, 3600.0),
+    "read_token_ttl": ("METERSTREAM_READ_TOKEN_TTL", float, 1.0, 10 * 366 * 24 * 3600.0),
+    "read_token_max_ttl": ("METERSTREAM_READ_TOKEN_MAX_TTL", float, 1.0,
+                           10 * 366 * 24 * 3600.0),
 }
 
 
@@ -419,6 +463,12 @@ class Settings:
     worker_max_attempts: int = 3
     worker_max_users: int = 1000
     worker_max_user_alerts: int = 100
+    health_storage_stale: float = 7200.0
+    health_silence_multiple: float = 10.0
+    health_silence_floor: float = 900.0
+    health_silence_min_messages: int = 20
+    health_check_interval: float = 60.0
+    health_status_interval: float = 300.0
     sink_max_attempts: int = 3
     replication_factor: int = 1
     min_insync_replicas: int = 1
@@ -433,9 +483,14 @@ class Settings:
     receiver_metrics_port: int = 8689
     worker_metrics_port: int = 6166
     console_port: int = 8690
-    console_worker_url: str = ""
-    """METERSTREAM_CONSOLE_WORKER_URL as given; `Settings.worker_url` fills in the default."""
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    lag_interval: float = 5.0
+    """METERSTREAM_LAG_INTERVAL: seconds between two looks at the consumer lag."""
+    read_token_ttl: float = 30 * 24 * 3600.0
+    read_token_max_ttl: float = 365 * 24 * 3600.0
+    usage_cors_origins: tuple[str, ...] = ()
+    """METERSTREAM_USAGE_CORS_ORIGINS: exact origins, or ("*",)."""
+    worker_url: str = "http://127.0.0.1:6066"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -497,9 +552,6 @@ class Settings:
             worker_metrics_port=_port("METERSTREAM_WORKER_METRICS_PORT",
                                       raw("METERSTREAM_WORKER_METRICS_PORT")),
             console_port=_port("METERSTREAM_CONSOLE_PORT", raw("METERSTREAM_CONSOLE_PORT")),
-            console_worker_url=(
-                _http_url("METERSTREAM_CONSOLE_WORKER_URL", url)
-                if (url := env.get("METERSTREAM_CONSOLE_WORKER_URL", "").strip()) else ""),
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
                                  env.get("METERSTREAM_ADMIN_URL", "").strip(),
                                  raw("METERSTREAM_ADMIN_PORT"),
@@ -528,6 +580,12 @@ class Settings:
                 for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
                 if host.strip()),
             kafka_security=_kafka_security(env),
+            usage_cors_origins=_origins("METERSTREAM_USAGE_CORS_ORIGINS",
+                                        env.get("METERSTREAM_USAGE_CORS_ORIGINS", "")),
+            worker_url=_admin_url("METERSTREAM_WORKER_URL",
+                                  env.get("METERSTREAM_WORKER_URL", "").strip(),
+                                  raw("METERSTREAM_WORKER_PORT"),
+                                  _loopback(raw("METERSTREAM_BIND_HOST"))),
         )
 
     def __post_init__(self) -> None:
@@ -560,6 +618,9 @@ class Settings:
                      {self.worker_port: "METERSTREAM_WORKER_PORT"})):
                 if port in taken:
                     problems.append(f"{name} ({port}) must differ from {taken[port]}")
+        if self.read_token_ttl > self.read_token_max_ttl:
+            problems.append(f"METERSTREAM_READ_TOKEN_TTL ({self.read_token_ttl:g} s) must be at "
+                            f"most METERSTREAM_READ_TOKEN_MAX_TTL ({self.read_token_max_ttl:g} s)")
         # A body replayed after its hash was forgotten but while its events still count as
         # late would be counted twice.
         if self.dedup_retention < self.late_grace:
@@ -580,7 +641,6 @@ class Settings:
             ("METERSTREAM_PUBLIC_URL", self.public_url),
             ("METERSTREAM_CONVEX_API_URL", self.convex_api_url),
             *(("METERSTREAM_ALERT_WEBHOOKS", url) for url in self.alert_webhooks),
-            ("METERSTREAM_CONSOLE_WORKER_URL", self.worker_url),
         ]
         problems += _clickhouse_combination_problems(self.clickhouse)
         if not self.clickhouse.embedded and urlsplit(self.clickhouse.url).password:
@@ -605,11 +665,6 @@ class Settings:
                 f"started by meterstream, not {self.kafka_bootstrap!r}"
             )
         return int(servers[0].rpartition(":")[2])
-
-    @property
-    def worker_url(self) -> str:
-        """Where the console reaches a worker's API (METERSTREAM_CONSOLE_WORKER_URL)."""
-        return self.console_worker_url or f"http://127.0.0.1:{self.worker_port}"
 
     @property
     def kafka_home(self) -> Path:
@@ -867,6 +922,22 @@ def _admin_url(name: str, value: str, port: str, host: str = "127.0.0.1") -> str
     if not value:
         return f"http://{host}:{port}"
     return _http_url(name, value)
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\]"
+                     r"(?::[0-9]{1,5})?$")
+
+
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    """Browser origins as they send them (scheme://host[:port], no path), or ("*",)."""
+    origins = tuple(origin.strip().lower() for origin in value.split(",") if origin.strip())
+    if origins == ("*",):
+        return origins
+    bad = [origin for origin in origins if origin == "*" or not _ORIGIN.match(origin)]
+    if bad:
+        return _problem(f"{name} takes * alone or origins like https://app.example.com "
+                        f"(scheme://host[:port], no path), got {', '.join(bad)}", ())
+    return origins
 
 
 def _loopback(host: str) -> str:

@@ -36,7 +36,7 @@ log = logging.getLogger("meterstream.registry")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 OWNER_FIELDS = ("team", "project", "plan")
 FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels", "allow_unsigned")
-SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")
+SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret", "deploy_key")
 """Sealed at rest with the process's key (meterstream/core/secret_box.py)."""
 MIN_SECRET_LENGTH = 16
 
@@ -80,6 +80,10 @@ class Deployment:
     allow_unsigned: bool = False
     """Opted in to unsigned webhook bodies; matters only while it has no webhook secret
     (a deployment with a secret always needs the signature)."""
+    deploy_key: str | None = field(default=None, repr=False)
+    """The Convex deploy key given to `provision`, sealed at rest: the worker's stream
+    status check reads the log stream's status with it (docs/stream-health.md). Set only
+    by provisioning, cleared by deprovisioning; never shown."""
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: everything but the secrets."""

@@ -82,6 +82,13 @@ class Topics:
                           {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
 
     @property
+    def read_tokens(self) -> TopicSpec:
+        """Read tokens of the scoped usage view (meterstream/core/read_tokens.py): one
+        record per token id, compacted, one partition, like the registry."""
+        return self._spec(f"{self.namespace}.read-tokens", 1,
+                          {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
+
+    @property
     def dead_letters(self) -> TopicSpec:
         """Events that could not be understood, with the reason."""
         return self._spec(f"{self.namespace}.deadletter", 1,
@@ -285,18 +292,10 @@ async def _min_insync(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str,
 
 
 async def partition_counts(kafka: KafkaConnection, names: list[str]) -> dict[str, int]:
-    """Partitions of each named topic (0 for a topic that does not exist)."""
-    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="meterstream-admin")
-    await admin.start()
-    try:
-        described = await admin.describe_topics(names)
-    finally:
-        await admin.close()
-    counts = dict.fromkeys(names, 0)
-    for topic in described:
-        if topic.get("error_code", 0) == 0:
-            counts[topic["topic"]] = len(topic["partitions"])
-    return counts
+    """Partitions of each named topic (0 for a topic that does not exist). Read as
+    `existing_topics` reads them, so that asking creates no topic either."""
+    found = await existing_topics(kafka, names)
+    return {name: found[name].partitions if name in found else 0 for name in names}
 
 
 def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:

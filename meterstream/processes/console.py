@@ -7,7 +7,7 @@ server directly, on the embedded engine through the socket of the sink that hold
 (meterstream/core/query.py), never opening the engine itself, so it can start before
 the sink, restart on its own, and never keep the engine from the sink.
 
-It follows the registry from Kafka, asks the worker (METERSTREAM_CONSOLE_WORKER_URL)
+It follows the registry from Kafka, asks the worker (METERSTREAM_WORKER_URL)
 for live quota status, serves its pages and /healthz, /readyz and /metrics on
 METERSTREAM_CONSOLE_PORT, and stops on SIGTERM or SIGINT. /readyz waits for the
 registry to load and for ClickHouse to answer.

@@ -7,9 +7,10 @@ METERSTREAM_SINK_PORT (on METERSTREAM_METRICS_HOST when set, else METERSTREAM_BI
 ensures the topics, runs the invoice scheduler (billing/scheduler.py) and stops on
 SIGTERM or SIGINT after storing and committing what is buffered.
 
-The probes listen from the start, before the migrations (which can take a while on a
-server): /healthz answers at once, /readyz says 503 until the schema is applied and the
-sink owns its partitions with their high-water marks loaded.
+The probes listen from the start, before the embedded engine's lock is taken (a
+`meterstream sql` may hold it for up to ENGINE_WAIT_SECONDS) and before the migrations
+(which can take a while on a server): /healthz answers at once, /readyz says 503 until the
+schema is applied and the sink owns its partitions with their high-water marks loaded.
 """
 
 from __future__ import annotations
@@ -46,18 +47,6 @@ ENGINE_WAIT_SECONDS = 30.0
 
 async def serve(settings: Settings) -> None:
     stop = stop_event()
-    target = settings.clickhouse
-    lock = EngineLock(target.chdb_path) if target.chdb_path is not None else None
-    if lock is not None:
-        await asyncio.to_thread(lock.acquire, ENGINE_WAIT_SECONDS)
-    try:
-        await _serve(settings, stop)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     topics = Topics.of(settings)
     target = settings.clickhouse
     runners: list[web.AppRunner] = []
@@ -65,10 +54,17 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     schema_ready = False
     readiness.add("schema", lambda: schema_ready)
     readiness.add("partitions", lambda: False)  # consume() puts the sink's own check here
+    lock = EngineLock(target.chdb_path) if target.chdb_path is not None else None
+    locked = False
     try:
         runners.append(await start_site(add_probes(web.Application(), readiness),
                                         settings.metrics_host or settings.bind_host,
                                         settings.sink_port, ConnectionLimits.of(settings)))
+        if lock is not None:
+            # After the probes: while a `meterstream sql` holds the engine, /healthz
+            # answers and /readyz says why the sink is not ready (the schema).
+            await asyncio.to_thread(lock.acquire, ENGINE_WAIT_SECONDS)
+            locked = True
         # One client for inserts and one for user queries: each is used by one thread at a time.
         insert_client = connect(target)
         if target.chdb_path is not None:
@@ -93,6 +89,8 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         for runner in runners:
             await runner.cleanup()
+        if lock is not None and locked:
+            lock.release()
     log.info("sink stopped")
 
 

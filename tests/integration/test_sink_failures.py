@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 
+from meterstream.core.clickhouse import EngineLock
+from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
 from tests.support import free_port, meterstream, own_broker_env, read_topic, wait_for
 from tests.support.clock import settled
@@ -19,6 +21,7 @@ from tests.support.sink_load import (
     MixedLoad,
     agent_raw_body,
     mixed_load,
+    probe,
     produce_split,
     sink_metric,
     sink_ready,
@@ -350,3 +353,31 @@ def test_the_sink_refuses_record_topics_partitioned_unlike_the_raw_topic(
     assert sink.wait(120) == 1
     assert (f"topic {namespace}.storage_api_bandwidth has 2 partitions but "
             "METERSTREAM_PARTITIONS is 4" in (tmp_path / "sink.log").read_text())
+
+
+def test_the_sink_answers_its_probes_while_it_waits_for_the_engine(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A `meterstream sql` (this test, holding the lock) has the embedded engine when the
+    sink starts: the sink's /healthz answers and /readyz says 503 (schema) while it waits,
+    and it becomes ready once the lock is released."""
+    env = {"METERSTREAM_KAFKA": kafka_bootstrap, "METERSTREAM_DATA_DIR": str(tmp_path / "ms"),
+           "METERSTREAM_NAMESPACE": f"t{int(time.time() * 1000) % 10**9}",
+           "METERSTREAM_SINK_PORT": str(free_port())}
+    chdb_path = Settings.from_env(env).clickhouse.chdb_path
+    assert chdb_path is not None
+    chdb_path.parent.mkdir(parents=True, exist_ok=True)
+    port = env["METERSTREAM_SINK_PORT"]
+    with worker_processes() as processes:
+        lock = EngineLock(chdb_path)
+        lock.acquire()
+        try:
+            processes.append(start_sink(env, tmp_path / "sink.log"))
+            wait_for(lambda: probe(port, "/healthz") == (200, '{"status": "ok"}'), timeout=60,
+                     what="the waiting sink to answer /healthz")
+            readiness = probe(port, "/readyz")
+            assert readiness is not None
+            assert readiness[0] == 503
+            assert "schema" in readiness[1]
+        finally:
+            lock.release()
+        wait_for(lambda: sink_ready(port), timeout=120, what="the sink ready after the lock")

@@ -132,16 +132,25 @@ def stored_or_none(sql: Callable[[str], str]) -> dict[str, tuple[int, int]] | No
         return None
 
 
-def sink_ready(port: str) -> bool:
-    """Whether the sink on `port` answers /readyz with 200: schema applied, topics there,
-    partitions assigned with their high-water marks (meterstream/processes/sink.py)."""
+def probe(port: str, path: str) -> tuple[int, str] | None:
+    """(status, body) of GET `path` on the service on `port`; None while it does not answer."""
+    import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
-            return answer.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
     except OSError:
-        return False
+        return None
+
+
+def sink_ready(port: str) -> bool:
+    """Whether the sink on `port` answers /readyz with 200: schema applied, topics there,
+    partitions assigned with their high-water marks (meterstream/processes/sink.py)."""
+    answer = probe(port, "/readyz")
+    return answer is not None and answer[0] == 200
 
 
 def start_sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

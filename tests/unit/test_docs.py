@@ -218,7 +218,12 @@ def test_compose_publishes_only_the_receiver_and_the_console_on_loopback() -> No
     # The console is for people on the host: its loopback only, behind the tokens.
     assert _published(services["console"]) == ["127.0.0.1:8690:8690"]
     for name, text in services.items():
-        if name not in ("receiver", "console"):
+        if 'profiles: ["observability"]' in text:
+            # Prometheus and Grafana, on the host's loopback only (docs/observability.md).
+            published = _published(text)
+            assert published
+            assert all(p.startswith("127.0.0.1:") for p in published), f"{name}: {published}"
+        elif name not in ("receiver", "console"):
             assert "ports:" not in text, f"{name} publishes a port"
     assert "ports:" not in blocks["x-meterstream"]
 
