@@ -209,19 +209,21 @@ def _published(block: str) -> list[str]:
     return re.findall(r'- "?([^"\n]+)"?', match.group(1)) if match else []
 
 
-def test_compose_publishes_only_the_receiver() -> None:
+def test_compose_publishes_only_the_receiver_and_the_console_on_loopback() -> None:
     blocks = _compose_blocks()
     services = {name.split(".", 1)[1]: text for name, text in blocks.items()
                 if name.startswith("services.")}
     assert {"receiver", "worker", "sink", "clickhouse", "kafka", "secrets"} <= set(services)
     assert _published(services["receiver"]) == ["8686:8686"]
+    # The console is for people on the host: its loopback only, behind the tokens.
+    assert _published(services["console"]) == ["127.0.0.1:8690:8690"]
     for name, text in services.items():
         if 'profiles: ["observability"]' in text:
             # Prometheus and Grafana, on the host's loopback only (docs/observability.md).
             published = _published(text)
             assert published
             assert all(p.startswith("127.0.0.1:") for p in published), f"{name}: {published}"
-        elif name != "receiver":
+        elif name not in ("receiver", "console"):
             assert "ports:" not in text, f"{name} publishes a port"
     assert "ports:" not in blocks["x-meterstream"]
 
