@@ -325,3 +325,24 @@ def test_every_worker_metric_is_listed_in_the_worker_docs() -> None:
                for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
     assert len(exposed) > 10
     assert [name for name in exposed if f"`{name}" not in text] == []
+
+
+def test_compose_checks_each_services_readiness_on_its_own_port() -> None:
+    """Each meterstream service's healthcheck asks /readyz on the port the shared
+    environment gives it, so that compose (and whatever depends on a healthy service)
+    sees a worker or a sink that is up but not yet owning its partitions as unhealthy."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    ports = compose["x-meterstream"]["environment"]
+    variable = {"receiver": "METERSTREAM_RECEIVER_PORT", "worker": "METERSTREAM_WORKER_PORT",
+                "sink": "METERSTREAM_SINK_PORT", "console": "METERSTREAM_CONSOLE_PORT"}
+    services = {name: service for name, service in compose["services"].items()
+                if service.get("command", [None])[0] in variable}
+    assert set(services) == set(variable)
+    for name, service in services.items():
+        check = service["healthcheck"]
+        probe = check["test"][-1]
+        assert f"http://127.0.0.1:{ports[variable[name]]}/readyz" in probe, name
+        assert check["test"][:3] == ["CMD", "python", "-c"], name
+        assert check["start_period"] and check["retries"] >= 3, name
