@@ -345,4 +345,5 @@ def test_compose_checks_each_services_readiness_on_its_own_port() -> None:
         probe = check["test"][-1]
         assert f"http://127.0.0.1:{ports[variable[name]]}/readyz" in probe, name
         assert check["test"][:3] == ["CMD", "python", "-c"], name
-        assert check["start_period"] and check["retries"] >= 3, name
+        assert check["start_period"], name
+        assert check["retries"] >= 3, name
