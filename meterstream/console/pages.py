@@ -219,6 +219,13 @@ def deployment(view: DeploymentView, role: str, currency: str) -> Html:
                frozenset({2})),
         tag("h2", "Tokens per end user (this month)"),
         _table(("user", "tokens"), [list(u) for u in view.users], "users", frozenset({1})),
+        tag("h2", "Invoiced against current"),
+        _table(("period", "state", "current", "invoiced", "not invoiced yet", "invoices",
+                "adjustments"),
+               [[s.period.label[:7], "open" if s.closed_at is None else "closed",
+                 _money(s.current, currency), _money(s.invoiced, currency),
+                 _money(s.uninvoiced, currency), s.invoices, s.adjustments]
+                for s in view.statements], "statements", frozenset({2, 3, 4, 5, 6})),
         tag("h2", "Alerts"),
         _table(("at", "kind", "metric", "detail"), _alert_rows(view.alerts, False), "alerts"),
         tag("h2", "Registry record"), record]), role)

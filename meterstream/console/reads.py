@@ -22,6 +22,7 @@ from billing.invoices import Invoice
 from billing.periods import Period, iso
 from billing.pricebook import PriceBook, PricingError
 from billing.registry import Owner, owner_of
+from billing.statements import Statement, statements
 from meterstream.console.month_to_date import MonthToDate, owners_of
 from meterstream.core.registry import Deployment
 
@@ -120,6 +121,10 @@ def overview(found: MonthToDate, book: PriceBook, records: Sequence[Deployment],
 
 # One deployment.
 
+STATEMENT_PERIODS = 3
+"""Billing periods a deployment's page shows invoiced against current for."""
+
+
 @dataclass
 class DeploymentView:
     name: str
@@ -134,6 +139,8 @@ class DeploymentView:
     users: list[tuple[str, int]]
     """(end user, total tokens) this month, most first"""
     alerts: list[dict[str, Any]]
+    statements: list[Statement] = field(default_factory=list)
+    """Invoiced against current, for this and the previous STATEMENT_PERIODS - 1 months"""
     live: dict[str, Any] | None = None
     live_problem: str | None = None
     problems: list[str] = field(default_factory=list)
@@ -166,9 +173,18 @@ def deployment(db: Database, book: PriceBook, records: Sequence[Deployment], nam
         f"SELECT user_id, sum(total_tokens) AS total_tokens FROM user_tokens_monthly "
         f"WHERE month = {date(period.start_ms)} AND deployment = {quote(name)} "
         f"GROUP BY user_id ORDER BY total_tokens DESC, user_id LIMIT {PAGE_SIZE}")]
+    # Invoiced against current (billing/statements.py): what generating a period again
+    # would adjust, per period, for this month and the two before it.
+    first = period
+    for _ in range(STATEMENT_PERIODS - 1):
+        first = first.previous()
+    found = statements(db, book, owners, who, first.start_ms, now_ms)
+    for statement in found:
+        problems.extend(statement.problems)
     return DeploymentView(name, record.public() if record else None, resolution, report,
                           month_cost, queries.display(used.get(name, {}), tokens), models,
-                          users, alerts(db, 1, name)[0], problems=problems)
+                          users, alerts(db, 1, name)[0], list(reversed(found)),
+                          problems=problems)
 
 
 def series(report: queries.Report) -> dict[str, list[tuple[int, float]]]:

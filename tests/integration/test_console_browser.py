@@ -139,6 +139,14 @@ def test_console_in_a_browser_shows_usage_and_marks_an_invoice_paid(
             "function_calls", "month", "", str(CALLS), "10"]
         assert "exceeded" in quota.text
         assert driver.find_elements(By.CSS_SELECTOR, "#alerts tbody tr")
+        # Invoiced against current: the period's invoice holds all its usage so far.
+        statement = {r.find_elements(By.TAG_NAME, "td")[0].text:
+                     [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+                     for r in driver.find_elements(By.CSS_SELECTOR, "#statements tbody tr")}
+        assert statement[period[:7]][1] == "open"
+        assert statement[period[:7]][2] == statement[period[:7]][3]  # current == invoiced
+        assert statement[period[:7]][4].startswith("0.00 ")  # nothing left to adjust
+        assert statement[period[:7]][5:] == ["1", "0"]
         assert driver.execute_script("return window.pwned === undefined")
         if shots:
             driver.save_screenshot(str(Path(shots) / "deployment.png"))
