@@ -95,6 +95,8 @@ class ConvexPlatform:
                  deploy_key: str, timeout: float = 15.0, backoff: float = 0.5) -> None:
         self.session = session
         self.base = url_template.replace("{deployment}", deployment).rstrip("/")
+        self.deploy_key = deploy_key
+        """Kept (sealed) with the deployment by provisioning, for the stream status check."""
         self._authorization = f"Convex {deploy_key}"
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.backoff = backoff

@@ -131,6 +131,7 @@ class Provisioner:
                 secret = await convex.rotate_webhook_secret(stream_id)
             record = RegistryWriter.stamped(base, webhook_secret=secret,
                                             log_stream_id=stream_id, secret_changing_until=0,
+                                            deploy_key=convex.deploy_key,
                                             previous_webhook_secret=None,
                                             previous_secret_until=0)
             await self.writer.write(name, record)
@@ -157,7 +158,7 @@ class Provisioner:
         record = RegistryWriter.stamped(
             current, webhook_secret=secret, previous_webhook_secret=current.webhook_secret,
             previous_secret_until=_now() + int(self.settings.secret_overlap * 1000),
-            secret_changing_until=0)
+            secret_changing_until=0, deploy_key=convex.deploy_key)
         await self.writer.write(name, record)
         log.info("rotated the webhook secret", extra={"deployment": name})
         return record
@@ -175,7 +176,7 @@ class Provisioner:
             current, removed_at=_now(), webhook_secret=None, previous_webhook_secret=None,
             previous_secret_until=0, secret_changing_until=0, log_stream_id=None,
             # Its agents' token stops working too: no door stays open to a removed deployment.
-            ingest_token_sha256=None, allow_unsigned=False)
+            ingest_token_sha256=None, allow_unsigned=False, deploy_key=None)
         await self.writer.write(name, record)
         log.info("deprovisioned", extra={"deployment": name})
         return record
