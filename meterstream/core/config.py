@@ -199,6 +199,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_ALERT_RETRY_SECONDS", "3600",
              "How long (s) an alert webhook is retried with exponential backoff before the "
              "alert goes to the dead-letter topic."),
+    Variable("METERSTREAM_ENFORCE_VARIABLE", "METERSTREAM_QUOTA_EXCEEDED",
+             "The environment variable the worker sets on an opted-in Convex deployment while "
+             "a hard quota is exceeded, and removes afterwards (docs/enforcement.md)."),
+    Variable("METERSTREAM_ENFORCE_INTERVAL", "5",
+             "Seconds between the worker's checks of enforcement at the source: a period that "
+             "ended or a quota raised removes the variable within about this time."),
     Variable("METERSTREAM_SINK_BATCH_ROWS", "50000",
              "Rows of one table that make the sink insert at once (at most 1000000, so that "
              "each insert stays one atomic block)."),
@@ -364,6 +370,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "worker_max_users": ("METERSTREAM_WORKER_MAX_USERS", int, 1, 1_000_000),
     "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
+    "enforce_interval": ("METERSTREAM_ENFORCE_INTERVAL", float, 0.05, 3600.0),
 }
 
 
@@ -412,6 +419,8 @@ class Settings:
     worker_max_users: int = 1000
     worker_max_user_alerts: int = 100
     sink_max_attempts: int = 3
+    enforce_interval: float = 5.0
+    enforce_variable: str = "METERSTREAM_QUOTA_EXCEEDED"
     replication_factor: int = 1
     min_insync_replicas: int = 1
     secret_key: bytes | None = field(default=None, repr=False)
@@ -513,6 +522,8 @@ class Settings:
                 for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
                 if host.strip()),
             kafka_security=_kafka_security(env),
+            enforce_variable=_env_name("METERSTREAM_ENFORCE_VARIABLE",
+                                       raw("METERSTREAM_ENFORCE_VARIABLE")),
         )
 
     def __post_init__(self) -> None:
@@ -827,6 +838,16 @@ def _namespace(name: str, value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", value):
         return _problem(f"{name} may hold letters, digits, '.', '_' and '-', got {value!r}",
                         "meterstream")
+    return value
+
+
+def _env_name(name: str, value: str) -> str:
+    # Convex's rule for a deployment's environment variable names (its `env set` refuses
+    # others): a letter, then letters, digits and underscores, under 40 characters.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,38}", value):
+        return _problem(f"{name} must be a Convex environment variable name (a letter, then "
+                        f"letters, digits and '_', under 40 characters), got {value!r}",
+                        "METERSTREAM_QUOTA_EXCEEDED")
     return value
 
 
