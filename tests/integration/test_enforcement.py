@@ -1,13 +1,15 @@
 """Enforcement at the source on the real broker, against the stand-in Platform API.
 
-The loop (processors/enforcer.enforce_from_alerts) runs here, in the test's process, with
-a clock the test moves, on a namespace of its own: the registry record and the quota
+The first test runs the loop (processors/enforcer.enforce_from_alerts) in the test's
+process, with a clock the test moves, on a namespace of its own: the registry record and the quota
 alerts are on the real topics as the admin API and the worker store them. A restart is
-the loop cancelled and started again in its consumer group."""
+the loop cancelled and started again in its consumer group. The second runs the whole
+pipeline: usage crossing a hard quota, the worker restarted, the quota raised."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -26,8 +28,11 @@ from meterstream.core.topics import Topics, ensure_topics
 from meterstream.core.windows import label, window_end, window_start
 from processors import metrics
 from processors.enforcer import enforce_from_alerts
-from tests.support import read_topic, wait_for
+from tests.support import free_port, metric_sample, read_topic, wait_for
+from tests.support.clock import settled
 from tests.support.convex_standin import ConvexStandIn
+from tests.support.load import function_load
+from tests.support.pipeline import running_pipeline
 
 NAME = "capped-otter-123"
 KEY = "prod:capped-otter-123|0123456789abcdef"
@@ -184,3 +189,67 @@ def test_the_variable_is_set_once_survives_a_restart_and_goes_at_the_period_end(
         (f"enforcement|{NAME}|3", "set", expected),
         (f"enforcement|{NAME}|4", "removed", None)]
     assert all(a["deployment"] == NAME and a["variable"] == VAR for a in enforcement)
+
+
+def test_the_worker_enforces_crossed_usage_across_a_restart_until_the_quota_is_raised(
+        kafka_bootstrap: str, tmp_path: Path, convex: ConvexStandIn) -> None:
+    """The whole way: provisioned with --enforce, signed bodies through the receiver, the
+    worker's quota alert, its enforcement loop; the pipeline stopped and started again."""
+    name = "pipeline-otter-7"
+    convex.add(name, KEY)
+    now = int(time.time() * 1000)
+    at = settled(now, 5_000, "day", before_ms=10_000)
+    load = function_load(name, bodies=2, events_per_body=25, at_ms=at)
+    calls = load.totals["function_calls"]
+    receiver_port = free_port()
+    env = {"METERSTREAM_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
+           "METERSTREAM_PARTITIONS": "2",
+           "METERSTREAM_RECEIVER_PORT": str(receiver_port),
+           "METERSTREAM_PUBLIC_URL": f"http://127.0.0.1:{receiver_port}",
+           "METERSTREAM_CONVEX_API_URL": convex.url_template,
+           "METERSTREAM_ENFORCE_VARIABLE": VAR,
+           "METERSTREAM_ENFORCE_INTERVAL": "0.2"}
+    deployment = convex.deployments[name]
+    with running_pipeline(kafka_bootstrap, tmp_path, extra_env=env) as pipeline:
+        status, answer = pipeline.admin("POST", f"/v1/deployments/{name}/provision",
+                                        {"deploy_key": KEY, "enforce_at_source": True})
+        assert status == 200, answer
+        assert answer["enforce_at_source"] is True
+        assert "deploy_key" not in answer
+        status, _ = pipeline.admin("PUT", f"/v1/deployments/{name}/quotas", {"quotas": [
+            {"metric": "function_calls", "period": "day", "limit": calls, "hard": True}]})
+        assert status == 200
+        stream = deployment.live()
+        assert stream is not None
+        assert pipeline.post(load.bodies[0], stream.secret)[0] == 200
+        port = pipeline.env["METERSTREAM_WORKER_PORT"]
+        wait_for(lambda: metric_sample(port, "meterstream_worker_enforcement_partitions") == 2,
+                 60, "the enforcement loop holding both partitions")
+        assert deployment.env_updates == []  # half the limit: nothing to enforce
+        assert pipeline.post(load.bodies[1], stream.secret)[0] == 200
+        value = wait_for(lambda: deployment.env.get(VAR), 60, "the variable set")
+        day_end = datetime.fromtimestamp(window_end("day", window_start("day", at)) / 1000, UTC)
+        assert orjson.loads(value) == {"exceeded": [{
+            "metric": "function_calls", "period": "day",
+            "until": day_end.strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+        assert deployment.env_updates == [[{"name": VAR, "value": value}]]
+
+    # The same namespace and data directory again: the worker restarts.
+    env["METERSTREAM_WORKER_PORT"] = str(free_port())
+    with running_pipeline(kafka_bootstrap, tmp_path, extra_env=env) as pipeline:
+        port = pipeline.env["METERSTREAM_WORKER_PORT"]
+        wait_for(lambda: metric_sample(port, "meterstream_worker_enforcement_partitions") == 2,
+                 120, "the restarted enforcement loop's pass over both partitions")
+        assert len(deployment.env_updates) == 1
+        status, _ = pipeline.admin("PUT", f"/v1/deployments/{name}/quotas", {"quotas": [
+            {"metric": "function_calls", "period": "day", "limit": calls + 1, "hard": True}]})
+        assert status == 200
+        wait_for(lambda: VAR not in deployment.env or None, 60, "the variable removed")
+        assert deployment.env_updates[1:] == [[{"name": VAR}]]
+        alerts = [orjson.loads(m.value)
+                  for m in read_topic(kafka_bootstrap, f"{pipeline.namespace}.alerts")]
+    assert [a["id"] for a in alerts if a["kind"] == "quota"] == [
+        f"quota|{name}|function_calls|day|{label(window_start('day', at))}|{t}"
+        for t in (0.8, 1.0)]
+    assert [(a["action"], a["value"]) for a in alerts if a["kind"] == "enforcement"] == [
+        ("set", value), ("removed", None)]
