@@ -13,7 +13,9 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from meterstream.core.registry import Deployment
+from meterstream.core import secret_box
+from meterstream.core.registry import Deployment, InvalidDeployment, updated
+from meterstream.core.secret_box import Keyring
 from processors.convex_env import ConvexEnv, EnvUpdateFailed, deployment_url
 from processors.enforcement import (
     Applied,
@@ -70,6 +72,47 @@ def run(scenario: Coroutine[Any, Any, T]) -> T:
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# --- the opt-in and the deploy key in the registry ------------------------------------------
+
+def test_the_opt_in_is_set_by_put_kept_by_other_updates_and_refused_when_not_a_boolean(
+) -> None:
+    opted = updated(None, NAME, {"enforce_at_source": True})
+    assert opted.enforce_at_source
+    assert opted.public()["enforce_at_source"] is True
+    assert updated(opted, NAME, {"team": "acme"}).enforce_at_source
+    assert not updated(opted, NAME, {"enforce_at_source": False}).enforce_at_source
+    for bad in ("yes", 1, None):
+        with pytest.raises(InvalidDeployment) as refused:
+            updated(opted, NAME, {"enforce_at_source": bad})
+        assert refused.value.fields == {"enforce_at_source": "must be true or false"}
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--enforce"], True), (["--no-enforce"], False), ([], None)])
+def test_put_and_provision_take_enforce(flags: list[str], expected: bool | None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from meterstream.cli import _parser
+    from meterstream.deployments import _body
+
+    monkeypatch.setenv("DEPLOY_KEY", KEY)
+    for action in (["put", NAME], ["provision", NAME, "--deploy-key-env", "DEPLOY_KEY"]):
+        body = _body(_parser().parse_args(["deployments", *action, *flags]))
+        assert body.get("enforce_at_source") is expected
+
+
+def test_the_deploy_key_is_sealed_at_rest_and_never_shown() -> None:
+    secret_box.install(Keyring(bytes(range(32))))
+    try:
+        stored = record().to_json()
+        assert KEY.encode() not in stored
+        assert orjson.loads(stored)["deploy_key"]["sealed"] == 1
+        assert Deployment.from_json(stored).deploy_key == KEY
+    finally:
+        secret_box.install(None)
+    assert KEY not in repr(record())
+    assert "deploy_key" not in record().public()
 
 
 # --- the decision --------------------------------------------------------------------------
