@@ -11,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from billing.money import rounded, text
 from billing.periods import Period
 from billing.pricebook import Plan, PriceBook
 from billing.resources import BILLED_TOKEN_KINDS, RESOURCES, TokenCounts, Usage
 from billing.rollups import TokenUsage
+
+LINE_FIELDS = ("item", "description", "unit", "usage", "included", "quantity", "unit_price",
+               "amount")
+"""A line's fields, as the `lines` Nested columns of invoices and unbilled_usage hold them."""
 
 
 @dataclass(frozen=True)
@@ -38,35 +43,75 @@ class Line:
                    ("usage", "included", "quantity", "unit_price", "amount")}}
 
 
-def resource_lines(usage: Usage, plan: Plan, multiplier: Decimal, period: Period) -> list[Line]:
-    """One line per Convex resource (also when nothing of it is billable)."""
-    lines = []
+def line_columns(lines: tuple[Line, ...] | list[Line]) -> dict[str, list[Any]]:
+    """Lines as the `lines.<field>` columns of a row."""
+    return {f"lines.{name}": [getattr(line, name) for line in lines] for name in LINE_FIELDS}
+
+
+def lines_of(row: dict[str, Any]) -> tuple[Line, ...]:
+    """The lines of a row read back from its `lines.<field>` columns."""
+    return tuple(
+        Line(*(values[:3]), *(Decimal(str(v)) for v in values[3:]))
+        for values in zip(*(row[f"lines.{name}"] for name in LINE_FIELDS), strict=True))
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One line's exact usage and its price, before anything is rounded: what a line is
+    computed from (`line`), and what an adjustment reprices as its original was."""
+
+    item: str
+    description: str
+    unit: str
+    used: Fraction
+    included: Decimal
+    unit_price: Decimal
+
+
+def line(measure: Measure) -> Line:
+    """The line for a measure: usage above the included amount times the unit price."""
+    billable = max(measure.used - Fraction(measure.included), Fraction(0))
+    return Line(measure.item, measure.description, measure.unit, rounded(measure.used),
+                measure.included, rounded(billable), measure.unit_price,
+                rounded(billable * Fraction(measure.unit_price)))
+
+
+def resource_measures(usage: Usage, plan: Plan, multiplier: Decimal,
+                      period: Period) -> list[Measure]:
+    """One measure per Convex resource (also when nothing of it is used)."""
+    measures = []
     for resource in RESOURCES:
         price = plan.resources[resource.key]
-        used = resource.quantity(usage, period)
-        billable = max(used - Fraction(price.included), Fraction(0))
-        unit_price = price.unit_price * multiplier
-        lines.append(Line(resource.key, resource.description, resource.unit, rounded(used),
-                          price.included, rounded(billable), unit_price,
-                          rounded(billable * Fraction(unit_price))))
-    return lines
+        measures.append(Measure(resource.key, resource.description, resource.unit,
+                                resource.quantity(usage, period), price.included,
+                                price.unit_price * multiplier))
+    return measures
+
+
+def token_measures(tokens: TokenUsage, book: PriceBook) -> list[Measure]:
+    """Five measures per (provider, model): one per token kind. Raises PricingError for a
+    model the price book does not price."""
+    measures = []
+    for provider, model in sorted(tokens):
+        prices = book.tokens(provider, model)
+        counts = tokens[(provider, model)]
+        for kind, description, count in BILLED_TOKEN_KINDS:
+            measures.append(Measure(f"tokens:{provider}/{model}:{kind}",
+                                    f"{provider} {model} {description}", "tokens",
+                                    Fraction(count(counts)), Decimal(0),
+                                    prices.unit_price(kind)))
+    return measures
+
+
+def resource_lines(usage: Usage, plan: Plan, multiplier: Decimal, period: Period) -> list[Line]:
+    """One line per Convex resource (also when nothing of it is billable)."""
+    return [line(m) for m in resource_measures(usage, plan, multiplier, period)]
 
 
 def token_lines(tokens: TokenUsage, book: PriceBook) -> list[Line]:
     """Five lines per (provider, model): one per token kind. Raises PricingError for a
     model the price book does not price."""
-    lines = []
-    for provider, model in sorted(tokens):
-        prices = book.tokens(provider, model)
-        counts = tokens[(provider, model)]
-        for kind, description, count in BILLED_TOKEN_KINDS:
-            quantity = count(counts)
-            unit_price = prices.unit_price(kind)
-            lines.append(Line(f"tokens:{provider}/{model}:{kind}",
-                              f"{provider} {model} {description}", "tokens",
-                              Decimal(quantity), Decimal(0), Decimal(quantity), unit_price,
-                              rounded(quantity * Fraction(unit_price))))
-    return lines
+    return [line(m) for m in token_measures(tokens, book)]
 
 
 def amount(lines: list[Line]) -> Decimal:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import Deployment, RegistryView
-from meterstream.core.topics import Topics, ensure_topics
+from meterstream.core.topics import Topics, existing_topics
 
 LOAD_SECONDS = 60.0
 
@@ -39,10 +39,15 @@ def owner_of(registry: Owners, deployment: str) -> Owner:
 
 
 async def load(settings: Settings, seconds: float = LOAD_SECONDS) -> dict[str, Owner]:
-    """The registry as it is now, read from Kafka; raises TimeoutError naming the topic."""
+    """The registry as it is now, read from Kafka; raises TimeoutError naming the topic.
+
+    Reading creates nothing: with no registry topic yet (no deployment ever registered)
+    the registry is empty. Following a missing topic would have the broker create it
+    (auto.create.topics.enable) with the broker's defaults instead of the registry's."""
     topic = Topics.of(settings).deployments
     kafka = KafkaConnection.of(settings)
-    await ensure_topics(kafka, [topic])
+    if topic.name not in await existing_topics(kafka, [topic.name]):
+        return {}
     view = RegistryView(kafka, topic.name)
     view.start()
     try:

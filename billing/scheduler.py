@@ -30,8 +30,8 @@ happen: only what was there at the cut-off must be processed.
 The task runs inside the sink, the process that holds the embedded engine. At start
 it goes through the gate for the latest period whose cut-off has passed, so a sink
 that was down at the time catches up; generation never duplicates, so running it
-again is harmless. Usage stored after a period's run is on no invoice (docs/billing.md,
-"Invoices").
+again is harmless, and adjusts for usage stored since the last run (docs/billing.md,
+"Usage that lands after an invoice").
 """
 
 from __future__ import annotations
@@ -370,7 +370,8 @@ async def _run(settings: Settings, book: PriceBook, view: RegistryView, clock: C
             gate = Gate(due, run_time(due, wait_ms))
             NEXT_RUN.set(gate.opens_at / 1000)
             await wait_for_pipeline(gate, pipeline, progress, clock, poll_seconds=poll_seconds)
-            if await _generate(db, book, view, due, now_ms(clock)):
+            if await _generate(db, book, view, due, now_ms(clock),
+                               bool(settings.clickhouse.cluster)):
                 done = due
                 LAST_RUN.set(clock())
             else:
@@ -382,11 +383,11 @@ async def _run(settings: Settings, book: PriceBook, view: RegistryView, clock: C
 
 
 async def _generate(db: Database, book: PriceBook, view: RegistryView, period: Period,
-                    now: int) -> bool:
+                    now: int, replicated: bool) -> bool:
     started = time.perf_counter()
     try:
         run = await asyncio.to_thread(invoices.generate, db, period, book, owners(view.all()),
-                                      now, False)
+                                      now, False, replicated)
     except Exception:
         RUNS.labels("error").inc()
         log.exception("scheduled invoice run failed; retrying",

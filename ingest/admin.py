@@ -132,6 +132,11 @@ class AdminApi:
         except (Unavailable, Overloaded, TimeoutError) as exc:
             return json_error(503, ADMIN, "kafka_unavailable", f"not stored: {exc!r}")
 
+    def authorised(self, handler: Handler) -> Handler:
+        """`handler` behind the admin token, for the admin routes of other modules
+        (ingest/read_token_admin.py)."""
+        return self._authorised(handler)
+
     def _authorised(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
             if not self.token:

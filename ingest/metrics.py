@@ -41,3 +41,9 @@ PROBLEMS_TRUNCATED = Counter(
     "400 answers that listed only the first METERSTREAM_MAX_PROBLEMS of their problems.",
     ["endpoint"],
 )
+READ_TOKENS = Counter(
+    "meterstream_receiver_read_tokens_total",
+    "Read tokens of the scoped usage view issued or revoked through the admin API, by "
+    "action (issued, revoked) and scope kind (deployment, team, end_user).",
+    ["action", "kind"],
+)

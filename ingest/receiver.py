@@ -4,10 +4,15 @@ meterstream/processes/receiver.py).
 Public port (METERSTREAM_BIND_HOST:METERSTREAM_RECEIVER_PORT):
     POST /v1/convex/logs    Convex log-stream webhooks (JSON array or JSONL, signed)
     POST /v1/agent/usage    agent token usage records (Bearer: the deployment's ingest token)
+    GET  /v1/usage          a read token's own usage and cost (billing/usage_view.py, added
+                            by the receiver's process, meterstream/processes/receiver.py)
     GET  /healthz /readyz /metrics   unless METERSTREAM_METRICS_HOST is set: then on
                             METERSTREAM_METRICS_HOST:METERSTREAM_RECEIVER_METRICS_PORT
+    GET  /openapi.json      this port's OpenAPI 3.1 document (ingest/openapi.py)
 Admin port (METERSTREAM_ADMIN_HOST:METERSTREAM_ADMIN_PORT, loopback by default):
     /v1/deployments...      the registry's admin API (ingest/admin.py), GET /healthz /readyz
+    /v1/read-tokens...      read tokens of the scoped usage view (ingest/read_token_admin.py)
+    GET  /openapi.json      this port's OpenAPI 3.1 document
 
 A body is answered 200 only after Kafka acknowledged it with acks=all. What
 is refused for good gets a 4xx, which makes Convex drop the batch; what may
@@ -28,17 +33,23 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
 
 from ingest import agent_usage, metrics
 from ingest.admin import AdminApi, bearer, json_error
+from ingest.openapi import AGENT_USAGE, CONVEX_LOGS, admin_document, public_document
 from ingest.producer import Overloaded, Producer, Unavailable
 from ingest.provisioning import Provisioner
+from ingest.read_token_admin import ReadTokenAdmin
 from meterstream.core import signature
 from meterstream.core.config import Settings
+from meterstream.core.http_errors import json_errors
 from meterstream.core.log_stream import BatchError, check_batch, claimed_deployment
+from meterstream.core.openapi import add_openapi
+from meterstream.core.read_tokens import ReadTokenView
 from meterstream.core.registry import Deployment, RegistryView, RegistryWriter
 from meterstream.core.service import Readiness, add_probes, healthz
 from meterstream.core.topics import (
@@ -51,8 +62,6 @@ from meterstream.core.topics import (
 
 log = logging.getLogger("meterstream.receiver")
 
-CONVEX_LOGS = "/v1/convex/logs"
-AGENT_USAGE = "/v1/agent/usage"
 IDENTITY = ("", "identity")
 ADMIN_MAX_BODY = 1 << 20
 # HMAC key for bodies claiming a deployment that has no usable secret, so that every
@@ -90,7 +99,7 @@ def webhook_verdict(deployment: Deployment | None, body: bytes, header: str | No
 
 class Receiver:
     def __init__(self, settings: Settings, producer: Producer, registry: RegistryView,
-                 topics: Topics) -> None:
+                 topics: Topics, tokens: ReadTokenView | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.registry = registry
@@ -98,6 +107,10 @@ class Receiver:
         self.writer = RegistryWriter(registry, producer.store, topics.deployments.name)
         self.admin = AdminApi(settings.admin_token, registry, self.writer,
                               Provisioner(settings, registry, self.writer))
+        # The read tokens' admin routes, when this receiver follows their topic.
+        self.token_admin = None if tokens is None else ReadTokenAdmin(
+            tokens, registry, producer.store, topics.read_tokens.name,
+            settings.read_token_ttl, settings.read_token_max_ttl)
         # What one raw message may hold: the producer's largest request is
         # max_body_bytes + 64 KiB (ingest/producer.py), which leaves room for key and headers.
         self.message_budget = settings.max_body_bytes
@@ -106,29 +119,41 @@ class Receiver:
         self.readiness = Readiness()
         self.readiness.add("kafka", lambda: self.producer.healthy)
         self.readiness.add("registry", lambda: self.registry.loaded)
+        if tokens is not None:
+            # A replica that has not read the tokens would refuse every read token (503).
+            self.readiness.add("read_tokens", lambda: tokens.loaded)
 
-    def app(self) -> web.Application:
-        """The public port: the two ingest doors, and the probes unless they have a
-        listener of their own (`probe_app`)."""
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+    def app(self, add_usage_view: Callable[[web.Application], None] | None = None
+            ) -> web.Application:
+        """The public port: the two ingest doors, its OpenAPI document, and the probes
+        unless they have a listener of their own (`probe_app`); `add_usage_view` adds the
+        scoped usage view's routes (billing/usage_view.py, from the receiver's process)."""
+        app = web.Application(client_max_size=self.settings.max_body_bytes,
+                              middlewares=[json_errors])
         app.router.add_post(CONVEX_LOGS, self.convex_logs)
         app.router.add_post(AGENT_USAGE, self.agent_usage)
-        if not self.settings.metrics_host:
+        probes = not self.settings.metrics_host
+        if probes:
             add_probes(app, self.readiness)
-        return app
+        if add_usage_view is not None:
+            add_usage_view(app)
+        return add_openapi(app, public_document(probes, usage=add_usage_view is not None))
 
     def probe_app(self) -> web.Application:
         """The probes alone, for METERSTREAM_METRICS_HOST:METERSTREAM_RECEIVER_METRICS_PORT."""
-        return add_probes(web.Application(), self.readiness)
+        return add_probes(web.Application(middlewares=[json_errors]), self.readiness)
 
     def admin_app(self) -> web.Application:
         """The admin port: the registry's admin API, and whether this listener is alive and
-        the receiver ready (no metrics: they belong with the other probes)."""
-        app = web.Application(client_max_size=ADMIN_MAX_BODY)
+        the receiver ready (no metrics: they belong with the other probes), and its
+        OpenAPI document."""
+        app = web.Application(client_max_size=ADMIN_MAX_BODY, middlewares=[json_errors])
         self.admin.add_routes(app)
+        if self.token_admin is not None:
+            self.token_admin.add_routes(app, self.admin.authorised)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", self.readiness.readyz)
-        return app
+        return add_openapi(app, admin_document(read_tokens=self.token_admin is not None))
 
     async def _body(self, request: web.Request, endpoint: str) -> bytes | web.Response:
         """The raw body, at most max_body_bytes of it; a response when it is refused.

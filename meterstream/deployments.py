@@ -17,64 +17,127 @@ from typing import Any
 
 from ingest.convex_platform import METERING_TOPICS
 from meterstream.core.config import Settings
+from meterstream.core.exit_codes import ExitCode
+from meterstream.core.text_table import aligned, is_terminal
+
+# Each action's examples, shown by `meterstream deployments ACTION --help`.
+EXAMPLES = {
+    "list": ["meterstream deployments list", "meterstream deployments list --format json"],
+    "get": ["meterstream deployments get happy-otter-123"],
+    "put": ["WEBHOOK_SECRET=3f1c... meterstream deployments put happy-otter-123 "
+            "--webhook-secret-env WEBHOOK_SECRET",
+            "meterstream deployments put happy-otter-123 --team acme --project chat "
+            "--plan pro --label env=prod --label tier=gold",
+            "INGEST_TOKEN=... meterstream deployments put happy-otter-123 "
+            "--ingest-token-env INGEST_TOKEN --no-allow-unsigned"],
+    "delete": ["meterstream deployments delete happy-otter-123"],
+    "quotas": ["meterstream deployments quotas happy-otter-123"],
+    "health": ["meterstream deployments health happy-otter-123",
+               "meterstream deployments health"],
+    "set-quotas": ["meterstream deployments set-quotas happy-otter-123 quotas.json",
+                   "echo '{\"quotas\": []}' | meterstream deployments set-quotas "
+                   "happy-otter-123 -"],
+    "provision": ["DEPLOY_KEY=prod:happy-otter-123|... meterstream deployments provision "
+                  "happy-otter-123 --deploy-key-env DEPLOY_KEY --team acme --plan pro "
+                  "--label env=prod",
+                  "meterstream deployments provision happy-otter-123 --deploy-key-env "
+                  "DEPLOY_KEY --format json --topics all --adopt --ingest-token-env "
+                  "INGEST_TOKEN --project chat"],
+    "rotate-secret": ["meterstream deployments rotate-secret happy-otter-123 "
+                      "--deploy-key-env DEPLOY_KEY"],
+    "deprovision": ["meterstream deployments deprovision happy-otter-123 "
+                    "--deploy-key-env DEPLOY_KEY"],
+    "sync": ["meterstream deployments sync happy-otter-123 --deploy-key-env DEPLOY_KEY"],
+}
+
+
+def _examples(action: str) -> str:
+    return "examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES[action])
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("deployments", help="the deployment registry (admin API)")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = commands.add_parser(
+        "deployments", help="the deployment registry (admin API)",
+        epilog="examples:\n  meterstream deployments list\n"
+               "  meterstream deployments put happy-otter-123 --webhook-secret-env "
+               "WEBHOOK_SECRET\n  meterstream deployments ACTION --help",
+        formatter_class=raw)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="all registered deployments")
-    get = actions.add_parser("get", help="one deployment")
-    get.add_argument("name")
-    put = actions.add_parser("put", help="register a deployment or change its record")
-    put.add_argument("name")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        added: argparse.ArgumentParser = actions.add_parser(
+            name, help=text, epilog=_examples(name), formatter_class=raw)
+        return added
+
+    listing = action("list", "all registered deployments")
+    listing.add_argument("--format", choices=("table", "json"), default=None,
+                         help="default: an aligned table at a terminal, the admin API's JSON "
+                              "when piped, e.g. --format json")
+    name_help = "the deployment's name, e.g. happy-otter-123"
+    get = action("get", "one deployment")
+    get.add_argument("name", help=name_help)
+    put = action("put", "register a deployment or change its record")
+    put.add_argument("name", help=name_help)
     put.add_argument("--webhook-secret-env", metavar="VAR",
-                     help="environment variable holding the log stream's HMAC secret")
+                     help="environment variable holding the log stream's HMAC secret, "
+                          "e.g. WEBHOOK_SECRET")
     put.add_argument("--ingest-token-env", metavar="VAR",
-                     help="environment variable holding the agent-usage ingest token")
-    put.add_argument("--team")
-    put.add_argument("--project")
-    put.add_argument("--plan")
+                     help="environment variable holding the agent-usage ingest token, "
+                          "e.g. INGEST_TOKEN")
+    put.add_argument("--team", help="the team it belongs to, e.g. acme")
+    put.add_argument("--project", help="its project, e.g. chat")
+    put.add_argument("--plan", help="its price-book plan, e.g. pro")
     put.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                     help="a label; repeat for several (replaces all labels)")
+                     help="a label; repeat for several (replaces all labels), e.g. env=prod")
     put.add_argument("--allow-unsigned", action=argparse.BooleanOptionalAction, default=None,
                      help="take unsigned webhook bodies while the deployment has no webhook "
                           "secret (off unless given; --no-allow-unsigned turns it off)")
-    delete = actions.add_parser("delete", help="remove a deployment from the registry")
-    delete.add_argument("name")
-    actions.add_parser("quotas", help="a deployment's quotas").add_argument("name")
-    set_quotas = actions.add_parser(
-        "set-quotas", help='replace a deployment\'s quotas with a {"quotas": [...]} document')
-    set_quotas.add_argument("name")
-    set_quotas.add_argument("file", help="the JSON document's path, or - for stdin")
+    delete = action("delete", "remove a deployment from the registry")
+    delete.add_argument("name", help=name_help)
+    action("quotas", "a deployment's quotas").add_argument("name", help=name_help)
+    action("health", "a deployment's stream health, or the fleet's without a name (the "
+                     "worker's API)").add_argument(
+        "name", nargs="?", help="a registered deployment (default: the fleet's counts), "
+                                "e.g. happy-otter-123")
+    set_quotas = action(
+        "set-quotas", 'replace a deployment\'s quotas with a {"quotas": [...]} document')
+    set_quotas.add_argument("name", help=name_help)
+    set_quotas.add_argument("file", help="the JSON document's path, or - for stdin, "
+                                         "e.g. quotas.json")
 
-    provision = actions.add_parser(
-        "provision", help="create the deployment's Convex log stream and register it")
-    provision.add_argument("name")
-    provision.add_argument("--format", choices=("json", "jsonl"), default="jsonl")
+    provision = action("provision", "create the deployment's Convex log stream and register it")
+    provision.add_argument("name", help=name_help)
+    provision.add_argument("--format", choices=("json", "jsonl"), default="jsonl",
+                           help="the log stream's body format (default jsonl), e.g. "
+                                "--format json")
     provision.add_argument("--topics", default=",".join(METERING_TOPICS),
                            help="comma-separated log topics, or 'all' "
-                                "(default: the metering topics)")
+                                "(default: the metering topics), e.g. --topics all")
     provision.add_argument("--adopt", action="store_true",
                            help="take over an existing webhook log stream")
-    provision.add_argument("--ingest-token-env", metavar="VAR")
-    provision.add_argument("--team")
-    provision.add_argument("--project")
-    provision.add_argument("--plan")
-    provision.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    provision.add_argument("--ingest-token-env", metavar="VAR",
+                           help="environment variable holding the agent-usage ingest token, "
+                                "e.g. INGEST_TOKEN")
+    provision.add_argument("--team", help="the team it belongs to, e.g. acme")
+    provision.add_argument("--project", help="its project, e.g. chat")
+    provision.add_argument("--plan", help="its price-book plan, e.g. pro")
+    provision.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                           help="a label; repeat for several, e.g. env=prod")
     for parser in (put, provision):
         parser.add_argument(
             "--enforce", dest="enforce_at_source", action=argparse.BooleanOptionalAction,
             default=None, help="set an environment variable on the Convex deployment while a "
-                               "hard quota is exceeded (docs/enforcement.md; --no-enforce "
-                               "turns it off)")
+                               "hard quota is exceeded (docs/enforcement.md), e.g. --enforce; "
+                               "--no-enforce turns it off")
     for step, text in (("rotate-secret", "rotate the webhook secret at Convex and here"),
                        ("deprovision", "delete the log stream, mark the deployment removed"),
                        ("sync", "compare the registry with Convex and report drift")):
-        actions.add_parser(step, help=text).add_argument("name")
-    for action in ("provision", "rotate-secret", "deprovision", "sync"):
-        actions.choices[action].add_argument(
+        action(step, text).add_argument("name", help=name_help)
+    for step in ("provision", "rotate-secret", "deprovision", "sync"):
+        actions.choices[step].add_argument(
             "--deploy-key-env", metavar="VAR", required=True,
-            help="environment variable holding the deployment's deploy key")
+            help="environment variable holding the deployment's deploy key, e.g. DEPLOY_KEY")
 
 
 def _secret(variable: str | None) -> str | None:
@@ -136,9 +199,13 @@ def request(settings: Settings, method: str, path: str,
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "health":  # the worker's API, with the read token
+        from meterstream import health_cli
+
+        return health_cli.run(args, settings)
     if not settings.admin_token:
         print("meterstream deployments: set METERSTREAM_ADMIN_TOKEN", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     method, path, body = _route(args)
     try:
         status, answer = request(settings, method, path, body)
@@ -148,9 +215,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"meterstream deployments: {settings.admin_url} unreachable: {exc}",
               file=sys.stderr)
-        return 1
+        return ExitCode.ADMIN_API_UNREACHABLE
+    if status >= 300:
+        print(json.dumps(answer, indent=2))
+        return ExitCode.FAILED
+    if args.action == "list" and (args.format or (
+            "table" if is_terminal(sys.stdout) else "json")) == "table":
+        sys.stdout.write(aligned([_listed(d) for d in answer["deployments"]])
+                         or "no deployments\n")
+        return ExitCode.OK
     print(json.dumps(answer, indent=2))
-    return 0 if status < 300 else 1
+    return ExitCode.OK
+
+
+def _listed(deployment: dict[str, Any]) -> dict[str, Any]:
+    """One deployment as a line of the terminal table (`get NAME` shows the whole record)."""
+    labels = deployment.get("labels") or {}
+    return {"name": deployment["name"], "team": deployment.get("team") or "",
+            "project": deployment.get("project") or "", "plan": deployment.get("plan") or "",
+            "labels": ",".join(f"{key}={value}" for key, value in sorted(labels.items())),
+            "secret": "yes" if deployment.get("has_webhook_secret") else "no",
+            "log_stream": deployment.get("log_stream_id") or "",
+            "quotas": len(deployment.get("quotas") or []),
+            "removed": "yes" if deployment.get("removed_at") else ""}
 
 
 def _route(args: argparse.Namespace) -> tuple[str, str, Any]:

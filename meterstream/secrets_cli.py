@@ -30,21 +30,32 @@ from aiokafka.errors import KafkaError
 from meterstream.core import secret_box
 from meterstream.core.config import SECRET_KEY_BYTES, ConfigError, Settings
 from meterstream.core.kafka_client import KafkaConnection
-from meterstream.core.topics import Topics
+from meterstream.core.topics import Topics, existing_topics
 
-SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret")  # meterstream/core/registry.py's
+SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret", "deploy_key")  # registry.py's
 READ_TIMEOUT = 60.0
 ATTEMPTS = 5
 
 
 def add_parser(commands: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = commands.add_parser(
-        "secrets", help="the key sealing webhook secrets in the registry (status, rotation)")
+        "secrets", help="the key sealing webhook secrets in the registry (status, rotation)",
+        epilog="examples:\n  meterstream secrets status\n"
+               "  meterstream secrets generate-key > new.key\n"
+               "  METERSTREAM_SECRET_KEY_FILE=new.key METERSTREAM_SECRET_OLD_KEYS=$OLD_KEY "
+               "meterstream secrets reencrypt", formatter_class=raw)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("status", help="the current key's id and the key id of every record")
+    actions.add_parser("status", help="the current key's id and the key id of every record",
+                       epilog="example:\n  meterstream secrets status", formatter_class=raw)
     actions.add_parser("reencrypt",
-                       help="rewrite every record under METERSTREAM_SECRET_KEY (after a rotation)")
-    actions.add_parser("generate-key", help="print a new random key (base64 of 32 bytes)")
+                       help="rewrite every record under METERSTREAM_SECRET_KEY (after a rotation)",
+                       epilog="example:\n  METERSTREAM_SECRET_KEY_FILE=new.key "
+                              "METERSTREAM_SECRET_OLD_KEYS=$OLD_KEY meterstream secrets reencrypt",
+                       formatter_class=raw)
+    actions.add_parser("generate-key", help="print a new random key (base64 of 32 bytes)",
+                       epilog="example:\n  meterstream secrets generate-key > new.key",
+                       formatter_class=raw)
 
 
 def run(args: argparse.Namespace, settings: Settings, keyring: secret_box.Keyring | None) -> int:
@@ -87,7 +98,10 @@ class Reencrypted:
 
 async def read_records(kafka: KafkaConnection, topic: str) -> tuple[dict[str, bytes], int]:
     """The latest value of every deployment in the registry topic, and the end offset read
-    up to (tombstones remove a deployment)."""
+    up to (tombstones remove a deployment). No topic: no records, and none is created
+    (reading a missing topic would have the broker create it with its own defaults)."""
+    if topic not in await existing_topics(kafka, [topic]):
+        return {}, 0
     tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",

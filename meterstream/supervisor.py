@@ -77,9 +77,14 @@ def worker_env(base_port: int, index: int, metrics_port: int | None = None) -> d
     return env
 
 
+# In the children's environment: `up` warned about the environment's unknown METERSTREAM_*
+# variables once, and its children do not repeat it (not itself a METERSTREAM_ name).
+SUPERVISED = "_METERSTREAM_SUPERVISED"
+
+
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "meterstream", role],
-                            start_new_session=True, env=env,
+                            start_new_session=True, env={**env, SUPERVISED: "1"},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 

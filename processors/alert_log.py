@@ -28,6 +28,7 @@ the same; a `quota_users` alert, like any other, is published once by its id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -102,6 +103,10 @@ class AlertLog:
         self._published: dict[int, set[str]] = {}
         self._alerted: dict[int, dict[str, set[str]]] = {}
         """partition -> group (deployment, quota, period) -> users with an alert"""
+        self._lock = asyncio.Lock()
+        """One load or publish at a time: the agent's and the stream health check's (a
+        timer) could otherwise both find an id unpublished and both send it, or a load
+        that started before a publish could replace what the publish remembered."""
 
     def forget_partitions(self, partitions: set[int]) -> None:
         for partition in partitions:
@@ -109,16 +114,27 @@ class AlertLog:
             self._alerted.pop(partition, None)
 
     def _remember(self, partition: int, alert_id: str) -> None:
-        self._published[partition].add(alert_id)
+        published = self._published.get(partition)
+        if published is None:  # given away meanwhile: its next owner reads the topic
+            return
+        published.add(alert_id)
         grouped = user_alert_group(alert_id)
         if grouped is not None:
             self._alerted.setdefault(partition, {}).setdefault(grouped[0], set()).add(
                 grouped[1])
 
+    def published(self, partition: int) -> frozenset[str]:
+        """The ids on a loaded partition of the topic (empty if it is not loaded)."""
+        return frozenset(self._published.get(partition, ()))
+
     async def ensure_loaded(self, partition: int, assigned: set[int]) -> None:
         """Reads what is on the alert partitions this worker holds, once per assignment:
         all of them in one pass, so a fresh worker pays one read, not one per partition."""
-        if partition not in self._published:
+        if partition in self._published:
+            return
+        async with self._lock:
+            if partition in self._published:  # loaded while this one waited
+                return
             wanted = {p for p in assigned if p not in self._published} | {partition}
             for loaded, ids in (await self._read_ids(wanted)).items():
                 self._published[loaded] = set()
@@ -155,7 +171,17 @@ class AlertLog:
 
     async def publish(self, partition: int, alerts: list[dict[str, Any]]) -> None:
         """Publishes the alerts not yet on the topic and waits until Kafka stored them."""
-        published = self._published[partition]
+        if not alerts:
+            return
+        async with self._lock:
+            await self._publish(partition, alerts)
+
+    async def _publish(self, partition: int, alerts: list[dict[str, Any]]) -> None:
+        published = self._published.get(partition)
+        if published is None:
+            # Revoked since it was loaded (the health check runs beside the agent, and
+            # Faust waits only for the agent): the next owner derives these alerts again.
+            return
         sent = []
         for alert in bound_user_alerts(alerts, self._alerted.get(partition, {}),
                                        self.max_user_alerts):

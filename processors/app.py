@@ -4,9 +4,11 @@ One agent (processors/raw_agent.py) reads the raw bodies (processors/raw_process
 does the work): it drops repeats, forwards per body one message with the normalised
 records of each event type present to that type's topic (`<ns>.function_execution`,
 ..., `<ns>.other`), keeps the live usage windows in the `usage` table and publishes
-alerts to `<ns>.alerts`. Working per body, not per event, spreads Faust's
+alerts to `<ns>.alerts`, and each deployment's stream health (processors/stream_health.py,
+checked by a timer: processors/health_check.py). Working per body, not per event, spreads Faust's
 per-message cost over up to 128 events. The web server answers
-`GET /v1/quota/{deployment}`, routed to the worker that owns the deployment, to a
+`GET /v1/quota/{deployment}` and `GET /v1/deployments/{name}/health`, routed to the
+worker that owns the deployment, and `GET /v1/health/fleet`, to a
 bearer token only (processors/web_access.py), and the probes /healthz, /readyz and
 /metrics (unless METERSTREAM_METRICS_HOST moves them to a listener of their own,
 meterstream/processes/worker.py). Faust's built-in pages (/table/... serves table
@@ -25,11 +27,13 @@ that is safe, while the agent already works on the next messages.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import faust
 import orjson
 from faust.streams import current_event
@@ -37,7 +41,9 @@ from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meterstream.core.config import Settings
+from meterstream.core.http_errors import json_errors
 from meterstream.core.kafka_client import KafkaConnection, faust_credentials
+from meterstream.core.openapi import OPENAPI_PATH
 from meterstream.core.quotas import quotas_from_record
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import Readiness
@@ -48,6 +54,8 @@ from processors.alert_webhooks import attach_alert_delivery
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector
 from processors.enforcer import attach_enforcement
+from processors.health_check import Clock, HealthCheck, fleet
+from processors.openapi import worker_document
 from processors.ordered_store import FaustPartitions, rocksdb_options
 from processors.priced_models import priced_model_keys
 from processors.quota_status import quota_report
@@ -56,17 +64,23 @@ from processors.raw_processor import RawProcessor, Send
 from processors.split import ALL_ROUTES
 from processors.stall_guard import CommittedOffsets, StallGuard, untrack, untrack_from
 from processors.state import CachedTable, UsageState
+from processors.stream_health import FAILED, HealthRules, StreamHealth
+from processors.stream_status import PlatformStatus, StreamStatusCheck
 from processors.web_access import api_guard
 
 TABLES = ("seen", "usage")
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, priced: frozenset[str] | None = None,
-               readiness: Readiness | None = None) -> faust.App:
+               readiness: Readiness | None = None, clock: Clock | None = None) -> faust.App:
     """The worker's Faust app: its topics, tables, agent, timers and pages. `priced`: the
     provider/model keys the live windows keep by name (None: read from the price book,
     processors/priced_models.py). `readiness` gets the worker's checks (registry,
-    partitions, tables), for /readyz wherever it is served."""
+    partitions, tables), for /readyz wherever it is served. `clock`: now in ms for the
+    stream health (None: the system's)."""
+    if clock is None:
+        clock = wall_clock
     if readiness is None:
         readiness = Readiness()
     if priced is None:
@@ -114,15 +128,18 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
 
     alert_log = AlertLog(KafkaConnection.of(settings), topics.alerts.name, publish_alert,
                          settings.worker_max_user_alerts)
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment()
+                if tp.topic == raw.get_topic_name()}
+
+    health = StreamHealth(state.table, state.expiry, health_rules(settings))
     processor = RawProcessor(
         Deduplicator(FaustPartitions(seen), int(settings.dedup_retention * 1000)),
         state,
         alert_log,
         RunawayDetector(state, settings.runaway_multiple, settings.runaway_min_calls),
-        registry, send, grace_ms,
-        lambda: {tp.partition for tp in app.consumer.assignment()
-                 if tp.topic == raw.get_topic_name()},
-        priced, max_request_size - 4096)
+        registry, send, grace_ms, assigned,
+        priced, max_request_size - 4096, health)
     committed = CommittedOffsets(KafkaConnection.of(settings), settings.namespace)
 
     async def start_offset(partition: int) -> int:
@@ -138,9 +155,17 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
     attach_enforcement(app, settings, registry, topics.alerts.name)
     add_quota_page(app, raw, registry, state)
+    status = StreamStatusCheck(
+        registry, alert_log, assigned, settings.partitions,
+        PlatformStatus(settings.convex_api_url, f"{settings.public_url}/v1/convex/logs"), clock)
+    check = HealthCheck(health, registry, alert_log, assigned, clock, status.failing)
+    add_health_check(app, check, settings.health_check_interval)
+    add_health_check(app, status, settings.health_status_interval)
+    add_health_pages(app, raw, registry, health, check, status, settings.partitions, clock)
     watch_readiness(app, registry, readiness)
     if not settings.metrics_host:
         add_probe_pages(app, readiness)
+    add_openapi_page(app, worker_document(probes=not settings.metrics_host))
     return app
 
 
@@ -179,6 +204,16 @@ def add_probe_pages(app: faust.App, readiness: Readiness) -> None:
     app.page("/metrics")(metrics_page)
 
 
+def add_openapi_page(app: faust.App, spec: dict[str, Any]) -> None:
+    """/openapi.json: the worker's OpenAPI document, open to all like the probes
+    (processors/web_access.py): it describes the API, it holds no data."""
+    body = orjson.dumps(spec)
+
+    @app.page(OPENAPI_PATH)
+    async def openapi(web: Any, _request: Any) -> Any:
+        return web.bytes(body, content_type="application/json")
+
+
 def consumer_seek(app: faust.App) -> Callable[[Any, int], Awaitable[None]]:
     """Seeks a partition of the app's consumer in the consumer's own thread. Faust's
     `Consumer.seek` calls aiokafka's from the caller's thread, where it can change the
@@ -214,8 +249,9 @@ def faust_app(settings: Settings, max_request_size: int) -> faust.App:
         web_host=settings.bind_host,
         # Every route of the web server but the probes needs a token, checked before
         # any view runs (and before Faust forwards a request to another worker).
+        # aiohttp's own refusals (404, 405) answer in the JSON error shape too.
         web_application_options={"middlewares": [
-            api_guard(settings.read_token, settings.admin_token)]},
+            json_errors, api_guard(settings.read_token, settings.admin_token)]},
         # Faust's built-in pages are off: /table/... serves every table's contents (all
         # tenants' usage), /router/... the cluster's layout, /graph, /stats and
         # /performance its internals. The quota page's forwarding to the owning worker
@@ -327,6 +363,104 @@ def add_quota_page(app: faust.App, raw: faust.TopicT, registry: RegistryView,
                                   int(at) if at else int(time.time() * 1000),
                                   request.query.get("user"))
             return self.bytes(orjson.dumps(report), content_type="application/json")
+
+
+def wall_clock() -> int:
+    return int(time.time() * 1000)
+
+
+def health_rules(settings: Settings) -> HealthRules:
+    return HealthRules(storage_stale_ms=int(settings.health_storage_stale * 1000),
+                       silence_multiple=settings.health_silence_multiple,
+                       silence_floor_ms=int(settings.health_silence_floor * 1000),
+                       min_messages=settings.health_silence_min_messages)
+
+
+def add_health_check(app: faust.App, check: HealthCheck | StreamStatusCheck,
+                     interval: float) -> None:
+    """A periodic stream health check (of the events seen, or of the Convex stream
+    status), while the worker's partitions and their tables are settled (during a
+    rebalance another worker may own a deployment already)."""
+
+    @app.timer(interval=interval, name=f"{type(check).__name__}.run")
+    async def check_health() -> None:
+        if (app.rebalancing or app.in_recovery
+                or not cast(Any, app.tables).recovery.completed.is_set()):
+            return
+        await run_check(check)
+
+
+async def run_check(check: HealthCheck | StreamStatusCheck) -> bool:
+    """One pass of a check; False if it raised (a broker or registry hiccup): the checks
+    are best-effort and the next pass does the same work again, so the failure is
+    logged instead of crashing the worker, which owns the usage too."""
+    try:
+        await check.run()
+    except Exception:
+        metrics.HEALTH_CHECK_FAILURES.labels(type(check).__name__).inc()
+        log.exception("stream health check failed; the next one tries again")
+        return False
+    return True
+
+
+def add_health_pages(app: faust.App, raw: faust.TopicT, registry: RegistryView,
+                     health: StreamHealth, check: HealthCheck, status: StreamStatusCheck,
+                     partitions: int, clock: Clock) -> None:
+    """`GET /v1/deployments/{deployment}/health`, answered by the worker that owns the
+    deployment (as the quota page), and `GET /v1/health/fleet`: this worker's counts
+    by state added to every other worker's (asked with `?local=1` and the same token)."""
+
+    @app.page("/v1/deployments/{deployment}/health")
+    class HealthView(faust.web.View):
+        @app.topic_route(topic=raw, match_info="deployment")
+        async def get(self: faust.web.View, request: faust.web.Request, *_: Any,
+                      deployment: str = "", **__: Any) -> faust.web.Response:
+            record = registry.get(deployment)
+            if record is None or record.removed_at:
+                return self.json({"error": f"deployment {deployment!r} is not registered",
+                                  "reason": "unknown_deployment"}, status=404)
+            report = health.report(deployment, clock())
+            report["stream_status"] = status.report(deployment)
+            if status.failing(deployment):
+                report["state"] = FAILED
+            return self.bytes(orjson.dumps(report), content_type="application/json")
+
+    @app.page("/v1/health/fleet")
+    class FleetView(faust.web.View):
+        async def get(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            mine = check.local_counts()
+            if request.query.get("local"):
+                return self.json(mine)
+            shares = [mine]
+            for url in other_workers(app, raw.get_topic_name()):
+                share = await ask_worker(f"{url.rstrip('/')}/v1/health/fleet?local=1",
+                                         request.headers.get("Authorization", ""))
+                if share is not None:
+                    shares.append(share)
+            registered = sum(1 for record in registry.all() if not record.removed_at)
+            return self.json(fleet(registered, shares, partitions))
+
+
+def other_workers(app: faust.App, raw_topic: str) -> list[str]:
+    """The web URLs of the other workers holding raw partitions (from the assignor)."""
+    own = str(app.conf.canonical_url).rstrip("/")
+    hosts = cast(Any, app.router).external_topics_metadata()
+    return sorted(str(url) for url, topics in hosts.items()
+                  if str(url).rstrip("/") != own and topics.get(raw_topic))
+
+
+async def ask_worker(url: str, authorization: str) -> dict[str, Any] | None:
+    """Another worker's share of the fleet view; None if it does not answer (the view
+    then says which partitions it misses)."""
+    try:
+        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                    session.get(url, headers={"Authorization": authorization}) as answer):
+            if answer.status != 200:
+                return None
+            share: dict[str, Any] = await answer.json()
+            return share
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
 
 
 async def metrics_page(web: Any, _request: Any) -> Any:

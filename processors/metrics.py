@@ -114,3 +114,34 @@ API_REFUSED = Counter(
     "web_access.py), by reason: api_disabled, unauthenticated, forbidden.",
     ["reason"],
 )
+CONSUMER_LAG = Gauge(
+    "meterstream_worker_consumer_lag",
+    "Raw messages not yet committed by the worker's group, per raw partition this worker "
+    "owns: end offset minus committed offset (meterstream/core/lag.py), measured every "
+    "METERSTREAM_LAG_INTERVAL seconds.",
+    ["topic", "partition"],
+)
+HEALTH_CHECKS = Counter(
+    "meterstream_worker_stream_health_checks_total",
+    "Passes of the stream health check over the deployments of this worker's partitions "
+    "(every METERSTREAM_HEALTH_CHECK_INTERVAL).",
+)
+STREAM_STATUS_CHECKS = Counter(
+    "meterstream_worker_stream_status_checks_total",
+    "Convex log stream statuses read from the Platform API for provisioned deployments, by "
+    "what they meant: active, failed, gone, elsewhere, pending, restarting, unknown (no "
+    "answer).",
+    ["state"],
+)
+HEALTH_CHECK_FAILURES = Counter(
+    "meterstream_worker_stream_health_check_failures_total",
+    "Passes of a stream health check that raised (logged; the next pass tries again), by "
+    "check: HealthCheck (events seen), StreamStatusCheck (Convex stream status).",
+    ["check"],
+)
+DEPLOYMENTS_BY_HEALTH = Gauge(
+    "meterstream_worker_deployments_by_health",
+    "Deployments of this worker's partitions by stream health at the last check: ok, stale "
+    "(no storage heartbeat), silent (quiet against its own baseline).",
+    ["state"],
+)

@@ -44,6 +44,7 @@ from processors.due_alerts import RunawayDetector, due_quota_alerts
 from processors.fast_split import fast_columns, record_columns
 from processors.split import OTHER, SplitBatch, dead_letter, split_body
 from processors.state import UsageState
+from processors.stream_health import StreamHealth
 
 Headers = list[tuple[str, bytes]]
 
@@ -78,6 +79,8 @@ class Plan:
     forwarded: list[Forward]
     dead_letters: list[Record]
     usage: MessageUsage
+    latest: dict[str, int]
+    """route -> the latest event time of the records it forwards (stream health)"""
 
 
 def forward_of(route: str, records: list[Record]) -> Forward:
@@ -104,7 +107,8 @@ class RawProcessor:
                  runaway: RunawayDetector, registry: RegistryView, send: Send,
                  grace_ms: int, assigned: Callable[[], set[int]],
                  priced: frozenset[str] | None = None,
-                 max_forward_bytes: int = 1 << 30) -> None:
+                 max_forward_bytes: int = 1 << 30,
+                 health: StreamHealth | None = None) -> None:
         self.dedup = dedup
         self.state = state
         self.alerts = alerts
@@ -116,6 +120,7 @@ class RawProcessor:
         self.priced = priced
         """provider/model keys the live windows keep by name (meterstream/core/usage.py)"""
         self.max_forward_bytes = max_forward_bytes
+        self.health = health
         self.stage = "start"
         """How far the current (or last) message got: start, split, state, forward, alerts."""
 
@@ -155,6 +160,8 @@ class RawProcessor:
         quotas = quotas_from_record(record.quotas) if record is not None else ()
         due = due_quota_alerts(deployment, quotas, self.state, usage)
         due += self.runaway.due(deployment, usage, partition, offset)
+        if self.health is not None and record is not None:
+            due += self.health.observe(deployment, plan.latest, partition, offset)
 
         self.stage = "forward"
         sent = []
@@ -187,14 +194,16 @@ class RawProcessor:
                     or deployments.count(deployment) != len(deployments)):
                 return None
         forwarded = []
+        newest = {}
         for route, columns in routed.items():
+            newest[route] = max(columns["timestamp"])
             event_type = event_types.BY_TOPIC[route]
             try:
                 value = encode(event_type, [columns[name] for name, _ in event_type.columns])
             except EncodeError:
                 return None
             forwarded.append(Forward(route, value, ARROW_HEADERS, len(columns["timestamp"])))
-        return Plan(forwarded, [], columns_usage(routed))
+        return Plan(forwarded, [], columns_usage(routed), newest)
 
     def _slow(self, body: bytes, deployment: str, partition: int, offset: int,
               received_at: int, now_ms: int, origin: bytes | None) -> Plan:
@@ -205,7 +214,9 @@ class RawProcessor:
         self._drop_repeated_usage(batch, partition, offset, now_ms)
         usage = message_usage(batch.routed, self.priced)
         forwarded = [forward_of(route, records) for route, records in batch.routed.items()]
-        return Plan(forwarded, batch.dead_letters, usage)
+        latest = {route: max(record["timestamp"] for record in records)
+                  for route, records in batch.routed.items() if records}
+        return Plan(forwarded, batch.dead_letters, usage, latest)
 
     def _drop_repeated_usage(self, batch: SplitBatch, partition: int, offset: int,
                              now_ms: int) -> None:

@@ -8,8 +8,9 @@ Faust forwards a request to the worker that owns the deployment (the forwarded r
 carries the same header and is checked again there).
 
 Deny by default: only the probes (`/healthz`, `/readyz`, `/metrics`: state, never
-data) pass without a token; any other path, whether a route exists or not, is refused
-without one. A route Faust adds in a later version is therefore closed, not open.
+data) and `/openapi.json` (the API's description) pass without a token; any other
+path, whether a route exists or not, is refused without one. A route Faust adds in a
+later version is therefore closed, not open.
 
     no token configured   403 `api_disabled`: the API is off, not open
     no bearer token       401 `unauthenticated`, with `WWW-Authenticate: Bearer`
@@ -29,10 +30,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from meterstream.core.openapi import OPENAPI_PATH
 from meterstream.core.service import PROBES
 from processors import metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN = (*PROBES, OPENAPI_PATH)
+"""What passes without a token: the probes and the API's description, never data."""
 
 
 def _digest(token: str) -> bytes:
@@ -75,7 +80,7 @@ def api_guard(read_token: str, admin_token: str) -> Middleware:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PROBES:
+        if request.path in OPEN:
             return await handler(request)
         if not check.enabled:
             # 403, not 404: the operator sees at once that the API is off, and why, and

@@ -40,3 +40,10 @@ POISON = Counter(
     "METERSTREAM_SINK_MAX_ATTEMPTS times, sent to the dead-letter topic and skipped.",
     ["table"],
 )
+CONSUMER_LAG = Gauge(
+    "meterstream_sink_consumer_lag",
+    "Messages not yet committed by the sink's group, per partition of the record topics and "
+    "the alerts topic this sink owns: end offset minus committed offset "
+    "(meterstream/core/lag.py), measured every METERSTREAM_LAG_INTERVAL seconds.",
+    ["topic", "partition"],
+)

@@ -71,6 +71,7 @@ from meterstream.core import record_format
 from meterstream.core.config import Settings
 from meterstream.core.events import EventType
 from meterstream.core.kafka_client import KafkaConnection
+from meterstream.core.lag import LagMeter
 from meterstream.core.record_format import DecodeError
 from meterstream.core.records import Record
 from meterstream.core.service import Readiness
@@ -534,6 +535,10 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event,
         consumer.subscribe(sink.topics, listener=Rebalance(sink))
         log.info("sink consuming", extra={"topics": sink.topics})
         committer = asyncio.create_task(sink.committer.run())
+        lag = asyncio.create_task(LagMeter(
+            kafka, f"{settings.namespace}-sink", metrics.CONSUMER_LAG,
+            lambda: [(tp.topic, tp.partition) for tp in consumer.assignment()],
+            client_id=f"{settings.namespace}-sink-lag").run(settings.lag_interval))
         try:
             await sink.run()
             log.info("sink stopping: flushing and committing what is buffered")
@@ -545,6 +550,8 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event,
                 await sink.committer.commit()
         finally:
             committer.cancel()
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)  # its clients closed
     finally:
         for closing, what in ((consumer.stop(), "consumer"), (producer.stop(), "producer")):
             try:

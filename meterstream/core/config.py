@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import ipaddress
 import os
 import re
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "KafkaSecurity", "Settings"]
+__all__ = ["VARIABLES", "ClickHouseTarget", "ConfigError", "KafkaSecurity", "Settings",
+           "unknown_variables"]
 
 _T = TypeVar("_T")
 
@@ -188,6 +190,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_RUNAWAY_MIN_CALLS", "1000",
              "Function calls in a minute below which no runaway alert is raised, whatever the "
              "baseline (so a quiet app waking up is not a runaway)."),
+    Variable("METERSTREAM_HEALTH_STORAGE_STALE", "7200",
+             "Seconds without a `current_storage_usage` event (Convex sends one every 30-90 "
+             "minutes) after which a deployment that sent one before is stale: a "
+             "`stream_stale` alert (docs/stream-health.md)."),
+    Variable("METERSTREAM_HEALTH_SILENCE_MULTIPLE", "10",
+             "A deployment with a baseline is silent (a `stream_stale` alert) after no "
+             "activity for this multiple of its mean gap between messages, or "
+             "METERSTREAM_HEALTH_SILENCE_FLOOR if longer."),
+    Variable("METERSTREAM_HEALTH_SILENCE_FLOOR", "900",
+             "Seconds of silence below which no deployment is called silent, whatever its "
+             "baseline."),
+    Variable("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", "20",
+             "Gaps between a deployment's messages seen before its silence is judged (its "
+             "baseline)."),
+    Variable("METERSTREAM_HEALTH_CHECK_INTERVAL", "60",
+             "Seconds between the worker's checks of its deployments' stream health."),
+    Variable("METERSTREAM_HEALTH_STATUS_INTERVAL", "300",
+             "Seconds between the worker's reads of its provisioned deployments' log stream "
+             "status from the Convex Platform API (a `stream_failed` alert when failed, gone "
+             "or pointing elsewhere)."),
     Variable("METERSTREAM_ALERT_WEBHOOKS", "",
              "Comma-separated URLs every alert is POSTed to, signed over a timestamp and the "
              "body (x-webhook-timestamp, x-webhook-signature: see docs/worker-and-quotas.md); "
@@ -215,6 +237,9 @@ VARIABLES: tuple[Variable, ...] = (
              "token prices per provider and model. Empty means the one shipped in "
              "billing/default_price_book.toml."),
     Variable("METERSTREAM_LOG_LEVEL", "info", "debug, info, warning or error."),
+    Variable("METERSTREAM_LOG_FORMAT", "auto",
+             "auto, text or json: how logs are written on stderr. auto is text (one readable "
+             "line each) when stderr is a terminal and JSON (one object a line) otherwise."),
     Variable("METERSTREAM_WORKER_MAX_ATTEMPTS", "3",
              "Times the worker tries a raw message whose processing raises before it sends "
              "the message to the dead-letter topic and goes on with the next."),
@@ -241,6 +266,23 @@ VARIABLES: tuple[Variable, ...] = (
              "Comma-separated host names to which URLs carrying credentials may use http:// "
              "although they are not loopback (a private network's service names, e.g. "
              "`clickhouse` in docker-compose.yml); every other such URL must be https://."),
+    Variable("METERSTREAM_LAG_INTERVAL", "5",
+             "How often (s) the worker and the sink measure their consumer lag per partition "
+             "they own (meterstream_worker_consumer_lag, meterstream_sink_consumer_lag; "
+             "docs/observability.md)."),
+    Variable("METERSTREAM_READ_TOKEN_TTL", "2592000",
+             "Seconds a read token of the scoped usage view (GET /v1/usage) is valid when "
+             "the admin API issues it without `expires_in` (default 30 days)."),
+    Variable("METERSTREAM_READ_TOKEN_MAX_TTL", "31536000",
+             "Longest validity (s) a read token may be issued with (default 365 days)."),
+    Variable("METERSTREAM_USAGE_CORS_ORIGINS", "",
+             "Comma-separated origins (https://app.example.com) whose browser pages may call "
+             "GET /v1/usage, or * for any; empty: none (no CORS headers)."),
+    Variable("METERSTREAM_WORKER_URL", "",
+             "Where the receiver asks a worker for a deployment's quota status (GET "
+             "/v1/quota/..., with METERSTREAM_READ_TOKEN or else the admin token) for "
+             "GET /v1/usage; empty means http://<METERSTREAM_BIND_HOST>:"
+             "<METERSTREAM_WORKER_PORT> (the worker serves plain HTTP on that address)."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -369,7 +411,18 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "worker_max_attempts": ("METERSTREAM_WORKER_MAX_ATTEMPTS", int, 1, 100),
     "worker_max_users": ("METERSTREAM_WORKER_MAX_USERS", int, 1, 1_000_000),
     "worker_max_user_alerts": ("METERSTREAM_WORKER_MAX_USER_ALERTS", int, 1, 1_000_000),
+    "health_storage_stale": ("METERSTREAM_HEALTH_STORAGE_STALE", float, 1.0, 31 * 24 * 3600.0),
+    "health_silence_multiple": ("METERSTREAM_HEALTH_SILENCE_MULTIPLE", float, 1.0, 1e6),
+    "health_silence_floor": ("METERSTREAM_HEALTH_SILENCE_FLOOR", float, 1.0, 31 * 24 * 3600.0),
+    "health_silence_min_messages": ("METERSTREAM_HEALTH_SILENCE_MIN_MESSAGES", int, 1,
+                                    1_000_000),
+    "health_check_interval": ("METERSTREAM_HEALTH_CHECK_INTERVAL", float, 0.1, 3600.0),
+    "health_status_interval": ("METERSTREAM_HEALTH_STATUS_INTERVAL", float, 0.1, 86400.0),
     "sink_max_attempts": ("METERSTREAM_SINK_MAX_ATTEMPTS", int, 1, 100),
+    "lag_interval": ("METERSTREAM_LAG_INTERVAL", float, 0.1, 3600.0),
+    "read_token_ttl": ("METERSTREAM_READ_TOKEN_TTL", float, 1.0, 10 * 366 * 24 * 3600.0),
+    "read_token_max_ttl": ("METERSTREAM_READ_TOKEN_MAX_TTL", float, 1.0,
+                           10 * 366 * 24 * 3600.0),
     "enforce_interval": ("METERSTREAM_ENFORCE_INTERVAL", float, 0.05, 3600.0),
 }
 
@@ -418,6 +471,12 @@ class Settings:
     worker_max_attempts: int = 3
     worker_max_users: int = 1000
     worker_max_user_alerts: int = 100
+    health_storage_stale: float = 7200.0
+    health_silence_multiple: float = 10.0
+    health_silence_floor: float = 900.0
+    health_silence_min_messages: int = 20
+    health_check_interval: float = 60.0
+    health_status_interval: float = 300.0
     sink_max_attempts: int = 3
     enforce_interval: float = 5.0
     enforce_variable: str = "METERSTREAM_QUOTA_EXCEEDED"
@@ -434,6 +493,15 @@ class Settings:
     receiver_metrics_port: int = 8689
     worker_metrics_port: int = 6166
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    lag_interval: float = 5.0
+    """METERSTREAM_LAG_INTERVAL: seconds between two looks at the consumer lag."""
+    read_token_ttl: float = 30 * 24 * 3600.0
+    read_token_max_ttl: float = 365 * 24 * 3600.0
+    usage_cors_origins: tuple[str, ...] = ()
+    """METERSTREAM_USAGE_CORS_ORIGINS: exact origins, or ("*",)."""
+    worker_url: str = "http://127.0.0.1:6066"
+    log_format: str = "auto"
+    """METERSTREAM_LOG_FORMAT: auto, text or json (meterstream/core/logs.py)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -522,6 +590,14 @@ class Settings:
                 for host in env.get("METERSTREAM_INSECURE_HTTP_HOSTS", "").split(",")
                 if host.strip()),
             kafka_security=_kafka_security(env),
+            usage_cors_origins=_origins("METERSTREAM_USAGE_CORS_ORIGINS",
+                                        env.get("METERSTREAM_USAGE_CORS_ORIGINS", "")),
+            worker_url=_admin_url("METERSTREAM_WORKER_URL",
+                                  env.get("METERSTREAM_WORKER_URL", "").strip(),
+                                  raw("METERSTREAM_WORKER_PORT"),
+                                  _loopback(raw("METERSTREAM_BIND_HOST"))),
+            log_format=_choice("METERSTREAM_LOG_FORMAT", raw("METERSTREAM_LOG_FORMAT").lower(),
+                               ("auto", "text", "json")),
             enforce_variable=_env_name("METERSTREAM_ENFORCE_VARIABLE",
                                        raw("METERSTREAM_ENFORCE_VARIABLE")),
         )
@@ -556,6 +632,9 @@ class Settings:
                      {self.worker_port: "METERSTREAM_WORKER_PORT"})):
                 if port in taken:
                     problems.append(f"{name} ({port}) must differ from {taken[port]}")
+        if self.read_token_ttl > self.read_token_max_ttl:
+            problems.append(f"METERSTREAM_READ_TOKEN_TTL ({self.read_token_ttl:g} s) must be at "
+                            f"most METERSTREAM_READ_TOKEN_MAX_TTL ({self.read_token_max_ttl:g} s)")
         # A body replayed after its hash was forgotten but while its events still count as
         # late would be counted twice.
         if self.dedup_retention < self.late_grace:
@@ -604,6 +683,26 @@ class Settings:
     @property
     def kafka_home(self) -> Path:
         return self.data_dir / "kafka"
+
+
+# METERSTREAM_* names that are not meterstream's settings: read by deploy/compose-secrets.sh.
+_NOT_SETTINGS = frozenset({"METERSTREAM_UID"})
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each METERSTREAM_* name in `env` that no setting reads, with the known name closest
+    to it (None when none is close): a misspelled variable would otherwise be ignored and
+    its default used without a word."""
+    known = {v.name for v in VARIABLES} | {f"{name}_FILE" for name in SECRET_VARIABLES}
+    found = []
+    for name in sorted(env):
+        if name.startswith("METERSTREAM_") and name not in known | _NOT_SETTINGS:
+            # Compared without the prefix every name shares, which would make all look close.
+            close = difflib.get_close_matches(name.removeprefix("METERSTREAM_"),
+                                              sorted(k.removeprefix("METERSTREAM_")
+                                                     for k in known), n=1, cutoff=0.6)
+            found.append((name, f"METERSTREAM_{close[0]}" if close else None))
+    return found
 
 
 def plain_http_allowed(url: str, insecure_hosts: tuple[str, ...] = ()) -> bool:
@@ -823,8 +922,8 @@ def _number(name: str, value: str, kind: Callable[[str], Number],
     try:
         number = kind(value)
     except ValueError:
-        kind_name = getattr(kind, "__name__", "number")
-        return _problem(f"{name} must be a {kind_name}, got {value!r}", low)
+        return _problem(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                        f"got {value!r}", low)
     if not low <= number <= high:
         return _problem(f"{name} must be between {low} and {high}, got {value!r}", low)
     return number
@@ -867,6 +966,22 @@ def _admin_url(name: str, value: str, port: str, host: str = "127.0.0.1") -> str
     if not value:
         return f"http://{host}:{port}"
     return _http_url(name, value)
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\]"
+                     r"(?::[0-9]{1,5})?$")
+
+
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    """Browser origins as they send them (scheme://host[:port], no path), or ("*",)."""
+    origins = tuple(origin.strip().lower() for origin in value.split(",") if origin.strip())
+    if origins == ("*",):
+        return origins
+    bad = [origin for origin in origins if origin == "*" or not _ORIGIN.match(origin)]
+    if bad:
+        return _problem(f"{name} takes * alone or origins like https://app.example.com "
+                        f"(scheme://host[:port], no path), got {', '.join(bad)}", ())
+    return origins
 
 
 def _loopback(host: str) -> str:

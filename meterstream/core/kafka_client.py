@@ -114,15 +114,25 @@ class KafkaRefused(Exception):
     names the setting to check."""
 
 
-async def check_login(kafka: KafkaConnection, seconds: float = LOGIN_SECONDS) -> None:
+class KafkaUnreachable(Exception):
+    """No bootstrap server could be reached (`check_login` with `required`); the message is
+    one line naming them."""
+
+
+async def check_login(kafka: KafkaConnection, seconds: float = LOGIN_SECONDS,
+                      required: bool = False) -> None:
     """Connects to the bootstrap servers as every client will (TLS, SASL login, one
     metadata request) and returns once one server let it in.
+
+    With `required` (a command that does one job and exits, rather than a service that
+    waits), no server reached raises KafkaUnreachable instead of being logged.
 
     Raises KafkaRefused when a server that answers refuses the login, the certificate or
     the protocol. A server that cannot be reached at all, or does not finish the handshake
     within `seconds` (a broker still starting), is not a login problem: it is logged and
     each service waits for Kafka its own way (the receiver answers 503 meanwhile)."""
     refused: KafkaRefused | None = None
+    unreachable: list[str] = []
     for host, port in kafka.servers:
         server = f"{host}:{port}"
         try:
@@ -130,7 +140,9 @@ async def check_login(kafka: KafkaConnection, seconds: float = LOGIN_SECONDS) ->
                 _, writer = await asyncio.open_connection(host, port)
             writer.close()
         except (OSError, TimeoutError) as exc:
-            log.warning("Kafka at %s cannot be reached before the start: %s", server, exc)
+            unreachable.append(f"{server} ({_why_unreachable(exc)})")
+            if not required:
+                log.warning("Kafka at %s cannot be reached before the start: %s", server, exc)
             continue
         try:
             async with asyncio.timeout(seconds):
@@ -143,6 +155,16 @@ async def check_login(kafka: KafkaConnection, seconds: float = LOGIN_SECONDS) ->
             refused = KafkaRefused(refusal(server, kafka.security, exc))
     if refused is not None:
         raise refused
+    if required and len(unreachable) == len(kafka.servers):
+        raise KafkaUnreachable(f"Kafka cannot be reached at {', '.join(unreachable)}")
+
+
+def _why_unreachable(exc: OSError | TimeoutError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 async def _log_in(host: str, port: int, security: KafkaSecurity, request_ms: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,6 +81,18 @@ def _code(sql: str) -> str:
             return quoted
         return "''" if match.group(0).startswith("'") else " "
     return _LEXEMES.sub(replace, sql)
+
+
+# A trailing FORMAT clause (ClickHouse allows a SETTINGS clause after it).
+_OWN_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z]\w*)\s*(?:\bSETTINGS\b.*)?[\s;]*$",
+                         re.IGNORECASE | re.DOTALL)
+
+
+def own_format(sql: str) -> str | None:
+    """The format a query names in its own FORMAT clause, or None. The caller chooses the
+    output format, which ClickHouse takes as a second FORMAT: a syntax error."""
+    match = _OWN_FORMAT.search(_code(sql))
+    return match.group(1) if match else None
 
 
 def read_only_refusal(sql: str) -> str | None:
@@ -236,3 +249,40 @@ def run_sql(target: ClickHouseTarget, sql: str, fmt: str = OUTPUT_FORMAT,
     read-only unless `write` (`meterstream sql --write`)."""
     with session(target, write=write) as run:
         return run(sql, fmt)
+
+
+class ClickHouseUnavailable(RuntimeError):
+    """No process answers for the embedded engine (the sink that holds it is not running)."""
+
+
+def reader(target: ClickHouseTarget) -> Execute:
+    """Read-only statements for a long-running service that must never hold the embedded
+    engine (the receiver's usage view): a server by its URL, through one client used by
+    one thread at a time; or the embedded engine through the socket of the process that
+    holds it (the sink), never by opening it, since a receiver holding the engine would
+    keep the sink from starting. Raises ClickHouseUnavailable when nobody answers on the
+    socket, QueryError when ClickHouse refuses a statement."""
+    if target.chdb_path is None:
+        guard = threading.Lock()
+        clients: list[Client] = []
+
+        def on_server(sql: str, fmt: str) -> bytes:
+            with guard:
+                if not clients:
+                    clients.append(connect(target))
+                return execute(clients[0], sql, fmt, write=False)
+
+        return on_server
+    chdb_path = target.chdb_path
+
+    def through_holder(sql: str, fmt: str) -> bytes:
+        if (refusal := read_only_refusal(sql)) is not None:
+            raise QueryError(refusal)
+        try:
+            return asyncio.run(_through_socket(chdb_path, sql, fmt, write=False))
+        except aiohttp.ClientConnectionError:
+            raise ClickHouseUnavailable(
+                f"nothing answers for the embedded ClickHouse on {socket_path(chdb_path)}: "
+                "the sink holds the engine and serves its queries; is it running?") from None
+
+    return through_holder

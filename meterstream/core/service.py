@@ -42,11 +42,18 @@ CONNECTIONS_CUT = Counter(
 CONNECTIONS_OPEN = Gauge("meterstream_http_connections_open",
                          "Connections open on this process's guarded HTTP servers.")
 
-TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-            b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 22\r\n\r\n"
-            b"too many connections\r\n")
-TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
-             b"Connection: close\r\nContent-Length: 18\r\n\r\nrequest too slow\r\n")
+
+def _raw_refusal(status: str, extra: str, message: str, reason: str) -> bytes:
+    """A whole HTTP answer written to the socket before aiohttp sees the connection, in
+    the JSON error shape of every other refusal (meterstream/core/openapi.py)."""
+    body = b'{"error": "%s", "reason": "%s"}' % (message.encode(), reason.encode())
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+TOO_MANY = _raw_refusal("503 Service Unavailable", "Retry-After: 5\r\n",
+                        "too many connections", "too_many_connections")
+TIMED_OUT = _raw_refusal("408 Request Timeout", "", "request too slow", "header_timeout")
 
 
 def stop_event() -> asyncio.Event:
@@ -287,9 +294,13 @@ async def start_site(app: web.Application, host: str, port: int,
                      limits: ConnectionLimits | None = None) -> web.AppRunner:
     """Starts serving `app` on host:port; `await runner.cleanup()` stops it gracefully.
 
-    With `limits`, every connection is bounded as the module docstring says."""
+    With `limits`, every connection is bounded as the module docstring says. Bodies are
+    never inflated (no service takes a compressed one: the receiver refuses a
+    Content-Encoding with 415): aiohttp would otherwise inflate them before any handler
+    runs, and refuse an encoding it cannot inflate with a plain-text 400 of its own."""
     if limits is None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               auto_decompress=False)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         return runner
@@ -297,7 +308,8 @@ async def start_site(app: web.Application, host: str, port: int,
     app.middlewares.insert(0, watchdog.middleware)
     # aiohttp's own keep-alive timer stays at its (long) default: the watchdog's fires
     # first and counts the cut.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           auto_decompress=False)
     await runner.setup()
     server = runner.server
     assert server is not None

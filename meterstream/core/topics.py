@@ -82,6 +82,13 @@ class Topics:
                           {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
 
     @property
+    def read_tokens(self) -> TopicSpec:
+        """Read tokens of the scoped usage view (meterstream/core/read_tokens.py): one
+        record per token id, compacted, one partition, like the registry."""
+        return self._spec(f"{self.namespace}.read-tokens", 1,
+                          {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})
+
+    @property
     def dead_letters(self) -> TopicSpec:
         """Events that could not be understood, with the reason."""
         return self._spec(f"{self.namespace}.deadletter", 1,

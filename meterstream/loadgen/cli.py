@@ -38,6 +38,22 @@ def _tables(text: str) -> tuple[str, ...]:
     return tables
 
 
+EXAMPLES = """\
+examples:
+  meterstream loadgen --deployments 100 --users 50 --duration 60 --expected-out expected.json
+  meterstream loadgen --events 100000 --rate 5000 --connections 16 --batch-size 64 \\
+      --seed 7 --prefix bench --check --check-tables function_executions,agent_usage
+  meterstream loadgen --duration 30 --duplicates 0.05 --late 0.01 --too-late 0.001 \\
+      --storage-interval 600 --egress-interval 30 --no-progress
+  meterstream loadgen check --expected expected.json --tables function_executions --wait 60"""
+
+CHECK_EXAMPLES = """\
+examples:
+  meterstream loadgen check --expected expected.json
+  meterstream loadgen check --expected expected.json --tables function_executions,agent_usage \\
+      --wait 60"""
+
+
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "loadgen", help="simulated Convex deployments sending realistic traffic, with the "
@@ -45,8 +61,10 @@ def add_parser(commands: Any) -> None:
         description="Registers N simulated deployments through the admin API and sends them "
                     "signed Convex log-stream batches and agent usage records at "
                     "METERSTREAM_PUBLIC_URL (default: the local receiver); prints the "
-                    "exact totals the pipeline must arrive at.")
-    parser.add_argument("--deployments", type=int, default=10, metavar="N")
+                    "exact totals the pipeline must arrive at.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deployments", type=int, default=10, metavar="N",
+                        help="simulated deployments to register and send for (default 10)")
     parser.add_argument("--users", type=int, default=20, metavar="M",
                         help="end users of each deployment's agent (default 20)")
     parser.add_argument("--seed", type=int, default=0,
@@ -84,7 +102,8 @@ def add_parser(commands: Any) -> None:
                         help="a progress bar on stderr (default: when it is a terminal)")
     actions = parser.add_subparsers(dest="loadgen_action", metavar="[check]")
     check = actions.add_parser(
-        "check", help="compare a run's expected totals with ClickHouse; exit 1 on a mismatch")
+        "check", help="compare a run's expected totals with ClickHouse; exit 1 on a mismatch",
+        epilog=CHECK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("--expected", type=Path, required=True, metavar="FILE",
                        help="the JSON written by --expected-out")
     check.add_argument("--tables", type=_tables, default=TABLES, metavar="T1,T2",

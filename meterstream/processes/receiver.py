@@ -1,14 +1,25 @@
-"""`meterstream receiver`: the receiver process around ingest/receiver.py's Receiver."""
+"""`meterstream receiver`: the receiver process around ingest/receiver.py's Receiver.
+
+It also serves the scoped usage view (billing/usage_view.py, `GET /v1/usage`) on the
+public port: the receiver follows the read tokens' topic, reads ClickHouse without ever
+holding the embedded engine (through the sink's socket, or a server;
+meterstream/core/query.py `reader`) and asks a worker for quota status.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from billing import pricebook
+from billing.quota_source import QuotaSource
+from billing.usage_view import UsageView
 from ingest.producer import Producer
 from ingest.receiver import CONVEX_LOGS, Receiver
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
+from meterstream.core.query import reader
+from meterstream.core.read_tokens import ReadTokenView
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import ConnectionLimits, start_site, stop_event
 from meterstream.core.topics import Topics
@@ -27,12 +38,15 @@ async def serve(settings: Settings) -> None:
     topics = Topics.of(settings)
     # With Kafka away the receiver still starts, answers 503 and is not ready until the
     # producer connects.
-    producer = Producer(settings, [topics.raw, topics.deployments])
+    producer = Producer(settings, [topics.raw, topics.deployments, topics.read_tokens])
     registry = RegistryView(KafkaConnection.of(settings), topics.deployments.name)
+    tokens = ReadTokenView(KafkaConnection.of(settings), topics.read_tokens.name)
     producer.start()
     registry.start(after=producer.connected)
-    receiver = Receiver(settings, producer, registry, topics)
-    runner = await start_site(receiver.app(), settings.bind_host, settings.receiver_port,
+    tokens.start(after=producer.connected)
+    receiver = Receiver(settings, producer, registry, topics, tokens)
+    public = receiver.app(usage_view(settings, tokens, registry).add_routes)
+    runner = await start_site(public, settings.bind_host, settings.receiver_port,
                               limits(settings))
     admin_runner = await start_site(receiver.admin_app(), settings.admin_host,
                                     settings.admin_port, limits(settings))
@@ -58,6 +72,7 @@ async def serve(settings: Settings) -> None:
             await each.cleanup()
     finally:
         await registry.stop()
+        await tokens.stop()
         try:
             # Flushes what is still queued; bounded, so a stop with Kafka gone cannot hang.
             await asyncio.wait_for(producer.stop(), SHUTDOWN_SECONDS)
@@ -66,6 +81,18 @@ async def serve(settings: Settings) -> None:
     log.info("receiver stopped")
     if producer.refusal is not None:
         raise producer.refusal
+
+
+def usage_view(settings: Settings, tokens: ReadTokenView, registry: RegistryView) -> UsageView:
+    try:
+        book = pricebook.load(settings.price_book)
+    except pricebook.PriceBookError as exc:
+        # Webhooks matter more than the usage view: the receiver starts, the view says 503.
+        log.error("the usage view is off: the price book could not be loaded: %s", exc)
+        book = None
+    quotas = QuotaSource(settings.worker_url, settings.read_token or settings.admin_token)
+    return UsageView(tokens, registry, book, reader(settings.clickhouse), quotas,
+                     settings.usage_cors_origins)
 
 
 async def _until_first(*events: asyncio.Event) -> None:

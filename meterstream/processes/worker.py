@@ -19,9 +19,11 @@ from mode import Service
 
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
+from meterstream.core.lag import LagMeter
 from meterstream.core.logs import logging_config
 from meterstream.core.service import ConnectionLimits, Readiness, add_probes, start_site
 from meterstream.core.topics import Topics, ensure_topics
+from processors import metrics
 from processors.app import TABLES, create_app, worker_datadir
 from processors.ordered_store import mark_clean, open_local_state
 from processors.split import ALL_ROUTES
@@ -51,9 +53,10 @@ def main(settings: Settings) -> None:
     worker = faust.Worker(
         app,
         *probes,
+        lag_service(app, settings, topics.raw.name, loop),
         loop=loop,
         loglevel=settings.log_level,
-        logging_config=logging_config("worker", settings.log_level),
+        logging_config=logging_config("worker", settings.log_level, settings.log_format),
         redirect_stdouts=False,
         quiet=True,
     )
@@ -86,3 +89,43 @@ class ProbeServer(Service):
     async def on_stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def lag_service(app: faust.App, settings: Settings, raw_topic: str,
+                loop: asyncio.AbstractEventLoop) -> LagService:
+    """The worker's consumer lag on the raw partitions it owns, followed from Faust's
+    assignment signals (Faust sends the whole new assignment each time)."""
+    owned: set[tuple[str, int]] = set()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_lag(_: faust.App, revoked: set[Any], **__: Any) -> None:
+        owned.difference_update((tp.topic, tp.partition) for tp in revoked)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def follow_lag(_: faust.App, assigned: set[Any], **__: Any) -> None:
+        owned.clear()
+        owned.update((tp.topic, tp.partition) for tp in assigned if tp.topic == raw_topic)
+
+    meter = LagMeter(KafkaConnection.of(settings), settings.namespace, metrics.CONSUMER_LAG,
+                     lambda: owned, client_id=f"{settings.namespace}-worker-lag")
+    return LagService(meter, settings.lag_interval, loop=loop)
+
+
+class LagService(Service):
+    """Runs a LagMeter beside the app: a service of the Faust worker, not a timer of the
+    app, so that the lag is measured during table recovery too (Faust starts the app's
+    timers only after it)."""
+
+    def __init__(self, meter: LagMeter, interval: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.meter = meter
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = asyncio.ensure_future(self.meter.run(self.interval))
+
+    async def on_stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

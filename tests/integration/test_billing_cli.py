@@ -39,8 +39,9 @@ def test_invoices_generate_show_and_mark(env: dict[str, str]) -> None:
     run = meterstream(["invoices", "generate", "--period", "2026-10"], env, check=False)
     assert run.returncode == 1  # two subjects could not be invoiced, and it says which
     assert json.loads(run.stdout) | {"problems": []} == {
-        "period": "2026-10-01", "created": 5, "regenerated": 0, "already_invoiced": 0,
-        "problems": [], "amount_due": "4.16"}  # 3.93 + 0.20 + 0.00 + 0.01 + 0.02 (cents)
+        "period": "2026-10-01", "created": 5, "regenerated": 0, "adjustments": 0,
+        "already_invoiced": 0, "problems": [],
+        "amount_due": "4.16"}  # 3.93 + 0.20 + 0.00 + 0.01 + 0.02 (cents)
     assert "deployment mystery-app: plan 'enterprise' is not in the price book" in run.stderr
     assert "end_user us-app user 'bob': no token prices for provider 'mystery'" in run.stderr
 

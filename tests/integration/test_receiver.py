@@ -239,10 +239,10 @@ def test_agent_usage_is_stored_normalised(receiver: Pipeline, kafka_bootstrap: s
         assert {k: record[k] for k in TOKENS} == TOKENS
 
 
-def test_readyz_reports_kafka_and_registry(receiver: Pipeline) -> None:
+def test_readyz_reports_kafka_registry_and_read_tokens(receiver: Pipeline) -> None:
     status, answer = receiver.request("GET", "/readyz")
     assert (status, orjson.loads(answer)) == (200, {"ready": True, "kafka": True,
-                                                    "registry": True})
+                                                    "registry": True, "read_tokens": True})
 
 
 JSON = st.recursive(

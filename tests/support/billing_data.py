@@ -23,7 +23,7 @@ def ms(text: str) -> int:
 
 
 def reset(client: Client) -> None:
-    for table in (*RAW_TABLES, *ROLLUPS, "invoices"):
+    for table in (*RAW_TABLES, *ROLLUPS, "invoices", "closed_periods", "unbilled_usage"):
         client.command(f"TRUNCATE TABLE {table}")
 
 

@@ -41,10 +41,14 @@ class Stream:
     secret: str
     status: str = "pending"
     deleted: bool = False
+    reason: str | None = None
+    """With status `failed`: why, as Convex says it."""
 
     def config(self) -> dict[str, Any]:
-        return {"logStreamType": "webhook", "id": self.id,
-                "status": {"type": "deleting" if self.deleted else self.status},
+        status: dict[str, Any] = {"type": "deleting" if self.deleted else self.status}
+        if status["type"] == "failed" and self.reason is not None:
+            status["reason"] = self.reason
+        return {"logStreamType": "webhook", "id": self.id, "status": status,
                 "url": self.url, "format": self.format, "hmacSecret": self.secret,
                 "topics": self.topics}
 

@@ -66,6 +66,9 @@ CLUSTER_DDL: list[tuple[str, str, str, str, bool]] = [
     ("0003", "INSERT INTO", "tokens_hourly", "", False),
     ("0003", "INSERT INTO", "user_tokens_monthly", "", False),
     ("0004", "CREATE TABLE", "invoices", "ReplicatedReplacingMergeTree(version)", True),
+    ("0005", "ALTER TABLE", "invoices", "", True),
+    ("0005", "CREATE TABLE", "closed_periods", "ReplicatedReplacingMergeTree(version)", True),
+    ("0005", "CREATE TABLE", "unbilled_usage", "ReplicatedReplacingMergeTree(version)", True),
 ]
 
 _HEAD = re.compile(r"^(CREATE (?:MATERIALIZED )?(?:TABLE|VIEW)|ALTER TABLE|DROP (?:TABLE|VIEW)"

@@ -174,7 +174,7 @@ def test_the_command_lists_every_bad_variable() -> None:
                          check=False)
     assert result.returncode == 1
     assert "configuration errors:" in result.stderr
-    assert "  - METERSTREAM_RECEIVER_PORT must be a int" in result.stderr
+    assert "  - METERSTREAM_RECEIVER_PORT must be an integer" in result.stderr
     assert "  - METERSTREAM_CONVEX_API_URL must be an https:// URL" in result.stderr
 
 

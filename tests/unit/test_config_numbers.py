@@ -25,5 +25,5 @@ def test_every_bad_number_is_listed_at_once() -> None:
         Settings.from_env(env)
     assert raised.value.problems == (
         "METERSTREAM_PARTITIONS must be between 1 and 1024, got '0'",
-        "METERSTREAM_LATE_GRACE must be a float, got 'soon'",
+        "METERSTREAM_LATE_GRACE must be a number, got 'soon'",
     )

@@ -216,7 +216,12 @@ def test_compose_publishes_only_the_receiver() -> None:
     assert {"receiver", "worker", "sink", "clickhouse", "kafka", "secrets"} <= set(services)
     assert _published(services["receiver"]) == ["8686:8686"]
     for name, text in services.items():
-        if name != "receiver":
+        if 'profiles: ["observability"]' in text:
+            # Prometheus and Grafana, on the host's loopback only (docs/observability.md).
+            published = _published(text)
+            assert published
+            assert all(p.startswith("127.0.0.1:") for p in published), f"{name}: {published}"
+        elif name != "receiver":
             assert "ports:" not in text, f"{name} publishes a port"
     assert "ports:" not in blocks["x-meterstream"]
 

@@ -232,8 +232,9 @@ def test_the_secrets_command_without_kafka_or_key_says_so(tmp_path: Path) -> Non
            "METERSTREAM_KAFKA": f"127.0.0.1:{free_port()}",
            "METERSTREAM_SECRET_KEY": base64.b64encode(NEW).decode()}
     down = meterstream(["secrets", "reencrypt"], env, check=False)
-    assert down.returncode == 1
-    assert f"(Kafka at {env['METERSTREAM_KAFKA']})" in down.stderr
+    assert down.returncode == 4  # ExitCode.KAFKA_UNREACHABLE
+    assert down.stderr == ("meterstream secrets reencrypt: Kafka cannot be reached at "
+                           f"{env['METERSTREAM_KAFKA']} (connection refused)\n")
     generated = meterstream(["secrets", "generate-key"], env).stdout.strip()
     assert len(base64.b64decode(generated)) == 32
     assert generated != meterstream(["secrets", "generate-key"], env).stdout.strip()

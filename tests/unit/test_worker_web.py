@@ -80,7 +80,24 @@ def test_the_worker_serves_its_own_routes_only(tmp_path: Path) -> None:
              if route.resource is not None}
     # "/" is Faust's production index ({"status": "OK"}, nothing more), which Faust serves
     # whenever its statistics page is off; it needs a token like any other path.
-    assert paths == {"/v1/quota/{deployment}", *PROBES, "/"}
+    # /openapi.json describes the API (processors/openapi.py).
+    assert paths == {"/v1/quota/{deployment}", "/v1/deployments/{deployment}/health",
+                     "/v1/health/fleet", *PROBES, "/", "/openapi.json"}
+
+
+def test_the_health_api_needs_a_token_like_the_quota_api(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        for path in ("/v1/deployments/happy-otter-123/health", "/v1/health/fleet"):
+            answer = await client.get(path)
+            assert answer.status == 401, path
+            assert (await answer.json())["reason"] == "unauthenticated"
+        # With the token the view answers: the deployment is not in the (unloaded) registry.
+        answer = await client.get("/v1/deployments/happy-otter-123/health",
+                                  headers=_bearer(READ))
+        assert answer.status == 404
+        assert (await answer.json())["reason"] == "unknown_deployment"
+
+    _serve(_app(tmp_path), scenario)
 
 
 def test_the_quota_api_refuses_a_request_without_a_token(tmp_path: Path) -> None:
@@ -145,6 +162,8 @@ def test_without_any_token_configured_the_api_is_off_and_the_probes_stay(
         assert (await client.get("/healthz")).status == 200
         assert (await client.get("/metrics")).status == 200
         assert (await client.get("/readyz")).status == 503  # not started: not ready
+        # The API's description stays open: it holds no data.
+        assert (await client.get("/openapi.json")).status == 200
 
     _serve(_app(tmp_path, read="", admin=""), scenario)
 
@@ -197,7 +216,8 @@ def test_with_a_metrics_host_the_probes_leave_the_api_port(tmp_path: Path) -> No
     app = _app(tmp_path, METERSTREAM_METRICS_HOST="127.0.0.1")
     paths = {route.resource.canonical for route in _web_app(app).router.routes()
              if route.resource is not None}
-    assert paths == {"/v1/quota/{deployment}", "/"}
+    assert paths == {"/v1/quota/{deployment}", "/v1/deployments/{deployment}/health",
+                     "/v1/health/fleet", "/", "/openapi.json"}
 
     async def scenario(client: TestClient[Any, Any]) -> None:
         for path in PROBES:
