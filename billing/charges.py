@@ -119,7 +119,19 @@ def amount(lines: list[Line]) -> Decimal:
 
 
 def convex_cost(usage: Usage, plan: Plan, multiplier: Decimal, period: Period) -> Decimal:
-    return amount(resource_lines(usage, plan, multiplier, period))
+    """`amount(resource_lines(...))`, exactly, without building the lines: only a resource
+    used beyond its included amount adds anything (the others' amounts are a rounded 0).
+    The usage and the top-N by cost (billing/queries.py, the console's overview) cost a
+    deployment at a time, and at 10k deployments the lines' roundings dominated."""
+    total = rounded(0)
+    if not usage:
+        return total
+    for resource in RESOURCES:
+        price = plan.resources[resource.key]
+        billable = resource.quantity(usage, period) - Fraction(price.included)
+        if billable > 0:
+            total += rounded(billable * Fraction(price.unit_price * multiplier))
+    return total
 
 
 def token_cost(tokens: TokenUsage, book: PriceBook) -> tuple[Decimal, set[tuple[str, str]]]:

@@ -52,7 +52,8 @@ examples:
   meterstream up
   meterstream up --workers 3      worker i serves on METERSTREAM_WORKER_PORT + i
 
-Ctrl-C or SIGTERM stops the services in pipeline order (receiver, workers, sink)."""
+Ctrl-C or SIGTERM stops the services in pipeline order (console and receiver, workers,
+sink)."""
 
 
 def _version() -> str:
@@ -104,9 +105,12 @@ def _parser() -> argparse.ArgumentParser:
              "METERSTREAM_WORKER_PORT=6066 meterstream worker")
     _service(commands, "sink", "the ClickHouse sink",
              "METERSTREAM_CLICKHOUSE=chdb:///var/lib/meterstream/clickhouse meterstream sink")
-    up = commands.add_parser("up", help="receiver, workers and sink together, in the foreground",
-                             description="Receiver, workers and sink as child processes, in "
-                                         "the foreground.",
+    _service(commands, "console", "the usage console in the browser (docs/console.md)",
+             "METERSTREAM_CONSOLE_PORT=8690 meterstream console")
+    up = commands.add_parser("up", help="receiver, workers, sink and console together, in the "
+                                        "foreground",
+                             description="Receiver, workers, sink and console as child "
+                                         "processes, in the foreground.",
                              epilog=UP_EXAMPLES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("--workers", type=_workers, default=None, metavar="N",
@@ -276,9 +280,9 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
 
 # Commands whose work starts by reaching Kafka.
 _KAFKA_COMMANDS = ("receiver", "worker", "sink", "up", "secrets status", "secrets reencrypt",
-                   "usage", "invoices generate")
+                   "usage", "invoices generate", "console")
 # The services wait for a Kafka out of reach; the other commands end with exit code 4.
-_SERVICES = ("receiver", "worker", "sink", "up")
+_SERVICES = ("receiver", "worker", "sink", "up", "console")
 
 
 def command_name(args: argparse.Namespace) -> str:
@@ -342,6 +346,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from meterstream.processes import sink
 
         sink.main(settings)
+    elif args.command == "console":
+        from meterstream.processes import console
+
+        console.main(settings)
     elif args.command == "up":
         from meterstream import supervisor
 

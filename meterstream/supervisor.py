@@ -1,4 +1,4 @@
-"""`meterstream up`: receiver, workers and sink as child processes, in the foreground.
+"""`meterstream up`: receiver, workers, sink and console as child processes, in the foreground.
 
 Each child is `meterstream <role>`, which runs meterstream/processes/<role>.py: a child
 process, not a task in this one, so that a service that crashes or hangs takes no other
@@ -13,8 +13,8 @@ METERSTREAM_WORKER_METRICS_PORT + i when METERSTREAM_METRICS_HOST is set) and ke
 table files in a directory of its own (meterstream/processes/worker.py).
 
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only
-the supervisor, which stops the children in pipeline order: the receiver
-first (no new input), then the workers (all at once: stopped one by one, the
+the supervisor, which stops the children in pipeline order: the console and the
+receiver first (no new input), then the workers (all at once: stopped one by one, the
 last ones would take over the partitions of the first in a rebalance each), then
 the sink, which flushes what the workers produced. If a child dies on its own,
 the others are stopped too and `up` exits non-zero. If `up` itself is killed, the
@@ -34,7 +34,7 @@ import time
 
 log = logging.getLogger("meterstream.up")
 
-STOP_ORDER = ("receiver", "worker", "sink")
+STOP_ORDER = ("console", "receiver", "worker", "sink")
 STOP_TIMEOUT_SECONDS = 60.0
 MAX_WORKERS = 64
 PR_SET_PDEATHSIG = 1
@@ -128,6 +128,8 @@ def run(workers: int, worker_port: int, metrics_port: int | None = None) -> int:
     for index, name in enumerate(worker_names(workers)):
         children[name] = _spawn("worker", worker_env(worker_port, index, metrics_port))
     children["receiver"] = _spawn("receiver", os.environ.copy())
+    # The console reads through the sink and the worker: nothing waits for it.
+    children["console"] = _spawn("console", os.environ.copy())
     log.info("pipeline started", extra={name: c.pid for name, c in children.items()})
     died: str | None = None
     while not stop.wait(0.2):

@@ -113,6 +113,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_SINK_PORT", "8687",
              "Port of the sink's /metrics, /healthz and /readyz (on METERSTREAM_METRICS_HOST "
              "when that is set)."),
+    Variable("METERSTREAM_CONSOLE_PORT", "8690",
+             "Port of the usage console in the browser (`meterstream console`, started by "
+             "`meterstream up`): its pages behind the admin or read token, and its probes "
+             "(docs/console.md)."),
     Variable("METERSTREAM_METRICS_HOST", "",
              "Address of the probes (/metrics, /healthz, /readyz) of every service, on a "
              "listener of their own, e.g. an internal interface; they then leave the "
@@ -279,9 +283,9 @@ VARIABLES: tuple[Variable, ...] = (
              "Comma-separated origins (https://app.example.com) whose browser pages may call "
              "GET /v1/usage, or * for any; empty: none (no CORS headers)."),
     Variable("METERSTREAM_WORKER_URL", "",
-             "Where the receiver asks a worker for a deployment's quota status (GET "
-             "/v1/quota/..., with METERSTREAM_READ_TOKEN or else the admin token) for "
-             "GET /v1/usage; empty means http://<METERSTREAM_BIND_HOST>:"
+             "Where the receiver (for GET /v1/usage) and the console ask a worker for a "
+             "deployment's quota status (GET /v1/quota/..., with METERSTREAM_READ_TOKEN or "
+             "else the admin token); empty means http://<METERSTREAM_BIND_HOST>:"
              "<METERSTREAM_WORKER_PORT> (the worker serves plain HTTP on that address)."),
 )
 DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -492,6 +496,7 @@ class Settings:
     """METERSTREAM_METRICS_HOST; empty: each service serves its probes on its own port."""
     receiver_metrics_port: int = 8689
     worker_metrics_port: int = 6166
+    console_port: int = 8690
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     lag_interval: float = 5.0
     """METERSTREAM_LAG_INTERVAL: seconds between two looks at the consumer lag."""
@@ -562,6 +567,7 @@ class Settings:
                                         raw("METERSTREAM_RECEIVER_METRICS_PORT")),
             worker_metrics_port=_port("METERSTREAM_WORKER_METRICS_PORT",
                                       raw("METERSTREAM_WORKER_METRICS_PORT")),
+            console_port=_port("METERSTREAM_CONSOLE_PORT", raw("METERSTREAM_CONSOLE_PORT")),
             admin_url=_admin_url("METERSTREAM_ADMIN_URL",
                                  env.get("METERSTREAM_ADMIN_URL", "").strip(),
                                  raw("METERSTREAM_ADMIN_PORT"),

@@ -286,3 +286,11 @@ def reader(target: ClickHouseTarget) -> Execute:
                 "the sink holds the engine and serves its queries; is it running?") from None
 
     return through_holder
+
+
+def ask_holder(chdb_path: Path, sql: str, fmt: str = OUTPUT_FORMAT, write: bool = False) -> bytes:
+    """Runs one statement through the socket of the process that holds the embedded
+    engine, never opening the engine here (a long-lived reader such as the console must
+    not take the engine from the sink). Raises aiohttp.ClientConnectionError when no
+    holder answers, QueryError when ClickHouse refuses the statement."""
+    return asyncio.run(_through_socket(chdb_path, sql, fmt, write))

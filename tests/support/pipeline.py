@@ -118,6 +118,7 @@ def running_pipeline(kafka_bootstrap: str, workdir: Path, command: str = "up",
         "METERSTREAM_ADMIN_PORT": str(free_port()),
         "METERSTREAM_WORKER_PORT": str(free_port()),
         "METERSTREAM_SINK_PORT": str(free_port()),
+        "METERSTREAM_CONSOLE_PORT": str(free_port()),
         "METERSTREAM_SINK_BATCH_SECONDS": "0.2",
         **(extra_env or {}),
     }

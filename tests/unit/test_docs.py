@@ -209,19 +209,21 @@ def _published(block: str) -> list[str]:
     return re.findall(r'- "?([^"\n]+)"?', match.group(1)) if match else []
 
 
-def test_compose_publishes_only_the_receiver() -> None:
+def test_compose_publishes_only_the_receiver_and_the_console_on_loopback() -> None:
     blocks = _compose_blocks()
     services = {name.split(".", 1)[1]: text for name, text in blocks.items()
                 if name.startswith("services.")}
     assert {"receiver", "worker", "sink", "clickhouse", "kafka", "secrets"} <= set(services)
     assert _published(services["receiver"]) == ["8686:8686"]
+    # The console is for people on the host: its loopback only, behind the tokens.
+    assert _published(services["console"]) == ["127.0.0.1:8690:8690"]
     for name, text in services.items():
         if 'profiles: ["observability"]' in text:
             # Prometheus and Grafana, on the host's loopback only (docs/observability.md).
             published = _published(text)
             assert published
             assert all(p.startswith("127.0.0.1:") for p in published), f"{name}: {published}"
-        elif name != "receiver":
+        elif name not in ("receiver", "console"):
             assert "ports:" not in text, f"{name} publishes a port"
     assert "ports:" not in blocks["x-meterstream"]
 
@@ -323,3 +325,25 @@ def test_every_worker_metric_is_listed_in_the_worker_docs() -> None:
                for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
     assert len(exposed) > 10
     assert [name for name in exposed if f"`{name}" not in text] == []
+
+
+def test_compose_checks_each_services_readiness_on_its_own_port() -> None:
+    """Each meterstream service's healthcheck asks /readyz on the port the shared
+    environment gives it, so that compose (and whatever depends on a healthy service)
+    sees a worker or a sink that is up but not yet owning its partitions as unhealthy."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    ports = compose["x-meterstream"]["environment"]
+    variable = {"receiver": "METERSTREAM_RECEIVER_PORT", "worker": "METERSTREAM_WORKER_PORT",
+                "sink": "METERSTREAM_SINK_PORT", "console": "METERSTREAM_CONSOLE_PORT"}
+    services = {name: service for name, service in compose["services"].items()
+                if service.get("command", [None])[0] in variable}
+    assert set(services) == set(variable)
+    for name, service in services.items():
+        check = service["healthcheck"]
+        probe = check["test"][-1]
+        assert f"http://127.0.0.1:{ports[variable[name]]}/readyz" in probe, name
+        assert check["test"][:3] == ["CMD", "python", "-c"], name
+        assert check["start_period"], name
+        assert check["retries"] >= 3, name

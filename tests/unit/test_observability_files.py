@@ -161,11 +161,12 @@ def test_prometheus_scrapes_every_meterstream_service_on_its_port() -> None:
     services = compose["services"]
     env = compose["x-meterstream"]["environment"]
     ports = {"receiver": env["METERSTREAM_RECEIVER_PORT"],
-             "worker": env["METERSTREAM_WORKER_PORT"], "sink": env["METERSTREAM_SINK_PORT"]}
+             "worker": env["METERSTREAM_WORKER_PORT"], "sink": env["METERSTREAM_SINK_PORT"],
+             "console": env["METERSTREAM_CONSOLE_PORT"]}
     # No METERSTREAM_METRICS_HOST: /metrics is on each service's own port.
     assert "METERSTREAM_METRICS_HOST" not in (REPO / "docker-compose.yml").read_text()
     running = {name for name, service in services.items()
-               if service.get("command") in (["receiver"], ["worker"], ["sink"])}
+               if service.get("command") in (["receiver"], ["worker"], ["sink"], ["console"])}
     assert running == set(ports)
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     scraped: dict[str, set[str]] = {}
