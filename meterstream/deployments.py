@@ -124,6 +124,12 @@ def add_parser(commands: Any) -> None:
     provision.add_argument("--plan", help="its price-book plan, e.g. pro")
     provision.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                            help="a label; repeat for several, e.g. env=prod")
+    for parser in (put, provision):
+        parser.add_argument(
+            "--enforce", dest="enforce_at_source", action=argparse.BooleanOptionalAction,
+            default=None, help="set an environment variable on the Convex deployment while a "
+                               "hard quota is exceeded (docs/enforcement.md), e.g. --enforce; "
+                               "--no-enforce turns it off")
     for step, text in (("rotate-secret", "rotate the webhook secret at Convex and here"),
                        ("deprovision", "delete the log stream, mark the deployment removed"),
                        ("sync", "compare the registry with Convex and report drift")):
@@ -159,6 +165,8 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
             body[key] = value
     if getattr(args, "allow_unsigned", None) is not None:
         body["allow_unsigned"] = args.allow_unsigned
+    if getattr(args, "enforce_at_source", None) is not None:
+        body["enforce_at_source"] = args.enforce_at_source
     if args.label:
         pairs = [label.partition("=") for label in args.label]
         if any(not key or not sep for key, sep, _ in pairs):

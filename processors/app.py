@@ -53,6 +53,7 @@ from processors.alert_log import AlertLog
 from processors.alert_webhooks import attach_alert_delivery
 from processors.dedup import Deduplicator
 from processors.due_alerts import RunawayDetector
+from processors.enforcer import attach_enforcement
 from processors.health_check import Clock, HealthCheck, fleet
 from processors.openapi import worker_document
 from processors.ordered_store import FaustPartitions, rocksdb_options
@@ -152,6 +153,7 @@ def create_app(settings: Settings, priced: frozenset[str] | None = None,
                      lambda message: untrack(app.consumer, message))
     add_agent(app, raw, registry, agent, committed)
     attach_alert_delivery(app, settings, topics.alerts.name, topics.dead_letters.name)
+    attach_enforcement(app, settings, registry, topics.alerts.name)
     add_quota_page(app, raw, registry, state)
     status = StreamStatusCheck(
         registry, alert_log, assigned, settings.partitions,

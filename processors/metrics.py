@@ -39,6 +39,33 @@ ALERT_WEBHOOK_SECONDS = Histogram(
     "Time from an alert's first attempt at a webhook URL to its delivery there.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
+ENFORCEMENT_CHANGES = Counter(
+    "meterstream_worker_enforcement_changes_total",
+    "Changes of a Convex deployment's enforcement variable made and recorded, by action: "
+    "set (a hard quota exceeded, or what is exceeded changed), removed.",
+    ["action"],
+)
+ENFORCEMENT_FAILURES = Counter(
+    "meterstream_worker_enforcement_failures_total",
+    "Changes of an enforcement variable that Convex did not take, by reason: refused (a 4xx "
+    "other than 429), unavailable (no answer after the retries), no_deploy_key (the "
+    "deployment has none stored: provision it); each is tried again later.",
+    ["reason"],
+)
+ENFORCEMENT_RETRIES = Counter(
+    "meterstream_worker_enforcement_retries_total",
+    "Requests to Convex's update_environment_variables repeated after a connection error, "
+    "a timeout, 429 or 5xx.",
+)
+ENFORCED_DEPLOYMENTS = Gauge(
+    "meterstream_worker_enforced_deployments",
+    "Deployments of this worker's alert partitions whose enforcement variable is set.",
+)
+ENFORCEMENT_PARTITIONS = Gauge(
+    "meterstream_worker_enforcement_partitions",
+    "Alert partitions the enforcement loop holds and has read to their end (it decides "
+    "nothing for a partition before), at its last pass.",
+)
 REWINDS = Counter("meterstream_worker_stream_rewinds_total",
                   "Raw partitions sought back after Faust dropped fetched records "
                   "(processors/stall_guard.py).")

@@ -225,6 +225,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METERSTREAM_ALERT_RETRY_SECONDS", "3600",
              "How long (s) an alert webhook is retried with exponential backoff before the "
              "alert goes to the dead-letter topic."),
+    Variable("METERSTREAM_ENFORCE_VARIABLE", "METERSTREAM_QUOTA_EXCEEDED",
+             "The environment variable the worker sets on an opted-in Convex deployment while "
+             "a hard quota is exceeded, and removes afterwards (docs/enforcement.md)."),
+    Variable("METERSTREAM_ENFORCE_INTERVAL", "5",
+             "Seconds between the worker's checks of enforcement at the source: a period that "
+             "ended or a quota raised removes the variable within about this time."),
     Variable("METERSTREAM_SINK_BATCH_ROWS", "50000",
              "Rows of one table that make the sink insert at once (at most 1000000, so that "
              "each insert stays one atomic block)."),
@@ -421,6 +427,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "read_token_ttl": ("METERSTREAM_READ_TOKEN_TTL", float, 1.0, 10 * 366 * 24 * 3600.0),
     "read_token_max_ttl": ("METERSTREAM_READ_TOKEN_MAX_TTL", float, 1.0,
                            10 * 366 * 24 * 3600.0),
+    "enforce_interval": ("METERSTREAM_ENFORCE_INTERVAL", float, 0.05, 3600.0),
 }
 
 
@@ -475,6 +482,8 @@ class Settings:
     health_check_interval: float = 60.0
     health_status_interval: float = 300.0
     sink_max_attempts: int = 3
+    enforce_interval: float = 5.0
+    enforce_variable: str = "METERSTREAM_QUOTA_EXCEEDED"
     replication_factor: int = 1
     min_insync_replicas: int = 1
     secret_key: bytes | None = field(default=None, repr=False)
@@ -595,6 +604,8 @@ class Settings:
                                   _loopback(raw("METERSTREAM_BIND_HOST"))),
             log_format=_choice("METERSTREAM_LOG_FORMAT", raw("METERSTREAM_LOG_FORMAT").lower(),
                                ("auto", "text", "json")),
+            enforce_variable=_env_name("METERSTREAM_ENFORCE_VARIABLE",
+                                       raw("METERSTREAM_ENFORCE_VARIABLE")),
         )
 
     def __post_init__(self) -> None:
@@ -932,6 +943,16 @@ def _namespace(name: str, value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", value):
         return _problem(f"{name} may hold letters, digits, '.', '_' and '-', got {value!r}",
                         "meterstream")
+    return value
+
+
+def _env_name(name: str, value: str) -> str:
+    # Convex's rule for a deployment's environment variable names (its `env set` refuses
+    # others): a letter, then letters, digits and underscores, under 40 characters.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,38}", value):
+        return _problem(f"{name} must be a Convex environment variable name (a letter, then "
+                        f"letters, digits and '_', under 40 characters), got {value!r}",
+                        "METERSTREAM_QUOTA_EXCEEDED")
     return value
 
 

@@ -35,7 +35,8 @@ log = logging.getLogger("meterstream.registry")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 OWNER_FIELDS = ("team", "project", "plan")
-FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels", "allow_unsigned")
+FIELDS = ("webhook_secret", "ingest_token", *OWNER_FIELDS, "labels", "allow_unsigned",
+          "enforce_at_source")
 SEALED_FIELDS = ("webhook_secret", "previous_webhook_secret", "deploy_key")
 """Sealed at rest with the process's key (meterstream/core/secret_box.py)."""
 MIN_SECRET_LENGTH = 16
@@ -77,6 +78,10 @@ class Deployment:
     quotas: list[dict[str, Any]] = field(default_factory=list)
     """`Quota.to_json()` of each quota (meterstream/core/quotas.py), validated when stored; set
     only through `PUT /v1/deployments/{name}/quotas`, kept by every other update."""
+    enforce_at_source: bool = False
+    """Opted in to enforcement at the source: while a hard quota is exceeded, the worker sets
+    an environment variable on the Convex deployment with the stored deploy key
+    (processors/enforcement.py)."""
     allow_unsigned: bool = False
     """Opted in to unsigned webhook bodies; matters only while it has no webhook secret
     (a deployment with a secret always needs the signature)."""
@@ -100,6 +105,7 @@ class Deployment:
             "removed_at": self.removed_at or None,
             "quotas": self.quotas,
             "allow_unsigned": self.allow_unsigned,
+            "enforce_at_source": self.enforce_at_source,
             "updated_at": self.updated_at,
         }
 
@@ -160,8 +166,9 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
         value = changes.get(key)
         if value is not None and not (isinstance(value, str) and 0 < len(value) <= 200):
             problems[key] = "must be a string of 1 to 200 characters, or null"
-    if "allow_unsigned" in changes and not isinstance(changes["allow_unsigned"], bool):
-        problems["allow_unsigned"] = "must be true or false"
+    for flag in ("allow_unsigned", "enforce_at_source"):
+        if flag in changes and not isinstance(changes[flag], bool):
+            problems[flag] = "must be true or false"
     labels = changes.get("labels")
     if labels is not None and not (
             isinstance(labels, dict)
@@ -182,8 +189,9 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
         values["ingest_token_sha256"] = None if token is None else token_digest(token)
     if "labels" in changes:
         values["labels"] = changes["labels"] or {}
-    if "allow_unsigned" in changes:
-        values["allow_unsigned"] = changes["allow_unsigned"]
+    for flag in ("allow_unsigned", "enforce_at_source"):
+        if flag in changes:
+            values[flag] = changes[flag]
     values["updated_at"] = int(time.time() * 1000)
     return Deployment(**values)
 

@@ -3,7 +3,9 @@ sink, built from the documented contract (../shared/reference/convex-log-stream-
 convex-log-streams.md section 1).
 
 Routes: /d/<deployment>/api/v1/{create_log_stream, list_log_streams, get_log_stream/ID,
-update_log_stream/ID, delete_log_stream/ID, rotate_webhook_secret/ID}, authorised by
+update_log_stream/ID, delete_log_stream/ID, rotate_webhook_secret/ID} and
+/d/<deployment>/api/update_environment_variables (what `npx convex env set/remove` calls:
+{"changes": [{"name", "value"?}]}, no value removes), authorised by
 `Authorization: Convex <deploy key>`, errors as {"code", "message"}. A created or updated
 stream is verified with a signed `verification` event; `deliver` sends a batch the way
 Convex's webhook sink does: signed once, the same bytes retried on 5xx/408/421/425/429 up
@@ -57,6 +59,9 @@ class Deployment:
     deploy_key: str
     log_streaming: bool = True
     streams: dict[str, Stream] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    env_updates: list[list[dict[str, Any]]] = field(default_factory=list)
+    """The `changes` of every update_environment_variables request taken, in order."""
 
     def live(self) -> Stream | None:
         return next((s for s in self.streams.values() if not s.deleted), None)
@@ -111,6 +116,8 @@ class ConvexStandIn:
         app.router.add_post(base + "/update_log_stream/{id}", self._guard(self.update))
         app.router.add_post(base + "/delete_log_stream/{id}", self._guard(self.delete))
         app.router.add_post(base + "/rotate_webhook_secret/{id}", self._guard(self.rotate))
+        app.router.add_post("/d/{deployment}/api/update_environment_variables",
+                            self._guard(self.update_env))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -236,6 +243,24 @@ class ConvexStandIn:
             return stream
         stream.secret = uuid.uuid4().hex
         return web.json_response({"logStreamType": "webhook", "hmacSecret": stream.secret})
+
+    async def update_env(self, request: web.Request, deployment: Deployment) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, "BadJsonBody", str(exc))
+        changes = body.get("changes") if isinstance(body, dict) else None
+        if not isinstance(changes, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("name"), str)
+                and isinstance(c.get("value", ""), str) for c in changes):
+            return _error(400, "BadJsonBody", "expected {changes: [{name, value?}]}")
+        deployment.env_updates.append(changes)
+        for change in changes:
+            if "value" in change:
+                deployment.env[change["name"]] = change["value"]
+            else:
+                deployment.env.pop(change["name"], None)
+        return web.json_response({})
 
     # --- the webhook sink --------------------------------------------------------------
     def _verify_later(self, deployment: Deployment, stream: Stream) -> None:
