@@ -243,7 +243,7 @@ DEPLOYMENT: Schema = {
     "type": "object",
     "description": "A registry record as the admin API shows it: never a secret.",
     "required": ["name", "has_webhook_secret", "has_ingest_token", "quotas", "allow_unsigned",
-                 "updated_at"],
+                 "enforce_at_source", "updated_at"],
     "properties": {
         "name": {"type": "string"},
         "team": {"type": ["string", "null"]}, "project": {"type": ["string", "null"]},
@@ -255,6 +255,8 @@ DEPLOYMENT: Schema = {
         "removed_at": {"type": ["integer", "null"]},
         "quotas": {"type": "array", "items": {"$ref": "#/components/schemas/Quota"}},
         "allow_unsigned": {"type": "boolean"},
+        "enforce_at_source": {"type": "boolean", "description": "Opted in to enforcement "
+                              "at the source (docs/enforcement.md)."},
         "updated_at": {"type": "integer"},
     },
     "additionalProperties": False,
@@ -269,6 +271,7 @@ DEPLOYMENT_CHANGES: Schema = {
         "team": OWNER, "project": OWNER, "plan": OWNER,
         "labels": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
         "allow_unsigned": {"type": "boolean"},
+        "enforce_at_source": {"type": "boolean"},
     },
     "additionalProperties": False,
 }
@@ -286,7 +289,8 @@ LIFECYCLE_BODY: Schema = {
     "properties": {
         "deploy_key": {"type": "string", "minLength": 1, "writeOnly": True,
                        "description": "The deployment's deploy key: passed to Convex, "
-                                      "neither stored nor logged."},
+                                      "stored sealed (the stream status check and "
+                                      "enforcement use it), never logged or shown."},
         "adopt": {"type": "boolean", "description": "provision: take over an existing "
                   "webhook log stream"},
         "format": {"enum": ["json", "jsonl"], "description": "provision"},
