@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from billing.periods import Period
-from tests.support import convex_examples, meterstream, wait_for
+from tests.support import convex_examples, meterstream, schema_pending, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import running_pipeline
 
@@ -67,7 +67,7 @@ def test_late_usage_after_an_invoice_is_billed_by_an_adjustment(kafka_bootstrap:
         def calls() -> int:
             result = cli("usage", "--deployment", DEPLOYMENT, "--from", period.label, "--to",
                          period.next().label, "--format", "json", check=False)
-            if "UNKNOWN_TABLE" in result.stderr:  # the sink is still applying migrations
+            if schema_pending(result.stderr):  # the sink is still applying migrations
                 return 0
             assert result.returncode == 0, result.stderr
             return int(json.loads(result.stdout)["total"]["usage"]["function_calls"])

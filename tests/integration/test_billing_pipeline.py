@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from billing.periods import Period
-from tests.support import convex_examples, meterstream, wait_for
+from tests.support import convex_examples, meterstream, schema_pending, wait_for
 from tests.support.clock import settled
 from tests.support.pipeline import running_pipeline
 
@@ -73,7 +73,7 @@ def test_usage_and_a_non_zero_invoice_through_the_pipeline(kafka_bootstrap: str,
             result = meterstream(["usage", "--deployment", DEPLOYMENT, "--from",
                                   period.label, "--to", period.next().label, "--format",
                                   "json"], pipeline.env, check=False)
-            if "UNKNOWN_TABLE" in result.stderr:  # the sink is still applying migrations
+            if schema_pending(result.stderr):  # the sink is still applying migrations
                 return {"function_calls": 0}
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)["total"]["usage"]

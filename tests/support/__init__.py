@@ -27,6 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def schema_pending(stderr: str) -> bool:
+    """Whether a billing command refused because the sink has not applied the schema yet
+    (billing/cli.py says so in one line; ClickHouse's own UNKNOWN_TABLE from a server)."""
+    return any(sign in stderr for sign in ("UNKNOWN_TABLE", "holds no meterstream tables yet",
+                                           "start the sink, which migrates it"))
+
+
 def wait_for(condition: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.1) -> T:
     """Polls until `condition()` is truthy and returns it; fails naming `what` at the deadline."""
