@@ -214,8 +214,13 @@ class RawProcessor:
         self._drop_repeated_usage(batch, partition, offset, now_ms)
         usage = message_usage(batch.routed, self.priced)
         forwarded = [forward_of(route, records) for route, records in batch.routed.items()]
-        latest = {route: max(record["timestamp"] for record in records)
-                  for route, records in batch.routed.items() if records}
+        # An event Convex sent without a usable time goes to `other` with none: it says
+        # nothing about when the stream was last heard from.
+        latest: dict[str, int] = {}
+        for route, records in batch.routed.items():
+            times = [t for record in records if type(t := record.get("timestamp")) is int]
+            if times:
+                latest[route] = max(times)
         return Plan(forwarded, batch.dead_letters, usage, latest)
 
     def _drop_repeated_usage(self, batch: SplitBatch, partition: int, offset: int,

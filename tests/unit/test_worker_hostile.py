@@ -517,3 +517,18 @@ def test_per_user_alerts_through_the_processor_are_bounded() -> None:
     assert len(ids) == 2 * 100 + 2
     assert sum(i.endswith("|users") for i in ids) == 2
     assert HOUR_MS  # (the fixed clock keeps every event inside one day)
+
+
+def test_an_event_without_a_time_is_kept_and_does_not_stop_the_message() -> None:
+    """Convex's `verification` event and others carry no usable time: they go to `other`
+    without one, and the stream health's latest time per type (raw_processor.py) must not
+    fail the whole message on them (it once did: every such body became a dead letter)."""
+    timed = recent_events("function_execution")[0]
+    timed["timestamp"] = NOW
+    key = timed["convex"]["deployment_name"]
+    untimed = {"topic": "verification", "convex": {"deployment_name": key}}
+    harness = Harness()
+    assert harness.process([timed, untimed], 1, WEBHOOK, key.encode()) is not None
+    assert len(harness.routed("function_execution")) == 1
+    assert [r.get("topic") for r in harness.routed("other")] == ["verification"]
+    assert harness.dead() == []
