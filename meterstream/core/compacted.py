@@ -1,10 +1,11 @@
 """Following a compacted, single-partition Kafka topic: read from the start, loaded once
 the end seen at start is reached, then every new record as it comes.
 
-A subclass says what one record does (`_apply`); this class keeps the position, the
-loaded flag and read-your-writes (`wait_applied`), and reconnects with backoff when
-Kafka goes away. The read tokens (meterstream/core/read_tokens.py) follow their topic
-with it.
+A subclass says what one record does (`_apply`) and what reaching the end first does
+(`_on_loaded`); this class keeps the position, the loaded flag and read-your-writes
+(`wait_applied`), and reconnects with backoff when Kafka goes away. The deployment
+registry (meterstream/core/registry.py) and the read tokens
+(meterstream/core/read_tokens.py) follow their topics with it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ END_OFFSETS_SECONDS = 5.0
 class CompactedView:
     """What this process has read of one compacted topic (partition 0)."""
 
+    end_offsets_seconds = END_OFFSETS_SECONDS
+    """How long one client may take to say where the topic ends before a new one asks."""
+
     def __init__(self, kafka: KafkaConnection, topic: str, client_id: str) -> None:
         self.kafka = kafka
         self.topic = topic
@@ -37,6 +41,11 @@ class CompactedView:
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         """Takes one record into the view (value None: a tombstone)."""
         raise NotImplementedError
+
+    def _on_loaded(self) -> None:
+        """Runs once, when the records up to the end seen at start are in, before the view
+        says it is loaded."""
+        log.info("topic loaded", extra={"topic": self.topic})
 
     @property
     def loaded(self) -> bool:
@@ -77,7 +86,7 @@ class CompactedView:
                 # metadata, and a new client (after the backoff) asks again, where this one
                 # would wait out its request timeout.
                 end = (await asyncio.wait_for(consumer.end_offsets([tp]),
-                                              END_OFFSETS_SECONDS))[tp]
+                                              self.end_offsets_seconds))[tp]
                 if self._position >= end:
                     self._loaded.set()
                 backoff = 0.5
@@ -89,8 +98,8 @@ class CompactedView:
                         self._position = await consumer.position(tp)
                         self._advanced.notify_all()
                     if not self.loaded and self._position >= end:
+                        self._on_loaded()
                         self._loaded.set()
-                        log.info("topic loaded", extra={"topic": self.topic})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

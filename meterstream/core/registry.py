@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from meterstream.core import secret_box
+from meterstream.core.compacted import CompactedView
 from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.signature import verify
 
@@ -196,29 +195,19 @@ def updated(current: Deployment | None, name: str, changes: Any) -> Deployment:
     return Deployment(**values)
 
 
-class RegistryView:
+class RegistryView(CompactedView):
     """The registry as this process sees it, following the topic."""
 
+    end_offsets_seconds = 30.0
+
     def __init__(self, kafka: KafkaConnection, topic: str) -> None:
-        self.kafka = kafka
-        self.topic = topic
+        super().__init__(kafka, topic, "registry-view")
         self._deployments: dict[str, Deployment] = {}
         self._by_token: dict[str, str] = {}
         """sha256(ingest token) -> the deployment it belongs to."""
-        self._loaded = asyncio.Event()
-        self._position = 0
         self._unopened: dict[str, secret_box.UndecryptableSecret] = {}
         """While loading: records whose latest value no configured key opens (an earlier
         value may be superseded by a later one sealed with a key we hold)."""
-        self._advanced = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded.is_set()
-
-    async def wait_loaded(self) -> None:
-        await self._loaded.wait()
 
     def get(self, name: str) -> Deployment | None:
         return self._deployments.get(name)
@@ -240,58 +229,9 @@ class RegistryView:
     def all(self) -> list[Deployment]:
         return [self._deployments[name] for name in sorted(self._deployments)]
 
-    def start(self, after: asyncio.Event | None = None) -> None:
-        """Starts following the topic; once `after` is set, when given (the topic must exist)."""
-        self._task = asyncio.create_task(self._follow(after), name="registry-view")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def wait_applied(self, offset: int) -> None:
-        """Returns once the record at `offset` is in this view (read-your-writes)."""
-        async with self._advanced:
-            await self._advanced.wait_for(lambda: self._position > offset)
-
-    async def _follow(self, after: asyncio.Event | None) -> None:
-        if after is not None:
-            await after.wait()
-        backoff = 0.5
-        while True:
-            # earliest: compaction may have removed the offsets before the first record kept.
-            consumer = AIOKafkaConsumer(**self.kafka.client_options(), group_id=None,
-                                        enable_auto_commit=False, client_id="registry-view",
-                                        auto_offset_reset="earliest")
-            try:
-                await consumer.start()
-                tp = TopicPartition(self.topic, 0)
-                consumer.assign([tp])
-                consumer.seek(tp, self._position)
-                end = (await asyncio.wait_for(consumer.end_offsets([tp]), 30))[tp]
-                if self._position >= end:
-                    self._loaded.set()
-                backoff = 0.5
-                while True:
-                    batch = await consumer.getmany(tp, timeout_ms=1000)
-                    for message in batch.get(tp, []):
-                        self._apply(message.key, message.value)
-                    async with self._advanced:
-                        self._position = await consumer.position(tp)
-                        self._advanced.notify_all()
-                    if not self.loaded and self._position >= end:
-                        self._finish_loading()
-                        log.info("registry loaded", extra={"deployments": len(self._deployments)})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("registry view lost Kafka; retrying",
-                            extra={"error": repr(exc), "retry_in_s": backoff},
-                            exc_info=not isinstance(exc, KafkaError | OSError | TimeoutError))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                await consumer.stop()
+    def _on_loaded(self) -> None:
+        self._finish_loading()
+        log.info("registry loaded", extra={"deployments": len(self._deployments)})
 
     def _finish_loading(self) -> None:
         """Loaded: a record whose latest value no key opens stops a receiver here
