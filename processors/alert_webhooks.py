@@ -50,6 +50,7 @@ from meterstream.core import signature
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
 from processors import metrics
+from processors.background import run_beside
 
 log = logging.getLogger(__name__)
 
@@ -329,25 +330,7 @@ def attach_alert_delivery(app: faust.App, settings: Settings, alerts_topic: str,
     if not settings.alert_webhooks:
         return
 
-    async def keep_delivering() -> None:
-        while True:
-            try:
-                await deliver_alerts(settings, alerts_topic, dead_letters_topic,
-                                     f"{settings.namespace}-alert-delivery")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Kafka unreachable: what was not committed comes again
-                log.warning("alert delivery stopped; restarting",
-                            extra={"error": repr(exc), "retry_in_s": 5})
-                await asyncio.sleep(5)
-
-    @app.task
-    async def start_alert_delivery() -> None:
-        task = asyncio.create_task(keep_delivering(), name="alert-delivery")
-
-        # mode's SignalHandlerT requires a `signal` argument typed by a name no receiver
-        # can match, so every receiver fails the check (processors/app.py has the same).
-        @app.on_before_shutdown.connect  # type: ignore[arg-type]
-        async def stop_alert_delivery(_: faust.App, **__: Any) -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    run_beside(app, "alert delivery",
+               lambda: deliver_alerts(settings, alerts_topic, dead_letters_topic,
+                                      f"{settings.namespace}-alert-delivery"),
+               "what was not committed is delivered again")

@@ -34,6 +34,7 @@ from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.registry import Deployment, RegistryView
 from processors import metrics
+from processors.background import run_beside
 from processors.convex_env import ConvexEnv, EnvUpdateFailed
 from processors.enforcement import (
     DeploymentEnforcement,
@@ -233,25 +234,7 @@ def attach_enforcement(app: faust.App, settings: Settings, registry: RegistryVie
                        alerts_topic: str) -> None:
     """Runs the enforcement loop beside the worker's agents."""
 
-    async def keep_enforcing() -> None:
-        while True:
-            try:
-                await enforce_from_alerts(settings, registry, alerts_topic,
-                                          f"{settings.namespace}-enforcement")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Kafka unreachable: the state is rebuilt on restart
-                log.warning("enforcement stopped; restarting",
-                            extra={"error": repr(exc), "retry_in_s": 5})
-                await asyncio.sleep(5)
-
-    @app.task
-    async def start_enforcement() -> None:
-        task = asyncio.create_task(keep_enforcing(), name="enforcement")
-
-        # mode's SignalHandlerT requires a `signal` argument typed by a name no receiver
-        # can match, so every receiver fails the check (processors/app.py has the same).
-        @app.on_before_shutdown.connect  # type: ignore[arg-type]
-        async def stop_enforcement(_: faust.App, **__: Any) -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    run_beside(app, "enforcement",
+               lambda: enforce_from_alerts(settings, registry, alerts_topic,
+                                           f"{settings.namespace}-enforcement"),
+               "the state is rebuilt from the alerts topic")
