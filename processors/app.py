@@ -45,7 +45,7 @@ from meterstream.core.http_errors import json_errors
 from meterstream.core.kafka_client import KafkaConnection, faust_credentials
 from meterstream.core.openapi import OPENAPI_PATH
 from meterstream.core.quotas import quotas_from_record
-from meterstream.core.registry import RegistryView
+from meterstream.core.registry import Deployment, RegistryView
 from meterstream.core.service import Readiness
 from meterstream.core.topics import Topics
 from processors import metrics
@@ -341,6 +341,17 @@ def add_agent(app: faust.App, raw: faust.TopicT, registry: RegistryView,
             await agent.check_stalls(app.consumer)
 
 
+def _registered(registry: RegistryView, deployment: str) -> Deployment | None:
+    """A per-deployment page's deployment: None when not registered, or removed."""
+    record = registry.get(deployment)
+    return None if record is None or record.removed_at else record
+
+
+def _unknown(view: faust.web.View, deployment: str) -> faust.web.Response:
+    return view.json({"error": f"deployment {deployment!r} is not registered",
+                      "reason": "unknown_deployment"}, status=404)
+
+
 def add_quota_page(app: faust.App, raw: faust.TopicT, registry: RegistryView,
                    state: UsageState) -> None:
     """`GET /v1/quota/{deployment}[?at=ms][&user=id]`, answered by the worker that owns the
@@ -351,10 +362,9 @@ def add_quota_page(app: faust.App, raw: faust.TopicT, registry: RegistryView,
         @app.topic_route(topic=raw, match_info="deployment")
         async def get(self: faust.web.View, request: faust.web.Request, *_: Any,
                       deployment: str = "", **__: Any) -> faust.web.Response:
-            record = registry.get(deployment)
-            if record is None or record.removed_at:
-                return self.json({"error": f"deployment {deployment!r} is not registered",
-                                  "reason": "unknown_deployment"}, status=404)
+            record = _registered(registry, deployment)
+            if record is None:
+                return _unknown(self, deployment)
             at = request.query.get("at", "")
             if at and not at.isdigit():
                 return self.json({"error": "at must be a time in ms since the epoch",
@@ -415,10 +425,9 @@ def add_health_pages(app: faust.App, raw: faust.TopicT, registry: RegistryView,
         @app.topic_route(topic=raw, match_info="deployment")
         async def get(self: faust.web.View, request: faust.web.Request, *_: Any,
                       deployment: str = "", **__: Any) -> faust.web.Response:
-            record = registry.get(deployment)
-            if record is None or record.removed_at:
-                return self.json({"error": f"deployment {deployment!r} is not registered",
-                                  "reason": "unknown_deployment"}, status=404)
+            record = _registered(registry, deployment)
+            if record is None:
+                return _unknown(self, deployment)
             report = health.report(deployment, clock())
             report["stream_status"] = status.report(deployment)
             if status.failing(deployment):
