@@ -103,7 +103,7 @@ def test_the_scan_sees_the_clients_of_every_service() -> None:
     assert {"ingest/producer.py", "processors/app.py", "processors/alert_log.py",
             "processors/alert_webhooks.py", "processors/stall_guard.py", "sinks/sink.py",
             "billing/scheduler.py", "meterstream/core/topics.py",
-            "meterstream/core/registry.py", "meterstream/core/kafka_client.py",
+            "meterstream/core/compacted.py", "meterstream/core/kafka_client.py",
             "meterstream/secrets_cli.py", "bench/worker.py"} <= found
 
 
