@@ -48,7 +48,7 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-@pytest.fixture()
+@pytest.fixture
 def receivers(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
     with running_pipeline(kafka_bootstrap, tmp_path, command="receiver",
                           extra_env={"METERSTREAM_RECEIVER_PROCESSES": str(PROCESSES)}

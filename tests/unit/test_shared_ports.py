@@ -20,7 +20,7 @@ def test_a_second_site_on_a_port_in_use_fails_unless_both_share_it(
         port = free_port()
         first = await start_site(web.Application(), "127.0.0.1", port, limits)
         try:
-            with pytest.raises(OSError):  # a receiver started twice by mistake
+            with pytest.raises(OSError, match="address already in use"):  # started twice
                 await start_site(web.Application(), "127.0.0.1", port, limits)
         finally:
             await first.cleanup()
