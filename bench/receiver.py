@@ -35,6 +35,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.kafka import kafka
+from bench.proc import cpu_seconds, with_children
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.signature import HEADER, sign
@@ -55,6 +56,8 @@ class Result:
     p99_ms: float
     requests: int
     errors: int
+    cpu_s_per_m_events: float = 0.0
+    """CPU of the path's own processes (user + system) per million events acknowledged."""
 
 
 def bodies() -> list[tuple[str, str, bytes]]:
@@ -75,13 +78,15 @@ def bodies() -> list[tuple[str, str, bytes]]:
     return out
 
 
-def summarise(latencies: list[float], seconds: float, errors: int) -> Result:
+def summarise(latencies: list[float], seconds: float, errors: int,
+              cpu: float = 0.0) -> Result:
     ordered = sorted(latencies)
+    events = len(ordered) * EVENTS_PER_BODY
     return Result(
-        events_per_s=len(ordered) * EVENTS_PER_BODY / seconds,
+        events_per_s=events / seconds,
         p50_ms=1000 * ordered[len(ordered) // 2],
         p99_ms=1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        requests=len(ordered), errors=errors)
+        requests=len(ordered), errors=errors, cpu_s_per_m_events=cpu / events * 1e6)
 
 
 async def run_raw(bootstrap: str, topic: str, payloads: list[tuple[str, str, bytes]],
@@ -103,15 +108,16 @@ async def run_raw(bootstrap: str, topic: str, payloads: list[tuple[str, str, byt
             latencies.append(time.perf_counter() - started)
             n += connections
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(sender(i) for i in range(connections)))
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     await producer.stop()
-    return summarise(latencies, elapsed, 0)
+    return summarise(latencies, elapsed, 0, cpu)
 
 
 async def run_receiver(url: str, payloads: list[tuple[str, str, bytes]], seconds: float,
-                       connections: int) -> Result:
+                       connections: int, pids: list[int]) -> Result:
+    """`pids`: the receiver's processes, whose CPU the run counts."""
     signed = [(body, {HEADER: sign(body, secret), "Content-Type": "application/json"})
               for _, secret, body in payloads]
     latencies: list[float] = []
@@ -134,10 +140,10 @@ async def run_receiver(url: str, payloads: list[tuple[str, str, bytes]], seconds
                         errors += 1
                 n += connections
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), sum(map(cpu_seconds, pids))
         await asyncio.gather(*(sender(i) for i in range(connections)))
-        elapsed = time.perf_counter() - began
-    return summarise(latencies, elapsed, errors)
+        elapsed, cpu = time.perf_counter() - began, sum(map(cpu_seconds, pids)) - cpu
+    return summarise(latencies, elapsed, errors, cpu)
 
 
 def start_broker() -> tuple[dict[str, str], bool]:
@@ -173,6 +179,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="receiver processes on the port (METERSTREAM_RECEIVER_PROCESSES)")
     parser.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     parser.add_argument("--json", type=Path,
                         help="also write the medians to this file (bench/run.py)")
@@ -186,6 +194,7 @@ def main() -> None:
            "METERSTREAM_RECEIVER_PORT": str(port), "METERSTREAM_ADMIN_TOKEN": ADMIN_TOKEN,
            "METERSTREAM_ADMIN_PORT": str(admin_port),
            "METERSTREAM_LOG_LEVEL": "warning",
+           "METERSTREAM_RECEIVER_PROCESSES": str(args.processes),
            "METERSTREAM_MAX_IN_FLIGHT": str(max(256, args.connections * 4))}
     settings = Settings.from_env({**os.environ, **env})
     raw_topic = Topics.of(settings).raw.name
@@ -197,21 +206,25 @@ def main() -> None:
     raw_results: list[Result] = []
     receiver_results: list[Result] = []
     try:
-        wait_for(lambda: receiver_ready(base), timeout=60, what="the receiver to be ready")
+        wait_for(lambda: all(receiver_ready(base) for _ in range(4 * args.processes)),
+                 timeout=60, what="the receiver('s processes) to be ready")
+        pids = with_children(receiver.pid)
         register(f"http://127.0.0.1:{admin_port}", payloads)
         # Warm both paths (connections, JIT-free but page cache and topic leaders).
         asyncio.run(run_raw(settings.kafka_bootstrap, raw_topic, payloads, 2, args.connections))
-        asyncio.run(run_receiver(base + "/v1/convex/logs", payloads, 2, args.connections))
+        asyncio.run(run_receiver(base + "/v1/convex/logs", payloads, 2, args.connections,
+                                 pids))
         for run in range(args.runs):
             raw = asyncio.run(run_raw(settings.kafka_bootstrap, raw_topic, payloads,
                                       args.seconds, args.connections))
             rec = asyncio.run(run_receiver(base + "/v1/convex/logs", payloads, args.seconds,
-                                           args.connections))
+                                           args.connections, pids))
             raw_results.append(raw)
             receiver_results.append(rec)
-            print(f"run {run + 1}: raw {raw.events_per_s:,.0f} ev/s p99 {raw.p99_ms:.1f} ms | "
+            print(f"run {run + 1}: raw {raw.events_per_s:,.0f} ev/s p99 {raw.p99_ms:.1f} ms "
+                  f"{raw.cpu_s_per_m_events:.1f} CPU s/M | "
                   f"receiver {rec.events_per_s:,.0f} ev/s p99 {rec.p99_ms:.1f} ms "
-                  f"({rec.errors} non-200)", flush=True)
+                  f"{rec.cpu_s_per_m_events:.1f} CPU s/M ({rec.errors} non-200)", flush=True)
     finally:
         receiver.terminate()
         receiver.wait(60)
@@ -224,7 +237,9 @@ def main() -> None:
     raw_eps, rec_eps = median(raw_results, "events_per_s"), median(receiver_results, "events_per_s")
     body_kb = statistics.mean(len(b) for _, _, b in payloads) / 1024
     command = (f".venv/bin/python -m bench.receiver --seconds {args.seconds:g} "
-               f"--runs {args.runs} --connections {args.connections}")
+               f"--runs {args.runs} --connections {args.connections} "
+               f"--processes {args.processes}")
+    processes = f"{args.processes} process{'es' if args.processes > 1 else ''}"
     table = "\n".join([
         f"### Receiver vs bare aiokafka producer ({time.strftime('%Y-%m-%d', time.gmtime())})",
         "",
@@ -235,13 +250,14 @@ def main() -> None:
         f"{DEPLOYMENTS} deployments, {args.connections} concurrent senders, acks=all, "
         f"idempotent; medians of {args.runs} runs of {args.seconds:g} s.",
         "",
-        "| path | events/s | p50 ms | p99 ms | ratio |",
-        "|---|---:|---:|---:|---:|",
-        f"| bare aiokafka producer | {raw_eps:,.0f} | {median(raw_results, 'p50_ms'):.1f} | "
-        f"{median(raw_results, 'p99_ms'):.1f} | 1.00 |",
-        f"| meterstream receiver (1 process) | {rec_eps:,.0f} | "
+        "| path | events/s | p50 ms | p99 ms | ratio | CPU s per M events |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| bare aiokafka producer (1 process) | {raw_eps:,.0f} | "
+        f"{median(raw_results, 'p50_ms'):.1f} | {median(raw_results, 'p99_ms'):.1f} | 1.00 | "
+        f"{median(raw_results, 'cpu_s_per_m_events'):.1f} |",
+        f"| meterstream receiver ({processes}) | {rec_eps:,.0f} | "
         f"{median(receiver_results, 'p50_ms'):.1f} | {median(receiver_results, 'p99_ms'):.1f} | "
-        f"{rec_eps / raw_eps:.2f} |",
+        f"{rec_eps / raw_eps:.2f} | {median(receiver_results, 'cpu_s_per_m_events'):.1f} |",
         "",
     ])
     print()
@@ -251,7 +267,10 @@ def main() -> None:
             "raw_events_per_s": raw_eps, "raw_p50_ms": median(raw_results, "p50_ms"),
             "raw_p99_ms": median(raw_results, "p99_ms"), "events_per_s": rec_eps,
             "p50_ms": median(receiver_results, "p50_ms"),
-            "p99_ms": median(receiver_results, "p99_ms"), "command": command}))
+            "p99_ms": median(receiver_results, "p99_ms"), "command": command,
+            "processes": args.processes,
+            "raw_cpu_s_per_m": median(raw_results, "cpu_s_per_m_events"),
+            "cpu_s_per_m": median(receiver_results, "cpu_s_per_m_events")}))
     if args.write:
         with (REPO / "BENCHMARKS.md").open("a") as out:
             out.write("\n" + table)

@@ -47,12 +47,12 @@ from typing import Any
 import orjson
 
 from bench.kafka import kafka
+from bench.proc import cpu_seconds
 from bench.receiver import cli, start_broker
 from bench.report import machine, put_section
 from bench.worker import (
     EVENTS_PER_BODY,
     BodyBuilder,
-    cpu_seconds,
     delete_namespace_topics,
     tail,
 )

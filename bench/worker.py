@@ -53,6 +53,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.kafka import kafka
+from bench.proc import cpu_seconds
 from bench.receiver import cli, start_broker
 from bench.report import machine, put_section
 from meterstream.core.config import Settings
@@ -67,7 +68,6 @@ HOUR_MS = 3_600_000
 # The worker's consumer_max_fetch_size (processors/app.py), so both readers fetch alike.
 MAX_PARTITION_FETCH_BYTES = 16 * 1024 * 1024
 POLL_SECONDS = 0.1
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Share of each kind of event in a body: mostly function executions.
 EVENT_MIX: dict[str, float] = {
@@ -292,14 +292,6 @@ def run_raw(bootstrap: str, topic: str, messages: int) -> Result:
         env={**os.environ, "METERSTREAM_KAFKA": bootstrap}, cwd=REPO, check=True,
         stdout=subprocess.PIPE, timeout=900)
     return Result(**json.loads(completed.stdout))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    # utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the command name.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def worker_metrics(port: int) -> dict[str, float]:

@@ -1,5 +1,9 @@
 """Prometheus metrics of invoice runs (in the sink's /metrics, where the schedule runs)
-and of the scoped usage view (in the receiver's)."""
+and of the scoped usage view (in the receiver's).
+
+The gauges say how to add them up across processes (`multiprocess_mode`) because the
+receiver imports this module too, and its processes may share a port (a supervisor's
+multiprocess mode, meterstream/core/service.py MULTIPROCESS_DIR)."""
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -19,15 +23,17 @@ UNBILLED = Counter("meterstream_billing_unbilled_late_usage_total",
                    "Subjects of a closed period found with usage its invoices do not hold "
                    "(reported in unbilled_usage, not billed), counted per invoice run.")
 LAST_RUN = Gauge("meterstream_billing_last_invoice_run_timestamp_seconds",
-                 "When the last scheduled invoice run finished (Unix time).")
+                 "When the last scheduled invoice run finished (Unix time).",
+                 multiprocess_mode="max")
 NEXT_RUN = Gauge("meterstream_billing_next_invoice_run_timestamp_seconds",
-                 "When the next scheduled invoice run is due (Unix time).")
+                 "When the next scheduled invoice run is due (Unix time).",
+                 multiprocess_mode="max")
 WAITING = Gauge("meterstream_billing_invoice_run_waiting",
                 "1 while the due invoice run waits, by what it waits for: grace (the period's "
                 "end + METERSTREAM_LATE_GRACE + METERSTREAM_PRODUCE_TIMEOUT), worker (its "
                 "group to commit the raw topic's offsets of then), sink (its group to commit "
                 "the record topics' offsets after that); record_ends and raw_ends briefly.",
-                ["stage"])
+                ["stage"], multiprocess_mode="max")
 LOOKS = Counter("meterstream_billing_invoice_run_looks_total",
                 "Looks at the pipeline's progress by the waiting invoice run, by the stage it "
                 "was at after the look.", ["stage"])

@@ -23,7 +23,9 @@ PRODUCE_SECONDS = Histogram(
     "Time from handing a body to the producer to the broker's acknowledgement.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-IN_FLIGHT = Gauge("meterstream_receiver_produces_in_flight", "Produces awaiting the broker.")
+IN_FLIGHT = Gauge("meterstream_receiver_produces_in_flight",
+                  "Produces awaiting the broker (summed over the receiver's live processes).",
+                  multiprocess_mode="livesum")
 BODIES_PARSED = Counter(
     "meterstream_receiver_bodies_parsed_total",
     "Request bodies parsed as JSON, by endpoint: only ever after the request was "

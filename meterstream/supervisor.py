@@ -19,6 +19,15 @@ last ones would take over the partitions of the first in a rebalance each), then
 the sink, which flushes what the workers produced. If a child dies on its own,
 the others are stopped too and `up` exits non-zero. If `up` itself is killed, the
 kernel sends each child SIGTERM (PR_SET_PDEATHSIG), so no service outlives it.
+
+`meterstream receiver` with METERSTREAM_RECEIVER_PROCESSES = N > 1 is such a supervisor
+too (`run_receivers`): N receiver children bind the same ports with SO_REUSEPORT, so the
+kernel spreads the connections over them and verifying and storing bodies is not capped
+by one Python process. They write their Prometheus metrics to a directory of this
+supervisor's (prometheus_client's multiprocess mode), so any of them answers /metrics
+with the sum of all. They are stopped together, and one that dies on its own stops the
+others, as in `up`: the orchestrator restarts the whole receiver, which is simpler to
+reason about than a group running short of a member nobody notices.
 """
 
 from __future__ import annotations
@@ -26,11 +35,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+
+from meterstream.core.service import MULTIPROCESS_DIR
 
 log = logging.getLogger("meterstream.up")
 
@@ -80,6 +93,9 @@ def worker_env(base_port: int, index: int, metrics_port: int | None = None) -> d
 # In the children's environment: `up` warned about the environment's unknown METERSTREAM_*
 # variables once, and its children do not repeat it (not itself a METERSTREAM_ name).
 SUPERVISED = "_METERSTREAM_SUPERVISED"
+SHARED_PORTS = "_METERSTREAM_SHARED_PORTS"
+"""In a receiver child's environment: it binds its ports with SO_REUSEPORT, beside its
+siblings, instead of being a supervisor itself."""
 
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -121,9 +137,7 @@ def run(workers: int, worker_port: int, metrics_port: int | None = None) -> int:
     """Runs the pipeline with `workers` worker processes, whose web ports start at
     `worker_port` (and their probe ports at `metrics_port`, if given), until SIGTERM or
     SIGINT or until a child exits."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = _stop_on_signals()
     children = {"sink": _spawn("sink", os.environ.copy())}
     for index, name in enumerate(worker_names(workers)):
         children[name] = _spawn("worker", worker_env(worker_port, index, metrics_port))
@@ -131,6 +145,37 @@ def run(workers: int, worker_port: int, metrics_port: int | None = None) -> int:
     # The console reads through the sink and the worker: nothing waits for it.
     children["console"] = _spawn("console", os.environ.copy())
     log.info("pipeline started", extra={name: c.pid for name, c in children.items()})
+    clean = _supervise(children, stop)
+    log.info("pipeline stopped", extra={"clean": clean})
+    return 0 if clean else 1
+
+
+def run_receivers(count: int) -> int:
+    """Runs `count` receiver processes on the same ports (module docstring) until SIGTERM
+    or SIGINT or until one of them exits."""
+    stop = _stop_on_signals()
+    metrics_dir = tempfile.mkdtemp(prefix="meterstream-receiver-metrics-")
+    env = {**os.environ, SHARED_PORTS: "1", MULTIPROCESS_DIR: metrics_dir}
+    try:
+        children = {f"receiver-{i}": _spawn("receiver", env) for i in range(count)}
+        log.info("receivers started", extra={name: c.pid for name, c in children.items()})
+        clean = _supervise(children, stop)
+        log.info("receivers stopped", extra={"clean": clean})
+        return 0 if clean else 1
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def _supervise(children: dict[str, subprocess.Popen[bytes]], stop: threading.Event) -> bool:
+    """Waits for `stop` or for a child to exit, then stops them all (`_stop`); True when
+    none exited on its own and every one stopped cleanly."""
     died: str | None = None
     while not stop.wait(0.2):
         died = next((r for r, c in children.items() if c.poll() is not None), None)
@@ -138,6 +183,4 @@ def run(workers: int, worker_port: int, metrics_port: int | None = None) -> int:
             log.error("a service exited; stopping the others",
                       extra={"role": died, "code": children[died].returncode})
             break
-    clean = _stop(children)
-    log.info("pipeline stopped", extra={"clean": clean and died is None})
-    return 0 if clean and died is None else 1
+    return _stop(children) and died is None

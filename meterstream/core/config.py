@@ -107,6 +107,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Address the receiver, worker and sink HTTP servers listen on; 0.0.0.0 to "
              "accept Convex's webhooks from outside."),
     Variable("METERSTREAM_RECEIVER_PORT", "8686", "Port of the webhook receiver."),
+    Variable("METERSTREAM_RECEIVER_PROCESSES", "1",
+             "Processes of `meterstream receiver`, all on the same ports (SO_REUSEPORT: the "
+             "kernel spreads connections over them); one Python process verifies and stores "
+             "bodies on one core. Their metrics are summed on /metrics whichever answers. "
+             "Limits such as METERSTREAM_MAX_IN_FLIGHT apply per process."),
     Variable("METERSTREAM_WORKER_PORT", "6066",
              "Port of the Faust worker's web server: its API (GET /v1/quota/..., with a "
              "token) and, unless METERSTREAM_METRICS_HOST is set, its probes."),
@@ -396,6 +401,7 @@ NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float]] = {
     "min_insync_replicas": ("METERSTREAM_MIN_INSYNC_REPLICAS", int, 1, 32),
     "max_body_bytes": ("METERSTREAM_MAX_BODY_BYTES", int, 1024, 1 << 30),
     "max_in_flight": ("METERSTREAM_MAX_IN_FLIGHT", int, 1, 100_000),
+    "receiver_processes": ("METERSTREAM_RECEIVER_PROCESSES", int, 1, 64),
     "secret_overlap": ("METERSTREAM_SECRET_OVERLAP", float, 0.0, 7 * 24 * 3600.0),
     "produce_timeout": ("METERSTREAM_PRODUCE_TIMEOUT", float, 0.1, 300),
     "dedup_retention": ("METERSTREAM_DEDUP_RETENTION", float, 1.0, 366 * 24 * 3600.0),
@@ -445,6 +451,7 @@ class Settings:
     sink_port: int
     max_body_bytes: int
     max_in_flight: int
+    receiver_processes: int
     admin_token: str = field(repr=False)
     admin_url: str
     public_url: str

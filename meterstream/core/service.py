@@ -23,13 +23,21 @@ before aiohttp sees a byte of them. Each cut is counted in
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from meterstream.core.config import Settings
 
@@ -40,7 +48,13 @@ CONNECTIONS_CUT = Counter(
     ["reason"],
 )
 CONNECTIONS_OPEN = Gauge("meterstream_http_connections_open",
-                         "Connections open on this process's guarded HTTP servers.")
+                         "Connections open on this process's guarded HTTP servers (summed "
+                         "over a service's live processes).", multiprocess_mode="livesum")
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""Set by a supervisor for processes sharing one port (meterstream/supervisor.py): each
+writes its metrics to files there (prometheus_client's multiprocess mode, chosen when
+it is imported) and /metrics sums them, so a scrape says the same whichever answers."""
 
 
 def _raw_refusal(status: str, extra: str, message: str, reason: str) -> bytes:
@@ -65,8 +79,18 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
+def metrics_text() -> bytes:
+    """This process's metrics, or, sharing a port with others (MULTIPROCESS_DIR), all of
+    theirs added up."""
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return generate_latest()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
 async def metrics_page(_: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
+    response = web.Response(body=metrics_text())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response
 
@@ -273,11 +297,12 @@ class _GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through a `_Watchdog`."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int,
-                 watchdog: _Watchdog) -> None:
+                 watchdog: _Watchdog, reuse_port: bool) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._watchdog = watchdog
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -287,12 +312,17 @@ class _GuardedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._watchdog, self._host, self._port,
-                                                reuse_address=True)
+                                                reuse_address=True,
+                                                reuse_port=self._reuse_port or None)
 
 
 async def start_site(app: web.Application, host: str, port: int,
-                     limits: ConnectionLimits | None = None) -> web.AppRunner:
+                     limits: ConnectionLimits | None = None,
+                     reuse_port: bool = False) -> web.AppRunner:
     """Starts serving `app` on host:port; `await runner.cleanup()` stops it gracefully.
+
+    `reuse_port`: for processes that share the port on purpose (SO_REUSEPORT); off, a
+    second process started on a port in use fails instead of silently sharing it.
 
     With `limits`, every connection is bounded as the module docstring says. Bodies are
     never inflated (no service takes a compressed one: the receiver refuses a
@@ -302,7 +332,8 @@ async def start_site(app: web.Application, host: str, port: int,
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                auto_decompress=False)
         await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True,
+                          reuse_port=reuse_port or None).start()
         return runner
     watchdog = _Watchdog(lambda: None, limits)
     app.middlewares.insert(0, watchdog.middleware)
@@ -314,5 +345,5 @@ async def start_site(app: web.Application, host: str, port: int,
     server = runner.server
     assert server is not None
     watchdog.server = server
-    await _GuardedSite(runner, host, port, watchdog).start()
+    await _GuardedSite(runner, host, port, watchdog, reuse_port).start()
     return runner

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 
 from billing import pricebook
 from billing.quota_source import QuotaSource
@@ -23,6 +25,7 @@ from meterstream.core.read_tokens import ReadTokenView
 from meterstream.core.registry import RegistryView
 from meterstream.core.service import ConnectionLimits, start_site, stop_event
 from meterstream.core.topics import Topics
+from meterstream.supervisor import SHARED_PORTS, run_receivers
 
 log = logging.getLogger("meterstream.receiver")
 
@@ -33,7 +36,9 @@ def limits(settings: Settings) -> ConnectionLimits:
     return ConnectionLimits.of(settings)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, shared_ports: bool = False) -> None:
+    """`shared_ports`: one of several receiver processes on the same ports
+    (meterstream/supervisor.py `run_receivers`)."""
     stop = stop_event()
     topics = Topics.of(settings)
     # With Kafka away the receiver still starts, answers 503 and is not ready until the
@@ -47,15 +52,17 @@ async def serve(settings: Settings) -> None:
     receiver = Receiver(settings, producer, registry, topics, tokens)
     public = receiver.app(usage_view(settings, tokens, registry).add_routes)
     runner = await start_site(public, settings.bind_host, settings.receiver_port,
-                              limits(settings))
+                              limits(settings), reuse_port=shared_ports)
     admin_runner = await start_site(receiver.admin_app(), settings.admin_host,
-                                    settings.admin_port, limits(settings))
+                                    settings.admin_port, limits(settings),
+                                    reuse_port=shared_ports)
     runners = [runner, admin_runner]
     probes = f"http://{settings.bind_host}:{settings.receiver_port}"
     if settings.metrics_host:
         # The probes on an interface of their own, off the public port.
         runners.append(await start_site(receiver.probe_app(), settings.metrics_host,
-                                        settings.receiver_metrics_port, limits(settings)))
+                                        settings.receiver_metrics_port, limits(settings),
+                                        reuse_port=shared_ports))
         probes = f"http://{settings.metrics_host}:{settings.receiver_metrics_port}"
     log.info("receiver listening", extra={
         "url": f"http://{settings.bind_host}:{settings.receiver_port}{CONVEX_LOGS}",
@@ -105,4 +112,7 @@ async def _until_first(*events: asyncio.Event) -> None:
 
 
 def main(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    shared_ports = bool(os.environ.get(SHARED_PORTS))
+    if settings.receiver_processes > 1 and not shared_ports:
+        sys.exit(run_receivers(settings.receiver_processes))
+    asyncio.run(serve(settings, shared_ports))

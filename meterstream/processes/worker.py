@@ -50,16 +50,8 @@ def main(settings: Settings) -> None:
     probes = ([ProbeServer(readiness, settings.metrics_host, settings.worker_metrics_port,
                            ConnectionLimits.of(settings), loop=loop)]
               if settings.metrics_host else [])
-    worker = faust.Worker(
-        app,
-        *probes,
-        lag_service(app, settings, topics.raw.name, loop),
-        loop=loop,
-        loglevel=settings.log_level,
-        logging_config=logging_config("worker", settings.log_level, settings.log_format),
-        redirect_stdouts=False,
-        quiet=True,
-    )
+    worker = faust_worker(app, settings, [*probes, lag_service(app, settings,
+                                                                 topics.raw.name, loop)], loop)
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:
@@ -89,6 +81,27 @@ class ProbeServer(Service):
     async def on_stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def faust_worker(app: faust.App, settings: Settings, services: list[Service],
+                 loop: asyncio.AbstractEventLoop) -> faust.Worker:
+    """Faust's worker, logging as every meterstream service does."""
+    worker = faust.Worker(
+        app,
+        *services,
+        loop=loop,
+        loglevel=settings.log_level,
+        logging_config=logging_config("worker", settings.log_level, settings.log_format),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    # No terminal spinner: at METERSTREAM_LOG_LEVEL warning or error, Faust gives the root
+    # logger a spinner handler and sets it to DEBUG (faust/worker.py
+    # _setup_spinner_handler), so every Faust debug line, one per record sent, was built
+    # and handed to it: about 2 % of the worker's CPU under load, and a spinner drawn over
+    # the service's own log lines.
+    worker.spinner = None
+    return worker
 
 
 def lag_service(app: faust.App, settings: Settings, raw_topic: str,
