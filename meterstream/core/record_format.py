@@ -86,20 +86,16 @@ def is_arrow(headers: Sequence[tuple[str, bytes]] | None) -> bool:
 def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
     """One Arrow IPC stream of `columns` (in `event_type.columns` order, rows already in
     the table's types); raises EncodeError if a value does not fit its column."""
-    fields = schema(event_type)
-    if len(columns) != len(fields):
+    layout = _layout_of(event_type)
+    if len(columns) != layout.width:
         raise EncodeError(f"{event_type.table}: {len(columns)} columns, the table has "
-                          f"{len(fields)}")
+                          f"{layout.width}")
     rows = len(columns[0]) if columns else 0
     if any(len(column) != rows for column in columns):
         raise EncodeError(f"{event_type.table}: columns of different lengths")
     try:
-        if rows:
-            message = _layout(event_type).message(rows, [
-                _BUFFERS[type_](column)
-                for column, (_, type_) in zip(columns, event_type.columns, strict=True)])
-        else:
-            message = _pyarrow_message(event_type, columns)
+        message = (layout.message(rows, columns) if rows
+                   else _pyarrow_message(event_type, columns))
     except EncodeError as exc:
         raise EncodeError(f"{event_type.table}: {exc}") from None
     except TypeError as exc:  # None, or a value of another type
@@ -109,16 +105,11 @@ def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
         raise EncodeError(f"{event_type.table}: {exc}") from None
     # The stream's framing is written once per schema (its schema message, then the end
     # marker): only the batch's message is built per call.
-    return b"".join((_schema_message(event_type), message, _END))
+    return b"".join((layout.schema_message, message, _END))
 
 
 _END = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 """The IPC stream's end-of-stream marker (continuation token, zero length)."""
-
-
-@cache
-def _schema_message(event_type: EventType) -> bytes:
-    return bytes(schema(event_type).serialize().to_pybytes())
 
 
 Buffer = Any
@@ -138,10 +129,33 @@ Nodes = list[tuple[int, list[Buffer]]]
 its buffers after the validity bitmap (which no column here has)."""
 
 
-def _fixed(code: str) -> Callable[[Sequence[object]], Nodes]:
-    def convert(column: Sequence[object]) -> Nodes:
-        return [(len(column), [array(code, cast(Sequence[int], column))])]
+_FIXED: dict[str, str] = {events.U32: "I", events.U64: "Q", events.TIME: "q"}
+"""The array.array type code of each fixed-width column type."""
+
+
+def _fixed_run(code: str, width: int) -> Callable[[Sequence[Sequence[object]]], Nodes]:
+    """`width` adjacent columns of one fixed-width type: one array.array over all of them
+    (one C conversion instead of one per column), each column a slice of it. A column
+    whose bytes are not a multiple of 8 is followed by a zero value, so that each slice
+    starts where pyarrow puts the column's buffer (the message pads after it)."""
+    itemsize = array(code).itemsize
+
+    def convert(columns: Sequence[Sequence[object]]) -> Nodes:
+        rows = len(columns[0])
+        pad = -rows * itemsize % 8 // itemsize
+        if width == 1 and not pad:
+            return [(rows, [array(code, cast(Sequence[int], columns[0]))])]
+        values: list[object] = []
+        for column in columns:
+            values += column
+            values += _ZEROS[:pad]
+        view = memoryview(array(code, cast(list[int], values))).cast("B")
+        size, stride = rows * itemsize, (rows + pad) * itemsize
+        return [(rows, [view[at:at + size]]) for at in range(0, width * stride, stride)]
     return convert
+
+
+_ZEROS = [0]
 
 
 def _strings(column: Sequence[object]) -> Nodes:
@@ -166,6 +180,31 @@ def _string_buffers(texts: Sequence[str]) -> list[Buffer]:
         offsets[0] = 0
         lengths.cumsum(out=offsets[1:])
     return [offsets, data]
+
+
+def _text_buffers(columns: Sequence[Sequence[object]], rows: int) -> list[list[Buffer]]:
+    """The buffers (offsets, data) of each string column of `rows` rows, all computed
+    together: one join, one encoding and one cumulative sum for the message instead of
+    one each per column."""
+    values: list[str] = []
+    for column in columns:
+        values += cast(Sequence[str], column)
+    joined = "".join(values)  # TypeError for a value that is not a string (None)
+    data = joined.encode()
+    count = len(values)
+    lengths = (np.fromiter(map(len, values), dtype=np.int32, count=count)
+               if len(data) == len(joined)  # ASCII: a string's byte length is its length
+               else np.fromiter(map(len, map(str.encode, values)), dtype=np.int32,
+                                count=count))
+    offsets = np.zeros((len(columns), rows + 1), dtype=np.int32)
+    np.cumsum(lengths.reshape(len(columns), rows), axis=1, out=offsets[:, 1:])
+    view = memoryview(data)
+    buffers: list[list[Buffer]] = []
+    at = 0
+    for row, size in zip(offsets, offsets[:, -1].tolist(), strict=True):
+        buffers.append([row, view[at:at + size]])
+        at += size
+    return buffers
 
 
 def _bools(column: Sequence[object]) -> Nodes:
@@ -197,12 +236,44 @@ _BUFFERS: dict[str, Callable[[Sequence[object]], Nodes]] = {
     events.STRING: _strings,
     events.LOW: _strings,
     events.BOOL: _bools,
-    events.U32: _fixed("I"),
-    events.U64: _fixed("Q"),
-    events.TIME: _fixed("q"),
     events.U64_MAP: _maps,
 }
-"""Each column type's layout, written by hand (_Layout)."""
+"""Each other column type's layout, written by hand (_Layout)."""
+
+
+Step = tuple[Callable[[Sequence[Sequence[object]]], Nodes] | None, int, int]
+"""Columns [start, stop) of a table and what lays them out; None for a string column
+(all of a message's string columns are laid out together: _text_buffers)."""
+
+_TEXTS = frozenset({events.STRING, events.LOW})
+
+
+def _alone(convert: Callable[[Sequence[object]], Nodes]
+           ) -> Callable[[Sequence[Sequence[object]]], Nodes]:
+    def step(columns: Sequence[Sequence[object]]) -> Nodes:
+        return convert(columns[0])
+    return step
+
+
+def _steps(event_type: EventType) -> list[Step]:
+    """The table's columns as steps: each run of adjacent fixed-width columns of one type
+    together, every other column alone."""
+    steps: list[Step] = []
+    types = [type_ for _, type_ in event_type.columns]
+    start = 0
+    while start < len(types):
+        type_ = types[start]
+        stop = start + 1
+        if type_ in _TEXTS:
+            steps.append((None, start, stop))
+        elif type_ in _FIXED:
+            while stop < len(types) and types[stop] == type_:
+                stop += 1
+            steps.append((_fixed_run(_FIXED[type_], stop - start), start, stop))
+        else:
+            steps.append((_alone(_BUFFERS[type_]), start, stop))
+        start = stop
+    return steps
 
 
 def _pyarrow_message(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
@@ -258,14 +329,23 @@ class _Layout:
         self.node_count = nodes
         self.buffers_at, self.buffers = 8 + buffers_at, struct.Struct(f"<{2 * buffers}q")
         self.buffer_count = buffers
+        self.event_type = event_type
+        self.width = len(event_type.columns)
+        self.schema_message = bytes(schema(event_type).serialize().to_pybytes())
+        self.steps = _steps(event_type)
+        self.texts = [start for convert, start, _ in self.steps if convert is None]
 
-    def message(self, rows: int, columns: list[Nodes]) -> bytes:
+    def message(self, rows: int, columns: Sequence[Sequence[object]]) -> bytes:
+        """The record batch message of `rows` rows (at least one) of `columns`."""
         header = bytearray(self.header)
         parts: list[Buffer] = [header]
         spans: list[int] = []
         lengths: list[int] = []
         at = 0
-        for length, buffers in chain.from_iterable(columns):
+        texts = iter(_text_buffers([columns[at] for at in self.texts], rows))
+        nodes = [convert(columns[start:stop]) if convert is not None else [(rows, next(texts))]
+                 for convert, start, stop in self.steps]
+        for length, buffers in chain.from_iterable(nodes):
             lengths += (length, 0)  # no nulls
             spans += (at, 0)  # the validity bitmap: none
             for buffer in buffers:
@@ -288,9 +368,16 @@ class _Layout:
 _PADDING = {size: bytes(8 - size) for size in range(1, 8)}
 
 
-@cache
-def _layout(event_type: EventType) -> _Layout:
-    return _Layout(event_type)
+_LAYOUTS: dict[str, _Layout] = {}
+
+
+def _layout_of(event_type: EventType) -> _Layout:
+    """The event type's _Layout, looked up by table name: hashing the frozen EventType (its
+    44 columns) for a cache costs more than the lookup is worth, per message."""
+    layout = _LAYOUTS.get(event_type.table)
+    if layout is None or layout.event_type is not event_type:
+        layout = _LAYOUTS[event_type.table] = _Layout(event_type)
+    return layout
 
 
 def decode(event_type: EventType, value: bytes, nulls: bool = True) -> pa.RecordBatch:
