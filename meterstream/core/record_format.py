@@ -23,7 +23,8 @@ import struct
 from array import array
 from collections.abc import Callable, Sequence
 from functools import cache
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
+from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
@@ -129,37 +130,10 @@ Nodes = list[tuple[int, list[Buffer]]]
 its buffers after the validity bitmap (which no column here has)."""
 
 
-_FIXED: dict[str, str] = {events.U32: "I", events.U64: "Q", events.TIME: "q"}
-"""The array.array type code of each fixed-width column type."""
-
-
-def _fixed_run(code: str, width: int) -> Callable[[Sequence[Sequence[object]]], Nodes]:
-    """`width` adjacent columns of one fixed-width type: one array.array over all of them
-    (one C conversion instead of one per column), each column a slice of it. A column
-    whose bytes are not a multiple of 8 is followed by a zero value, so that each slice
-    starts where pyarrow puts the column's buffer (the message pads after it)."""
-    itemsize = array(code).itemsize
-
-    def convert(columns: Sequence[Sequence[object]]) -> Nodes:
-        rows = len(columns[0])
-        pad = -rows * itemsize % 8 // itemsize
-        if width == 1 and not pad:
-            return [(rows, [array(code, cast(Sequence[int], columns[0]))])]
-        values: list[object] = []
-        for column in columns:
-            values += column
-            values += _ZEROS[:pad]
-        view = memoryview(array(code, cast(list[int], values))).cast("B")
-        size, stride = rows * itemsize, (rows + pad) * itemsize
-        return [(rows, [view[at:at + size]]) for at in range(0, width * stride, stride)]
+def _fixed(code: str) -> Callable[[Sequence[object]], Nodes]:
+    def convert(column: Sequence[object]) -> Nodes:
+        return [(len(column), [array(code, cast(Sequence[int], column))])]
     return convert
-
-
-_ZEROS = [0]
-
-
-def _strings(column: Sequence[object]) -> Nodes:
-    return [(len(column), _string_buffers(cast(Sequence[str], column)))]
 
 
 def _string_buffers(texts: Sequence[str]) -> list[Buffer]:
@@ -180,6 +154,11 @@ def _string_buffers(texts: Sequence[str]) -> list[Buffer]:
         offsets[0] = 0
         lengths.cumsum(out=offsets[1:])
     return [offsets, data]
+
+
+_TOGETHER = 32
+"""From this many rows on, a message's string columns are laid out together
+(_text_buffers): below it, numpy's cost per call is more than what it saves."""
 
 
 def _text_buffers(columns: Sequence[Sequence[object]], rows: int) -> list[list[Buffer]]:
@@ -233,47 +212,26 @@ def _maps(column: Sequence[object]) -> Nodes:
 
 
 _BUFFERS: dict[str, Callable[[Sequence[object]], Nodes]] = {
-    events.STRING: _strings,
-    events.LOW: _strings,
     events.BOOL: _bools,
+    events.U32: _fixed("I"),
+    events.U64: _fixed("Q"),
+    events.TIME: _fixed("q"),
     events.U64_MAP: _maps,
 }
-"""Each other column type's layout, written by hand (_Layout)."""
+"""Each other column type's layout, written by hand (_Layout); the string columns are
+_text_buffers'."""
 
 
-Step = tuple[Callable[[Sequence[Sequence[object]]], Nodes] | None, int, int]
-"""Columns [start, stop) of a table and what lays them out; None for a string column
-(all of a message's string columns are laid out together: _text_buffers)."""
+Step = tuple[Callable[[Sequence[object]], Nodes] | None, int]
+"""A column of a table (its index) and what lays it out; None for a string column (all
+of a message's string columns are laid out together: _text_buffers)."""
 
 _TEXTS = frozenset({events.STRING, events.LOW})
 
 
-def _alone(convert: Callable[[Sequence[object]], Nodes]
-           ) -> Callable[[Sequence[Sequence[object]]], Nodes]:
-    def step(columns: Sequence[Sequence[object]]) -> Nodes:
-        return convert(columns[0])
-    return step
-
-
 def _steps(event_type: EventType) -> list[Step]:
-    """The table's columns as steps: each run of adjacent fixed-width columns of one type
-    together, every other column alone."""
-    steps: list[Step] = []
-    types = [type_ for _, type_ in event_type.columns]
-    start = 0
-    while start < len(types):
-        type_ = types[start]
-        stop = start + 1
-        if type_ in _TEXTS:
-            steps.append((None, start, stop))
-        elif type_ in _FIXED:
-            while stop < len(types) and types[stop] == type_:
-                stop += 1
-            steps.append((_fixed_run(_FIXED[type_], stop - start), start, stop))
-        else:
-            steps.append((_alone(_BUFFERS[type_]), start, stop))
-        start = stop
-    return steps
+    return [(None if type_ in _TEXTS else _BUFFERS[type_], at)
+            for at, (_, type_) in enumerate(event_type.columns)]
 
 
 def _pyarrow_message(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
@@ -333,39 +291,58 @@ class _Layout:
         self.width = len(event_type.columns)
         self.schema_message = bytes(schema(event_type).serialize().to_pybytes())
         self.steps = _steps(event_type)
-        self.texts = [start for convert, start, _ in self.steps if convert is None]
+        self.texts = [at for convert, at in self.steps if convert is None]
+        self._spans(columns)
+
+    def _nodes(self, rows: int, columns: Sequence[Sequence[object]]) -> list[Nodes]:
+        texts = (iter(_text_buffers([columns[at] for at in self.texts], rows))
+                 if rows >= _TOGETHER else
+                 (_string_buffers(cast(Sequence[str], columns[at])) for at in self.texts))
+        return [convert(columns[at]) if convert is not None else [(rows, next(texts))]
+                for convert, at in self.steps]
+
+    def _spans(self, columns: Sequence[Sequence[object]]) -> None:
+        """The template of the header's buffer list, from the nodes of one row: per node
+        its validity bitmap (empty, where the node's first buffer starts), then each of
+        its buffers (where it starts, its size). message() fills it with itemgetter from
+        one list: the buffers' starts (and the body's end), their sizes, a zero."""
+        shape = [len(buffers) for _, buffers in chain.from_iterable(self._nodes(1, columns))]
+        count = sum(shape)
+        zero = 2 * count + 1
+        indices: list[int] = []
+        at = 0
+        for buffers in shape:
+            indices += (at, zero)
+            for buffer in range(at, at + buffers):
+                indices += (buffer, count + 1 + buffer)
+            at += buffers
+        assert len(shape) == self.node_count
+        assert len(indices) == 2 * self.buffer_count
+        self.data_buffers = count
+        self.spans = itemgetter(*indices)
 
     def message(self, rows: int, columns: Sequence[Sequence[object]]) -> bytes:
         """The record batch message of `rows` rows (at least one) of `columns`."""
-        header = bytearray(self.header)
-        parts: list[Buffer] = [header]
-        spans: list[int] = []
-        lengths: list[int] = []
-        at = 0
-        texts = iter(_text_buffers([columns[at] for at in self.texts], rows))
-        nodes = [convert(columns[start:stop]) if convert is not None else [(rows, next(texts))]
-                 for convert, start, stop in self.steps]
-        for length, buffers in chain.from_iterable(nodes):
-            lengths += (length, 0)  # no nulls
-            spans += (at, 0)  # the validity bitmap: none
-            for buffer in buffers:
-                size = memoryview(buffer).nbytes
-                spans += (at, size)
-                parts.append(buffer)
-                at += size
-                if size % 8:
-                    parts.append(_PADDING[size % 8])
-                    at += 8 - size % 8
-        if len(spans) != 2 * self.buffer_count or len(lengths) != 2 * self.node_count:
+        nodes = list(chain.from_iterable(self._nodes(rows, columns)))
+        buffers = list(chain.from_iterable(map(_BUFFERS_OF, nodes)))
+        if len(nodes) != self.node_count or len(buffers) != self.data_buffers:
             raise EncodeError("the columns' layout is not the table's")
-        struct.pack_into("<q", header, self.body_length_at, at)
+        # Per buffer, only comprehensions and C loops: its size, where it starts, its padding.
+        sizes = [memoryview(buffer).nbytes for buffer in buffers]
+        starts = list(accumulate([(size + 7) & -8 for size in sizes], initial=0))
+        header = bytearray(self.header)
+        struct.pack_into("<q", header, self.body_length_at, starts[-1])
         struct.pack_into("<q", header, self.length_at, rows)
-        self.nodes.pack_into(header, self.nodes_at, *lengths)
-        self.buffers.pack_into(header, self.buffers_at, *spans)
-        return b"".join(parts)
+        self.nodes.pack_into(header, self.nodes_at, *chain.from_iterable(
+            zip(map(_LENGTH_OF, nodes), repeat(0))))  # each node's length, no nulls
+        self.buffers.pack_into(header, self.buffers_at, *self.spans(starts + sizes + [0]))
+        padding = map(_PADDING.__getitem__, [size & 7 for size in sizes])
+        return b"".join(chain((header,), chain.from_iterable(zip(buffers, padding, strict=True))))
 
 
-_PADDING = {size: bytes(8 - size) for size in range(1, 8)}
+_LENGTH_OF, _BUFFERS_OF = itemgetter(0), itemgetter(1)
+_PADDING = [bytes(-size % 8) for size in range(8)]
+"""The zeros after a buffer of `size % 8` bytes, up to a multiple of 8."""
 
 
 _LAYOUTS: dict[str, _Layout] = {}
