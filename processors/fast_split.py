@@ -207,16 +207,6 @@ def _fields(kind: type[msgspec.Struct], items: Sequence[msgspec.Struct]
                     strict=True))
 
 
-def _convex(convex: tuple[Convex, ...]) -> dict[str, tuple[Any, ...]]:
-    """_fields of the events' `convex` objects, which in a body are almost always equal
-    (one deployment): then each field is its one value repeated, without a transpose."""
-    first = convex[0]
-    if convex.count(first) != len(convex):
-        return _fields(Convex, convex)
-    return {name: (value,) * len(convex)
-            for name, value in zip(Convex.__struct_fields__, astuple(first), strict=True)}
-
-
 def _texts(values: tuple[str | None, ...]) -> list[str]:
     try:  # join refuses a null, and costs less than looking for one
         "".join(values)  # type: ignore[arg-type]
@@ -243,7 +233,7 @@ def _function_executions(items: Sequence[FunctionExecution]) -> Columns:
     only with its events)."""
     event = _fields(FunctionExecution, items)
     function = _fields(Function, event["function"])
-    convex = _convex(event["convex"])
+    convex = _fields(Convex, event["convex"])
     count = len(items)
     occ, scheduler, usage = event["occ_info"], event["scheduler_info"], event["usage"]
     columns: Columns = {
@@ -279,7 +269,7 @@ def _function_executions(items: Sequence[FunctionExecution]) -> Columns:
 
 def _storage_usage(items: Sequence[Any]) -> Columns:
     event = _fields(CurrentStorageUsage, items)
-    convex = _convex(event["convex"])
+    convex = _fields(Convex, event["convex"])
     columns: Columns = {"deployment": list(convex["deployment_name"]),
                         "timestamp": list(event["timestamp"])}
     for name in STORAGE_TOTALS:
@@ -293,7 +283,7 @@ def _storage_usage(items: Sequence[Any]) -> Columns:
 
 def _storage_bandwidth(items: Sequence[StorageApiBandwidth]) -> Columns:
     event = _fields(StorageApiBandwidth, items)
-    convex = _convex(event["convex"])
+    convex = _fields(Convex, event["convex"])
     return {"deployment": list(convex["deployment_name"]), "timestamp": list(event["timestamp"]),
             "storage_id": _texts(event["storage_id"]),
             "egress_bytes": _counts(event["egress_bytes"])}
@@ -301,7 +291,7 @@ def _storage_bandwidth(items: Sequence[StorageApiBandwidth]) -> Columns:
 
 def _log_stream_egress(items: Sequence[LogStreamEgress]) -> Columns:
     event = _fields(LogStreamEgress, items)
-    convex = _convex(event["convex"])
+    convex = _fields(Convex, event["convex"])
     return {"deployment": list(convex["deployment_name"]), "timestamp": list(event["timestamp"]),
             "egress_bytes": _counts(event["egress_bytes"])}
 

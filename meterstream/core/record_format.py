@@ -23,8 +23,7 @@ import struct
 from array import array
 from collections.abc import Callable, Sequence
 from functools import cache
-from itertools import accumulate, chain, repeat
-from operator import itemgetter
+from itertools import accumulate, chain
 from typing import Any, cast
 
 import numpy as np
@@ -87,16 +86,20 @@ def is_arrow(headers: Sequence[tuple[str, bytes]] | None) -> bool:
 def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
     """One Arrow IPC stream of `columns` (in `event_type.columns` order, rows already in
     the table's types); raises EncodeError if a value does not fit its column."""
-    layout = _layout_of(event_type)
-    if len(columns) != layout.width:
+    fields = schema(event_type)
+    if len(columns) != len(fields):
         raise EncodeError(f"{event_type.table}: {len(columns)} columns, the table has "
-                          f"{layout.width}")
+                          f"{len(fields)}")
     rows = len(columns[0]) if columns else 0
     if any(len(column) != rows for column in columns):
         raise EncodeError(f"{event_type.table}: columns of different lengths")
     try:
-        message = (layout.message(rows, columns) if rows
-                   else _pyarrow_message(event_type, columns))
+        if rows:
+            message = _layout(event_type).message(rows, [
+                _BUFFERS[type_](column)
+                for column, (_, type_) in zip(columns, event_type.columns, strict=True)])
+        else:
+            message = _pyarrow_message(event_type, columns)
     except EncodeError as exc:
         raise EncodeError(f"{event_type.table}: {exc}") from None
     except TypeError as exc:  # None, or a value of another type
@@ -106,11 +109,16 @@ def encode(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
         raise EncodeError(f"{event_type.table}: {exc}") from None
     # The stream's framing is written once per schema (its schema message, then the end
     # marker): only the batch's message is built per call.
-    return b"".join((layout.schema_message, message, _END))
+    return b"".join((_schema_message(event_type), message, _END))
 
 
 _END = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 """The IPC stream's end-of-stream marker (continuation token, zero length)."""
+
+
+@cache
+def _schema_message(event_type: EventType) -> bytes:
+    return bytes(schema(event_type).serialize().to_pybytes())
 
 
 Buffer = Any
@@ -136,6 +144,10 @@ def _fixed(code: str) -> Callable[[Sequence[object]], Nodes]:
     return convert
 
 
+def _strings(column: Sequence[object]) -> Nodes:
+    return [(len(column), _string_buffers(cast(Sequence[str], column)))]
+
+
 def _string_buffers(texts: Sequence[str]) -> list[Buffer]:
     count = len(texts)
     joined = "".join(texts)  # TypeError for a value that is not a string (None)
@@ -154,36 +166,6 @@ def _string_buffers(texts: Sequence[str]) -> list[Buffer]:
         offsets[0] = 0
         lengths.cumsum(out=offsets[1:])
     return [offsets, data]
-
-
-_TOGETHER = 32
-"""From this many rows on, a message's string columns are laid out together
-(_text_buffers): below it, numpy's cost per call is more than what it saves."""
-
-
-def _text_buffers(columns: Sequence[Sequence[object]], rows: int) -> list[list[Buffer]]:
-    """The buffers (offsets, data) of each string column of `rows` rows, all computed
-    together: one join, one encoding and one cumulative sum for the message instead of
-    one each per column."""
-    values: list[str] = []
-    for column in columns:
-        values += cast(Sequence[str], column)
-    joined = "".join(values)  # TypeError for a value that is not a string (None)
-    data = joined.encode()
-    count = len(values)
-    lengths = (np.fromiter(map(len, values), dtype=np.int32, count=count)
-               if len(data) == len(joined)  # ASCII: a string's byte length is its length
-               else np.fromiter(map(len, map(str.encode, values)), dtype=np.int32,
-                                count=count))
-    offsets = np.zeros((len(columns), rows + 1), dtype=np.int32)
-    np.cumsum(lengths.reshape(len(columns), rows), axis=1, out=offsets[:, 1:])
-    view = memoryview(data)
-    buffers: list[list[Buffer]] = []
-    at = 0
-    for row, size in zip(offsets, offsets[:, -1].tolist(), strict=True):
-        buffers.append([row, view[at:at + size]])
-        at += size
-    return buffers
 
 
 def _bools(column: Sequence[object]) -> Nodes:
@@ -212,26 +194,15 @@ def _maps(column: Sequence[object]) -> Nodes:
 
 
 _BUFFERS: dict[str, Callable[[Sequence[object]], Nodes]] = {
+    events.STRING: _strings,
+    events.LOW: _strings,
     events.BOOL: _bools,
     events.U32: _fixed("I"),
     events.U64: _fixed("Q"),
     events.TIME: _fixed("q"),
     events.U64_MAP: _maps,
 }
-"""Each other column type's layout, written by hand (_Layout); the string columns are
-_text_buffers'."""
-
-
-Step = tuple[Callable[[Sequence[object]], Nodes] | None, int]
-"""A column of a table (its index) and what lays it out; None for a string column (all
-of a message's string columns are laid out together: _text_buffers)."""
-
-_TEXTS = frozenset({events.STRING, events.LOW})
-
-
-def _steps(event_type: EventType) -> list[Step]:
-    return [(None if type_ in _TEXTS else _BUFFERS[type_], at)
-            for at, (_, type_) in enumerate(event_type.columns)]
+"""Each column type's layout, written by hand (_Layout)."""
 
 
 def _pyarrow_message(event_type: EventType, columns: Sequence[Sequence[object]]) -> bytes:
@@ -287,74 +258,39 @@ class _Layout:
         self.node_count = nodes
         self.buffers_at, self.buffers = 8 + buffers_at, struct.Struct(f"<{2 * buffers}q")
         self.buffer_count = buffers
-        self.event_type = event_type
-        self.width = len(event_type.columns)
-        self.schema_message = bytes(schema(event_type).serialize().to_pybytes())
-        self.steps = _steps(event_type)
-        self.texts = [at for convert, at in self.steps if convert is None]
-        self._spans(columns)
 
-    def _nodes(self, rows: int, columns: Sequence[Sequence[object]]) -> list[Nodes]:
-        texts = (iter(_text_buffers([columns[at] for at in self.texts], rows))
-                 if rows >= _TOGETHER else
-                 (_string_buffers(cast(Sequence[str], columns[at])) for at in self.texts))
-        return [convert(columns[at]) if convert is not None else [(rows, next(texts))]
-                for convert, at in self.steps]
-
-    def _spans(self, columns: Sequence[Sequence[object]]) -> None:
-        """The template of the header's buffer list, from the nodes of one row: per node
-        its validity bitmap (empty, where the node's first buffer starts), then each of
-        its buffers (where it starts, its size). message() fills it with itemgetter from
-        one list: the buffers' starts (and the body's end), their sizes, a zero."""
-        shape = [len(buffers) for _, buffers in chain.from_iterable(self._nodes(1, columns))]
-        count = sum(shape)
-        zero = 2 * count + 1
-        indices: list[int] = []
-        at = 0
-        for buffers in shape:
-            indices += (at, zero)
-            for buffer in range(at, at + buffers):
-                indices += (buffer, count + 1 + buffer)
-            at += buffers
-        assert len(shape) == self.node_count
-        assert len(indices) == 2 * self.buffer_count
-        self.data_buffers = count
-        self.spans = itemgetter(*indices)
-
-    def message(self, rows: int, columns: Sequence[Sequence[object]]) -> bytes:
-        """The record batch message of `rows` rows (at least one) of `columns`."""
-        nodes = list(chain.from_iterable(self._nodes(rows, columns)))
-        buffers = list(chain.from_iterable(map(_BUFFERS_OF, nodes)))
-        if len(nodes) != self.node_count or len(buffers) != self.data_buffers:
-            raise EncodeError("the columns' layout is not the table's")
-        # Per buffer, only comprehensions and C loops: its size, where it starts, its padding.
-        sizes = [memoryview(buffer).nbytes for buffer in buffers]
-        starts = list(accumulate([(size + 7) & -8 for size in sizes], initial=0))
+    def message(self, rows: int, columns: list[Nodes]) -> bytes:
         header = bytearray(self.header)
-        struct.pack_into("<q", header, self.body_length_at, starts[-1])
+        parts: list[Buffer] = [header]
+        spans: list[int] = []
+        lengths: list[int] = []
+        at = 0
+        for length, buffers in chain.from_iterable(columns):
+            lengths += (length, 0)  # no nulls
+            spans += (at, 0)  # the validity bitmap: none
+            for buffer in buffers:
+                size = memoryview(buffer).nbytes
+                spans += (at, size)
+                parts.append(buffer)
+                at += size
+                if size % 8:
+                    parts.append(_PADDING[size % 8])
+                    at += 8 - size % 8
+        if len(spans) != 2 * self.buffer_count or len(lengths) != 2 * self.node_count:
+            raise EncodeError("the columns' layout is not the table's")
+        struct.pack_into("<q", header, self.body_length_at, at)
         struct.pack_into("<q", header, self.length_at, rows)
-        self.nodes.pack_into(header, self.nodes_at, *chain.from_iterable(
-            zip(map(_LENGTH_OF, nodes), repeat(0))))  # each node's length, no nulls
-        self.buffers.pack_into(header, self.buffers_at, *self.spans(starts + sizes + [0]))
-        padding = map(_PADDING.__getitem__, [size & 7 for size in sizes])
-        return b"".join(chain((header,), chain.from_iterable(zip(buffers, padding, strict=True))))
+        self.nodes.pack_into(header, self.nodes_at, *lengths)
+        self.buffers.pack_into(header, self.buffers_at, *spans)
+        return b"".join(parts)
 
 
-_LENGTH_OF, _BUFFERS_OF = itemgetter(0), itemgetter(1)
-_PADDING = [bytes(-size % 8) for size in range(8)]
-"""The zeros after a buffer of `size % 8` bytes, up to a multiple of 8."""
+_PADDING = {size: bytes(8 - size) for size in range(1, 8)}
 
 
-_LAYOUTS: dict[str, _Layout] = {}
-
-
-def _layout_of(event_type: EventType) -> _Layout:
-    """The event type's _Layout, looked up by table name: hashing the frozen EventType (its
-    44 columns) for a cache costs more than the lookup is worth, per message."""
-    layout = _LAYOUTS.get(event_type.table)
-    if layout is None or layout.event_type is not event_type:
-        layout = _LAYOUTS[event_type.table] = _Layout(event_type)
-    return layout
+@cache
+def _layout(event_type: EventType) -> _Layout:
+    return _Layout(event_type)
 
 
 def decode(event_type: EventType, value: bytes, nulls: bool = True) -> pa.RecordBatch:

@@ -233,15 +233,8 @@ def columns_usage(routed: Mapping[str, Columns]) -> MessageUsage:
             continue  # as message_usage: no minute for a route that feeds no metric
         starts = [timestamp - timestamp % 60_000 for timestamp in timestamps]
         first = starts[0]
-        groups: dict[int, Rows]
         if starts.count(first) == len(starts):
-            groups = {first: None}  # every row
-        elif starts == sorted(starts):  # in time order, as Convex sends: each minute a slice
-            groups, at = {}, 0
-            for start in dict.fromkeys(starts):
-                count = starts.count(start)
-                groups[start] = slice(at, at + count)
-                at += count
+            groups: dict[int, list[int] | None] = {first: None}  # every row
         else:
             groups = {}
             for row, start in enumerate(starts):
@@ -249,20 +242,20 @@ def columns_usage(routed: Mapping[str, Columns]) -> MessageUsage:
                 if rows is None:
                     groups[start] = [row]
                 else:
-                    assert isinstance(rows, list)
                     rows.append(row)
         for start, rows in groups.items():
             delta = minutes.get(start)
             if delta is None:
                 delta = minutes[start] = WindowDelta()
             counters = delta.metrics
-            count = (len(timestamps) if rows is None else rows.stop - rows.start
-                     if isinstance(rows, slice) else len(rows))
+            count = len(timestamps) if rows is None else len(rows)
             for name, fields in sums:
                 if not fields:
                     counters[name] += count
                 for field_name in fields:
-                    counters[name] += _sum(columns[field_name], rows)
+                    column = columns[field_name]
+                    counters[name] += (sum(column) if rows is None
+                                       else sum([column[row] for row in rows]))
             if action:
                 _action_compute(columns, rows, counters)
     snapshot_columns = routed.get(events.CURRENT_STORAGE_USAGE.route)
@@ -271,23 +264,10 @@ def columns_usage(routed: Mapping[str, Columns]) -> MessageUsage:
     return _rolled_up(minutes, {}, snapshots, 0)
 
 
-Rows = slice | list[int] | None
-"""Some rows of a message's columns: a slice of them, a list of them, or None for all."""
-
-
-def _sum(column: Sequence[int], rows: Rows) -> int:
-    if rows is None:
-        return sum(column)
-    if isinstance(rows, slice):
-        return sum(column[rows])
-    return sum([column[row] for row in rows])
-
-
-def _action_compute(columns: Columns, rows: Rows, into: Counters) -> None:
-    """action_compute over the rows of function_execution columns."""
+def _action_compute(columns: Columns, rows: list[int] | None, into: Counters) -> None:
+    """action_compute over the rows (None: all) of function_execution columns."""
     types = columns["function_type"]
-    picked = (range(len(types)) if rows is None else range(rows.start, rows.stop)
-              if isinstance(rows, slice) else rows)
+    picked = range(len(types)) if rows is None else rows
     actions = [row for row in picked if types[row] in ACTION_TYPES]
     if not actions:
         return

@@ -1,8 +1,8 @@
-"""The shapes of body the fast path's cheaper loops take apart differently
-(processors/fast_split.py, core/usage.py columns_usage, core/record_format.py encode):
-events of several routes interleaved, minutes in time order and out of it, nulls in
-some rows of a column and not others. Each gets the slow path's rows and usage, and
-Arrow bytes pyarrow reads back as those rows."""
+"""Shapes of body the fast path's column building takes apart in C loops
+(processors/fast_split.py: astuple and a transpose, a stable sort by route, nulls found
+by sum and join): events of several routes interleaved, over minutes in time order and
+out of it, nulls in some rows of a column and not others. Each gets the slow path's rows
+and usage, and Arrow bytes that read back as those rows."""
 
 from __future__ import annotations
 
