@@ -3,7 +3,7 @@
 (meterstream/core/record_format.py `encode`) and the usage sums (meterstream/core/usage.py
 `columns_usage`), as RawProcessor._fast calls them.
 
-    .venv/bin/python -m bench.fast_path [--bodies 2000] [--repeats 5] [--baseline main]
+    .venv/bin/python -m bench.fast_path [--bodies 600] [--repeats 7] [--baseline main]
 
 The bodies are bench/worker.py's (BodyBuilder: 128 events from 100 deployments). With
 `--baseline REV` the same three modules as they are at git revision REV are loaded beside
@@ -11,7 +11,7 @@ the working tree's, checked to give the same columns, the same bytes and the sam
 on every body, and timed on the same bodies in the same process, taking turns every 20
 bodies so that whatever else runs on the machine slows both alike. Times are
 `time.process_time`, per stage, summed over all bodies; the median of the repeats, per
-body. One process: keep it short (a few seconds per repeat).
+body. One process; the defaults take about 25 s on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -73,11 +73,10 @@ def at_revision(revision: str, into: Path) -> FastPath:
                     loaded["usage"].columns_usage)
 
 
-def run(path: FastPath, bodies: list[bytes], keep: bool = True
-        ) -> list[tuple[Any, list[bytes], Any]]:
-    """What RawProcessor._fast computes for each body (all bodies take the fast path);
-    without `keep`, nothing (as in the worker, what a body made is dropped after it: kept,
-    it would make the collector's full passes the larger part of the time)."""
+def run(path: FastPath, bodies: list[bytes]) -> list[tuple[Any, list[bytes], Any]]:
+    """What RawProcessor._fast computes for each body (all bodies take the fast path), to
+    compare two paths. (Not timed: kept, what the bodies made would make the collector's
+    full passes the larger part of the time; the worker drops it after each body.)"""
     fast_columns, encode, columns_usage = path
     out = []
     for offset, body in enumerate(bodies):
@@ -87,9 +86,7 @@ def run(path: FastPath, bodies: list[bytes], keep: bool = True
         for route, columns in routed.items():
             event_type = events.BY_TOPIC[route]
             values.append(encode(event_type, [columns[name] for name, _ in event_type.columns]))
-        made = (routed, values, columns_usage(routed))
-        if keep:
-            out.append(made)
+        out.append((routed, values, columns_usage(routed)))
     return out
 
 
@@ -116,6 +113,8 @@ def timed(path: FastPath, bodies: list[bytes]) -> list[float]:
         began = clock()
         routed = fast_columns(body, 0, offset)
         split = clock()
+        if routed is None:
+            sys.exit("a bench body left the fast path")
         for route, columns in routed.items():
             event_type = events.BY_TOPIC[route]
             encode(event_type, [columns[name] for name, _ in event_type.columns])
@@ -129,8 +128,8 @@ def timed(path: FastPath, bodies: list[bytes]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bodies", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bodies", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--deployments", type=int, default=100)
     parser.add_argument("--baseline", metavar="REV",
                         help="also time the modules as they are at this git revision")
@@ -165,9 +164,10 @@ def main() -> None:
     print(f"µs CPU per body, median of {args.repeats} repeats over {len(bodies)} bodies")
     print(f"{'':>12}  {'total':>7}  " + "  ".join(f"{stage:>13}" for stage in STAGES)
           + "  (totals of the repeats)")
+    def per_body(seconds: float) -> float:
+        return seconds / len(bodies) * 1e6
+
     for name, repeats in times.items():
-        def per_body(seconds: float) -> float:
-            return seconds / len(bodies) * 1e6
         totals = [sum(stages) for stages in repeats]
         medians = [statistics.median(stages[at] for stages in repeats)
                    for at in range(len(STAGES))]
