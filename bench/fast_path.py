@@ -177,6 +177,17 @@ def main() -> None:
               + "  ".join(f"{per_body(seconds):13.1f}" for seconds in medians)
               + "  (" + ", ".join(f"{per_body(seconds):.0f}" for seconds in totals) + ")")
 
+    if len(times) == 2:
+        # The repeats' spread is mostly the machine's: the ratio within each repeat (both
+        # paths timed turn about) is the steadier figure.
+        (base, before), (_, after) = times.items()
+        for index, label in enumerate(("total", *STAGES)):
+            ratios = [(sum(new) if index == 0 else new[index - 1])
+                      / (sum(old) if index == 0 else old[index - 1])
+                      for old, new in zip(before, after, strict=True)]
+            print(f"tree / {base}, {label}: {statistics.median(ratios):.2f} "
+                  f"(median of the repeats' ratios; {min(ratios):.2f} to {max(ratios):.2f})")
+
 
 if __name__ == "__main__":
     main()
