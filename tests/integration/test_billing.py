@@ -390,17 +390,19 @@ def test_the_schedule_invoices_the_month_before_once_due(
         # A sink that starts a few seconds after the cut-off (day 2, 00:00:10: a day of
         # grace and the 10 s produce timeout); no raw topic, so nothing to wait for.
         schedule = scheduler.start(settings, clock=lambda: ms("2026-11-02T00:00:15") / 1000)
+        november_run = ms("2026-12-02T00:00:10") / 1000
         try:
+            # The invoices are in before the schedule moves on to November's run.
             for _ in range(600):  # 60 s
                 found = invoices.show(db, OCTOBER)
-                if found:
+                if found and NEXT_RUN._value.get() == november_run:
                     break
                 await asyncio.sleep(0.1)
             else:
-                raise AssertionError("no invoices for October within 60 s")
+                raise AssertionError("no invoices for October, or no run set for November, "
+                                     f"within 60 s (next run {NEXT_RUN._value.get()})")
         finally:
             await schedule.stop()
-        assert NEXT_RUN._value.get() == ms("2026-12-02T00:00:10") / 1000
         return found
 
     found = asyncio.run(scenario())
