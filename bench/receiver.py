@@ -56,7 +56,7 @@ class Result:
     p99_ms: float
     requests: int
     errors: int
-    cpu_s_per_m_events: float = 0.0
+    cpu_s_per_m_events: float
     """CPU of the path's own processes (user + system) per million events acknowledged."""
 
 
@@ -78,8 +78,7 @@ def bodies() -> list[tuple[str, str, bytes]]:
     return out
 
 
-def summarise(latencies: list[float], seconds: float, errors: int,
-              cpu: float = 0.0) -> Result:
+def summarise(latencies: list[float], seconds: float, errors: int, cpu: float) -> Result:
     ordered = sorted(latencies)
     events = len(ordered) * EVENTS_PER_BODY
     return Result(

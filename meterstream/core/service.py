@@ -313,7 +313,7 @@ class _GuardedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._watchdog, self._host, self._port,
                                                 reuse_address=True,
-                                                reuse_port=self._reuse_port or None)
+                                                reuse_port=self._reuse_port)
 
 
 async def start_site(app: web.Application, host: str, port: int,
@@ -333,7 +333,7 @@ async def start_site(app: web.Application, host: str, port: int,
                                auto_decompress=False)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True,
-                          reuse_port=reuse_port or None).start()
+                          reuse_port=reuse_port).start()
         return runner
     watchdog = _Watchdog(lambda: None, limits)
     app.middlewares.insert(0, watchdog.middleware)
