@@ -33,8 +33,10 @@ import asyncio
 import contextlib
 import functools
 import os
+import signal
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -49,7 +51,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.alert_latency import tail_alerts
 from bench.kafka import kafka
-from bench.receiver import start_broker
+from bench.proc import CpuShares, command_role, with_children
+from bench.receiver import broker_pid, cli, start_broker
 from meterstream import supervisor
 from meterstream.core.config import Settings
 from meterstream.core.query import run_sql
@@ -79,6 +82,8 @@ class Step:
     """(seconds into the step, record-topic messages stored so far)"""
     alert_ms: list[float] = field(default_factory=list)
     probes: int = 0
+    cpu_share: dict[str, float] = field(default_factory=dict)
+    """per process (group): CPU seconds per second over the step's last two thirds"""
 
     @property
     def achieved(self) -> float:
@@ -103,6 +108,11 @@ class Step:
         if last_at <= first_at or last <= first:
             return 0.0 if behind == 0 else float("inf")
         return behind / ((last - first) / (last_at - first_at))
+
+    def cpu_s_per_m_events(self) -> dict[str, float]:
+        """per process (group): CPU seconds per million events sent at the step's rate"""
+        return {name: share / self.achieved * 1e6 for name, share in self.cpu_share.items()
+                } if self.achieved else {}
 
     def sustained(self, seconds: float, max_lag: float) -> bool:
         return (self.achieved >= 0.95 * self.rate
@@ -198,6 +208,23 @@ class LagMeter:
         return behind, stored
 
 
+def process_groups(pipeline: Pipeline, broker: int | None) -> dict[str, list[int]]:
+    """The processes whose CPU a step measures, by what they are: the pipeline's services
+    (all workers together; a receiver with the processes it supervises), `meterstream up`
+    itself, the broker when this benchmark started it, and this process (the load
+    generator, the probes and the lag sampling)."""
+    groups: dict[str, list[int]] = {}
+    if broker is not None:
+        groups["broker"] = [broker]
+    up = pipeline.process.pid
+    for pid in with_children(up)[1:]:
+        role = command_role(pid) or "other"
+        groups.setdefault(role, []).extend(with_children(pid))
+    groups["up"] = [up]
+    groups["load generator"] = [os.getpid()]
+    return groups
+
+
 async def probe(receiver: str, names: list[str], per_second: float, seconds: float,
                 seen: dict[str, float], step: Step) -> None:
     """One quota-crossing batch per probe deployment, spread over the step."""
@@ -250,14 +277,27 @@ async def run_step(pipeline: Pipeline, settings: Settings, step: Step, args: arg
     options = LoadOptions(deployments=args.deployments, users=args.users, seed=index,
                           prefix=f"e2e{index}", rate=step.rate, duration=args.step_seconds,
                           connections=args.connections, progress=False)
+    cpu = CpuShares(process_groups(pipeline, args.broker_pid))
+
+    async def measure_cpu() -> None:
+        # The first third warms up (the lag limits skip it too); the window ends with
+        # the load.
+        await asyncio.sleep(args.step_seconds / 3)
+        cpu.start()
+
     sampler = asyncio.ensure_future(sample())
+    cpu_window = asyncio.ensure_future(measure_cpu())
     prober = asyncio.ensure_future(probe(
         f"http://127.0.0.1:{pipeline.env['METERSTREAM_RECEIVER_PORT']}", probes,
         args.probes_per_second, args.step_seconds * 0.9, seen, step))
     try:
         step.result = await run_load(options, settings)
+        if cpu_window.done():
+            cpu.stop()
+            step.cpu_share = cpu.share()
         await prober
     finally:
+        cpu_window.cancel()
         stop_sampling.set()
         await sampler
         await meter.stop()
@@ -308,13 +348,17 @@ def report_line(step: Step, args: argparse.Namespace) -> str:
     alerts = (f"alert p50 {statistics.median(step.alert_ms):.0f} ms "
               f"p99 {percentile(step.alert_ms, 0.99):.0f} ms ({len(step.alert_ms)}/{step.probes})"
               if step.alert_ms else "no alerts")
+    cpu = ", ".join(f"{name} {share * 100:.0f}" for name, share in sorted(
+        step.cpu_share.items(), key=lambda item: -item[1]) if share >= 0.005)
+    cpu = (f"; CPU % of a core: {cpu} (all: {sum(step.cpu_share.values()) * 100:.0f} "
+           f"of {(os.cpu_count() or 1) * 100})") if cpu else ""
     return (f"target {step.rate:,.0f} ev/s: sent {step.achieved:,.0f} ev/s, "
             f"receiver p50 {stats.latency_ms(0.5) if stats else 0:.0f} ms "
             f"p99 {stats.latency_ms(0.99) if stats else 0:.0f} ms; "
             f"max lag worker {step.max_lag_s(step.worker_lag, args.step_seconds):.1f} s "
             f"sink {step.max_sink_lag_s(args.step_seconds):.1f} s; {alerts}; "
             + ("sustained" if step.sustained(args.step_seconds, args.max_lag)
-               else "NOT sustained"))
+               else "NOT sustained") + cpu)
 
 
 def check_all(pipeline: Pipeline, steps: list[Step], wait: float) -> tuple[int, int]:
@@ -407,6 +451,11 @@ def summary(outcome: EndToEnd) -> dict[str, Any]:
         "alert_p99_ms": round(percentile(best.alert_ms, 0.99), 1)
         if best and best.alert_ms else None,
         "workers": outcome.workers,
+        "cpu_share": {name: round(share, 3) for name, share in best.cpu_share.items()}
+        if best else {},
+        "cpu_s_per_m_events": {name: round(value, 1)
+                               for name, value in best.cpu_s_per_m_events().items()}
+        if best else {},
         "totals_compared": outcome.compared,
         "totals_differing": outcome.differing,
     }
@@ -420,8 +469,16 @@ def command(args: argparse.Namespace) -> str:
 
 def main() -> None:
     args = parser().parse_args()
-    env, _ = start_broker()
-    outcome = measure(env["METERSTREAM_KAFKA"], args)
+    # SIGTERM as an exception, so that the pipeline and a broker of this run are stopped
+    # on the way out (killed plainly, `meterstream up` was left running).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    env, own_broker = start_broker()
+    args.broker_pid = broker_pid({**os.environ, **env})
+    try:
+        outcome = measure(env["METERSTREAM_KAFKA"], args)
+    finally:
+        if own_broker:
+            cli(["kafka", "stop"], env)
     result = {**summary(outcome), "command": command(args)}
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     if args.json:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from meterstream.core.topics import Topics, ensure_topics
 from tests.support import free_port, receiver_ready, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / ".meterstream-bench"
+"""The data directory of the broker the benchmarks start when METERSTREAM_KAFKA names none."""
 
 EVENTS_PER_BODY = 128
 DEPLOYMENTS = 16
@@ -148,12 +151,25 @@ async def run_receiver(url: str, payloads: list[tuple[str, str, bytes]], seconds
 def start_broker() -> tuple[dict[str, str], bool]:
     if os.environ.get("METERSTREAM_KAFKA"):
         return {"METERSTREAM_KAFKA": os.environ["METERSTREAM_KAFKA"]}, False
-    env = {"METERSTREAM_DATA_DIR": str(REPO / ".meterstream-bench"),
+    env = {"METERSTREAM_DATA_DIR": str(BENCH_DIR),
            "METERSTREAM_KAFKA": f"127.0.0.1:{free_port()}",
            "METERSTREAM_KAFKA_CONTROLLER_PORT": str(free_port())}
     cli(["kafka", "stop"], env)
+    # Every benchmark writes to namespaces of its own, so the broker's logs hold nothing
+    # a later run reads; kept, they grew by every run's traffic (32 GB were found).
+    shutil.rmtree(BENCH_DIR / "kafka" / "data", ignore_errors=True)
     cli(["kafka", "start"], env)
     return env, True
+
+
+def broker_pid(env: dict[str, str]) -> int | None:
+    """The process of the broker start_broker started (None: a broker of the caller's)."""
+    if "METERSTREAM_DATA_DIR" not in env:
+        return None
+    try:
+        return int((Path(env["METERSTREAM_DATA_DIR"]) / "kafka" / "kafka.pid").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def cli(args: list[str], env: dict[str, str]) -> None:

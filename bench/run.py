@@ -88,6 +88,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         f">= 50,000 events/s |",
         f"| end to end: alert latency p50 / p99 ms at that rate | "
         f"{_ms(e2e['alert_p50_ms'])} / {_ms(e2e['alert_p99_ms'])} | | | p99 < 1,000 ms |",
+        f"| end to end: CPU s per M events at that rate, by process (share of the "
+        f"{os.cpu_count()} cores) | {_cpu(e2e)} | | | |",
         f"| end to end: ClickHouse totals vs the load generator's | "
         f"{e2e['totals_compared'] - e2e['totals_differing']:,} of {e2e['totals_compared']:,} "
         f"values equal | | | all, exactly |",
@@ -102,6 +104,16 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                f" (first start, restoring the changelog: {state['first_start_s']:.0f} s)")
             + " | | | RSS < 1 GiB, restart < 30 s |")
     return "\n".join(rows)
+
+
+def _cpu(e2e: dict[str, Any]) -> str:
+    """Each process's CPU per million events, busiest first, and what all took."""
+    per_m, share = e2e.get("cpu_s_per_m_events") or {}, e2e.get("cpu_share") or {}
+    if not per_m:
+        return "n/a"
+    busiest = sorted(per_m, key=lambda name: -per_m[name])
+    return (", ".join(f"{name} {per_m[name]:,.0f}" for name in busiest if share[name] >= 0.005)
+            + f" (all: {sum(share.values()) / (os.cpu_count() or 1):.0%})")
 
 
 def _ms(value: float | None) -> str:
@@ -135,7 +147,7 @@ def main() -> None:
                                     broker_env, out / "sink.json")
             results["end_to_end"] = stage("bench.end_to_end", [
                 "--step-seconds", "10" if quick else "30", "--max-steps", "3" if quick else "10",
-                "--start", "6000"],
+                "--start", "3000"],
                 broker_env, out / "end_to_end.json")
             # --on-disk: the day is written into the worker's databases as a clean stop
             # leaves them; restoring it from the changelog instead (a first start, or

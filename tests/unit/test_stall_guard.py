@@ -5,12 +5,20 @@ and what was processed already skipped (processors/stall_guard.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.types import TP
 
 from meterstream.core.kafka_client import KafkaConnection
 from processors.stall_guard import Admission, StallGuard, untrack, untrack_from
+
+
+def _start(start: dict[int, int]) -> Callable[[int], Awaitable[int]]:
+    async def start_offset(partition: int) -> int:
+        return start[partition]
+
+    return start_offset
 
 
 def _guard(start: dict[int, int]) -> tuple[StallGuard, list[int]]:
@@ -46,6 +54,28 @@ def test_a_gap_is_rewound_once_and_what_lies_beyond_it_dropped_until_it_comes() 
         assert _admit(guard, 3, offset) is Admission.PROCESS
         guard.processed(3, offset)
     assert guard.next_offset[3] == 60
+
+
+def test_a_rewind_that_brings_nothing_is_repeated_while_the_partition_keeps_coming() -> None:
+    """Seen under steady load: the re-fetch after a rewind lost, the partition's later
+    messages dropped for 95 s while the agent, busy with other partitions, was never idle
+    for the idle check to see it."""
+    now = [100.0]
+    guard = StallGuard("raw", idle_seconds=5.0, start_offset=_start({0: 0}),
+                       clock=lambda: now[0])
+    assert _admit(guard, 0, 2) is Admission.REWIND
+    now[0] += 4.9
+    assert _admit(guard, 0, 3) is Admission.DROP  # the re-fetch may still be on its way
+    now[0] += 0.2
+    assert _admit(guard, 0, 4) is Admission.REWIND  # it is not: again
+    assert guard.next_offset[0] == 0
+    assert _admit(guard, 0, 5) is Admission.DROP  # the new rewind's own wait
+    assert _admit(guard, 0, 0) is Admission.PROCESS
+    guard.processed(0, 0)
+    now[0] += 60
+    assert _admit(guard, 0, 1) is Admission.PROCESS  # a later copy of what came: in order
+    guard.processed(0, 1)
+    assert _admit(guard, 0, 0) is Admission.SKIP
 
 
 def test_a_second_gap_after_the_first_is_rewound_again() -> None:
