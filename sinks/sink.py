@@ -565,7 +565,11 @@ async def consume(settings: Settings, client: Client, stop: asyncio.Event,
         finally:
             committer.cancel()
             lag.cancel()
-            await asyncio.gather(lag, return_exceptions=True)  # its clients closed
+            # Its clients closed; bounded like every other step of a stop.
+            _, running = await asyncio.wait([lag], timeout=SHUTDOWN_SECONDS)
+            if running:
+                log.error("the lag meter did not stop in time", extra={
+                    "seconds": SHUTDOWN_SECONDS})
     finally:
         for closing, what in ((consumer.stop(), "consumer"), (producer.stop(), "producer")):
             try:

@@ -123,6 +123,13 @@ class LagMeter:
         try:
             while True:
                 await self.look_or_log()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled during the look, and the cancel lost: CPython 3.11's
+                    # wait_for returns (or raises) the look's own outcome when the look
+                    # finishes as the cancel arrives, and look_or_log takes that for a
+                    # failed look. Seen: a sink's SIGTERM waited for this loop for 50 min.
+                    raise asyncio.CancelledError
                 await asyncio.sleep(interval)
         finally:
             await self.close()

@@ -39,3 +39,36 @@ def test_owning_nothing_asks_the_broker_nothing() -> None:
     assert asyncio.run(meter.look_or_log()) is True
     assert meter._consumer is None
     assert meter._admin is None
+
+
+def test_a_cancel_lost_inside_a_look_still_stops_the_meter() -> None:
+    """CPython 3.11's wait_for returns the look's result instead of raising the cancel when
+    the look finishes as the cancel arrives; the meter must stop all the same (a sink's
+    SIGTERM once waited 50 minutes for it)."""
+    registry = CollectorRegistry()
+    gauge = Gauge("test_lag_cancel", "lag", ["topic", "partition"], registry=registry)
+    meter = LagMeter(KafkaConnection(f"127.0.0.1:{free_port()}", KafkaSecurity()), "g",
+                     gauge, lambda: [("t", 0)])
+    looking, go = asyncio.Event(), asyncio.Event()
+    looks = 0
+
+    async def look() -> dict[tuple[str, int], int]:
+        nonlocal looks
+        looks += 1
+        looking.set()
+        await go.wait()
+        return {}
+
+    meter.look = look  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(meter.run(0.01))
+        await looking.wait()
+        go.set()  # the look finishes in the same turn of the loop as the cancel comes
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done == {task}, f"still looking after {looks} looks"
+        assert task.cancelled()
+
+    asyncio.run(scenario())
+    assert looks == 1
