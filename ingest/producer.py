@@ -21,6 +21,7 @@ from aiokafka.errors import (
 )
 
 from ingest import metrics
+from meterstream.core.cancellation import raise_if_cancelled
 from meterstream.core.config import Settings
 from meterstream.core.kafka_client import KafkaConnection
 from meterstream.core.topics import TopicSpec, TopicsRefused, ensure_topics
@@ -162,13 +163,16 @@ class Producer:
         while not self._broken.is_set():
             try:
                 await asyncio.wait_for(self._broken.wait(), PROBE_INTERVAL_SECONDS)
+                raise_if_cancelled()  # stop() cancels and waits (core/cancellation.py)
                 return
             except TimeoutError:
-                pass
+                raise_if_cancelled()
             try:
                 await asyncio.wait_for(self._producer.client.fetch_all_metadata(),
                                        PROBE_INTERVAL_SECONDS)
+                raise_if_cancelled()
             except (KafkaError, OSError, TimeoutError):
+                raise_if_cancelled()
                 if self._healthy:
                     log.warning("Kafka stopped answering")
                 self._healthy = False

@@ -14,6 +14,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from meterstream.core.cancellation import raise_if_cancelled
 from sinks import metrics
 
 log = logging.getLogger("meterstream.sink")
@@ -41,7 +42,9 @@ class Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not await self.commit():
+            committed = await self.commit()
+            raise_if_cancelled()  # a cancel lost in commit's wait_for (core/cancellation.py)
+            if not committed:
                 await asyncio.sleep(RETRY_SECONDS)
                 self._wake.set()
 

@@ -16,6 +16,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from meterstream.core.cancellation import raise_if_cancelled
 from meterstream.core.kafka_client import KafkaConnection
 
 log = logging.getLogger("meterstream.compacted")
@@ -87,6 +88,7 @@ class CompactedView:
                 # would wait out its request timeout.
                 end = (await asyncio.wait_for(consumer.end_offsets([tp]),
                                               self.end_offsets_seconds))[tp]
+                raise_if_cancelled()  # stop() cancels and waits (core/cancellation.py)
                 if self._position >= end:
                     self._loaded.set()
                 backoff = 0.5

@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from meterstream.core.cancellation import raise_if_cancelled
 from meterstream.core.kafka_client import KafkaConnection
 
 log = logging.getLogger("meterstream.lag")
@@ -123,13 +124,9 @@ class LagMeter:
         try:
             while True:
                 await self.look_or_log()
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Cancelled during the look, and the cancel lost: CPython 3.11's
-                    # wait_for returns (or raises) the look's own outcome when the look
-                    # finishes as the cancel arrives, and look_or_log takes that for a
-                    # failed look. Seen: a sink's SIGTERM waited for this loop for 50 min.
-                    raise asyncio.CancelledError
+                # A cancel during the look may have come back as the look's own outcome,
+                # which look_or_log takes for a failed look (meterstream/core/cancellation.py).
+                raise_if_cancelled()
                 await asyncio.sleep(interval)
         finally:
             await self.close()
