@@ -8,6 +8,7 @@ producer (re)connects, and then stores again without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -161,22 +162,23 @@ class Producer:
         """Probes Kafka every few seconds; returns when the producer must be replaced."""
         assert self._producer is not None
         while not self._broken.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._broken.wait(), PROBE_INTERVAL_SECONDS)
-                raise_if_cancelled()  # stop() cancels and waits (core/cancellation.py)
+            # After each wait, whatever it ended with: stop() cancels and waits
+            # (meterstream/core/cancellation.py).
+            raise_if_cancelled()
+            if self._broken.is_set():
                 return
-            except TimeoutError:
-                raise_if_cancelled()
             try:
                 await asyncio.wait_for(self._producer.client.fetch_all_metadata(),
                                        PROBE_INTERVAL_SECONDS)
-                raise_if_cancelled()
             except (KafkaError, OSError, TimeoutError):
                 raise_if_cancelled()
                 if self._healthy:
                     log.warning("Kafka stopped answering")
                 self._healthy = False
             else:
+                raise_if_cancelled()
                 if not self._healthy:
                     log.info("Kafka answers again")
                 self._healthy = True
